@@ -1,0 +1,228 @@
+"""The line config: one TOML file describing belt, sensors, cameras, diverters, bins and plan.
+
+Positions are millimetres of belt travel downstream of the line origin; the induction
+photo-eye (PE-IN) is normally at 0. A bad file is refused with a :class:`ConfigError` that
+names each offending field and why.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from controller.errors import ConfigError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LineInfo(_Strict):
+    name: Identifier = "line1"
+
+
+class BeltConfig(_Strict):
+    speed_mm_s: PositiveFloat = Field(description="nominal (and maximum) belt speed")
+    encoder_counts_per_mm: PositiveFloat = 1.0
+    width_mm: PositiveFloat = 600.0
+
+
+class InductionConfig(_Strict):
+    photo_eye_mm: float = 0.0
+    min_parcel_mm: PositiveFloat = 50.0
+    max_parcel_mm: PositiveFloat = 1200.0
+
+
+class CameraConfig(_Strict):
+    id: Identifier
+    position_mm: float = Field(description="centre of the camera's view along the belt")
+    fov_mm: PositiveFloat = Field(description="length of belt the frame spans, along the belt")
+    resolution: tuple[Annotated[int, Field(ge=64, le=8192)], Annotated[int, Field(ge=64, le=8192)]]
+    fps: Annotated[float, Field(gt=0, le=200)] = 30.0
+    decoder: str = "located-zxing"
+    source: str = Field(default="emulator", description="emulator, or an OpenCV source")
+
+    @property
+    def mm_per_px(self) -> float:
+        return self.fov_mm / self.resolution[0]
+
+    @property
+    def view_start_mm(self) -> float:
+        return self.position_mm - self.fov_mm / 2
+
+    @property
+    def view_end_mm(self) -> float:
+        return self.position_mm + self.fov_mm / 2
+
+
+class DiverterConfig(_Strict):
+    id: Identifier
+    position_mm: float
+    bin: Identifier
+    actuation_ms: Annotated[float, Field(ge=0, le=5000)] = 100.0
+    pulse_ms: Annotated[float, Field(gt=0, le=5000)] = 150.0
+    window_mm: PositiveFloat = Field(
+        default=160.0, description="a parcel is pushed if its centre is this close to the arm"
+    )
+
+
+class BinConfig(_Strict):
+    id: Identifier
+    capacity: Annotated[int, Field(ge=1)] = 200
+    confirm_timeout_ms: PositiveFloat = 1500.0
+
+
+class EndOfLineConfig(_Strict):
+    position_mm: float
+    role: Literal["reject"] = "reject"
+
+
+class OrderStoreConfig(_Strict):
+    backend: Literal["sqlite"] = "sqlite"
+    path: str = "var/orders.sqlite"
+    timeout_ms: PositiveFloat = 200.0
+    cache_size: Annotated[int, Field(ge=0)] = 100_000
+
+
+class JournalConfig(_Strict):
+    path: str = "var/journal.sqlite"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class DecisionConfig(_Strict):
+    code_pattern: str = r"^[0-9]{12}$"
+    check_digit: Literal["none", "gs1-mod10"] = "gs1-mod10"
+    min_agreeing_reads: Annotated[int, Field(ge=1, le=10)] = 2
+    margin_mm: Annotated[float, Field(ge=0)] = 50.0
+    assign_tolerance_mm: Annotated[float, Field(ge=0)] = 15.0
+    frame_wait_ms: PositiveFloat = Field(
+        default=5000.0,
+        description="how long a parcel's reads wait for a lagging camera after the read zone")
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> DecisionConfig:
+        try:
+            re.compile(self.code_pattern)
+        except re.error as exc:
+            raise ValueError(f"code_pattern is not a regular expression: {exc}") from None
+        return self
+
+
+RuleField = Literal["carrier", "service", "route", "channel", "postcode_prefix"]
+
+
+class SortRule(_Strict):
+    name: str
+    when: dict[RuleField, str] = Field(default_factory=dict)
+    bins: list[Identifier] = Field(min_length=1)
+
+
+class SortPlanConfig(_Strict):
+    rules: list[SortRule] = Field(default_factory=list)
+    overflow: Identifier | None = None
+
+
+class LineConfig(_Strict):
+    """A whole sorting line."""
+
+    line: LineInfo = LineInfo()
+    belt: BeltConfig
+    induction: InductionConfig = InductionConfig()
+    cameras: list[CameraConfig] = Field(min_length=1)
+    diverters: list[DiverterConfig] = Field(min_length=1)
+    bins: list[BinConfig] = Field(min_length=1)
+    end_of_line: EndOfLineConfig
+    order_store: OrderStoreConfig = OrderStoreConfig()
+    journal: JournalConfig = JournalConfig()
+    decision: DecisionConfig = DecisionConfig()
+    sort_plan: SortPlanConfig
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LineConfig:
+        problems: list[str] = []
+        for kind, items in (("cameras", self.cameras), ("diverters", self.diverters),
+                            ("bins", self.bins)):
+            ids = [item.id for item in items]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                problems.append(f"{kind}: duplicate id {', '.join(dupes)}")
+        bin_ids = {b.id for b in self.bins}
+        served = [d.bin for d in self.diverters]
+        problems += [f"diverters: {d.id} serves unknown bin {d.bin!r}"
+                     for d in self.diverters if d.bin not in bin_ids]
+        problems += [f"bins: {b} is served by more than one diverter"
+                     for b in sorted({b for b in served if served.count(b) > 1})]
+        for rule in self.sort_plan.rules:
+            problems += [f"sort_plan.rules: rule {rule.name!r} names unknown bin {b!r}"
+                         for b in rule.bins if b not in served]
+        if self.sort_plan.overflow is not None and self.sort_plan.overflow not in served:
+            problems.append(f"sort_plan.overflow: unknown bin {self.sort_plan.overflow!r}")
+        pe = self.induction.photo_eye_mm
+        last_view = max(c.view_end_mm for c in self.cameras)
+        problems += [f"cameras: {c.id} sees belt upstream of the induction photo-eye"
+                     for c in self.cameras if c.view_start_mm < pe]
+        problems += [f"diverters: {d.id} at {d.position_mm} mm is not downstream of the cameras"
+                     f" (read zone ends at {last_view} mm)"
+                     for d in self.diverters if d.position_mm <= last_view]
+        problems += [f"end_of_line: position must be downstream of diverter {d.id}"
+                     for d in self.diverters if d.position_mm >= self.end_of_line.position_mm]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def read_zone_end_mm(self) -> float:
+        return max(c.view_end_mm for c in self.cameras)
+
+    def diverter_for_bin(self, bin_id: str) -> DiverterConfig:
+        return next(d for d in self.diverters if d.bin == bin_id)
+
+    def bin(self, bin_id: str) -> BinConfig:
+        return next(b for b in self.bins if b.id == bin_id)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(top level)"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> LineConfig:
+    """Validate a config mapping; raise ConfigError naming every bad field."""
+    try:
+        return LineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [(_field_path(err["loc"]), err["msg"]) for err in exc.errors()]
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | Path) -> LineConfig:
+    """Read and validate a line config TOML file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("(file)", "no such file")]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [("(syntax)", str(exc))]) from None
+    config = parse_config(data, str(path))
+    base = path.parent
+    return config.model_copy(update={
+        "order_store": config.order_store.model_copy(
+            update={"path": str(_resolve(base, config.order_store.path))}),
+        "journal": config.journal.model_copy(
+            update={"path": str(_resolve(base, config.journal.path))}),
+    })
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() or value == ":memory:" else (base / p)

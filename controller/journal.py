@@ -1,0 +1,135 @@
+"""The durable parcel journal: every inducted parcel and its one final disposition.
+
+A parcel is written when inducted and again, exactly once, when it reaches its final
+disposition; the count only moves after that write is committed. Parcels left open by a
+crash are closed as LOST when the journal is opened again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from controller.clock import Clock
+from controller.disposition import Disposition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS parcels (
+    parcel_id INTEGER PRIMARY KEY,
+    inducted_enc INTEGER NOT NULL,
+    inducted_at REAL NOT NULL,
+    length_mm REAL,
+    code TEXT,
+    order_id TEXT,
+    disposition TEXT,
+    bin TEXT,
+    reason TEXT,
+    decided_at REAL,
+    final_at REAL,
+    order_created_at REAL
+);
+CREATE INDEX IF NOT EXISTS parcels_open ON parcels (disposition) WHERE disposition IS NULL;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FinalRecord:
+    """A parcel's final disposition as written to the journal."""
+
+    parcel_id: int
+    disposition: Disposition
+    bin: str
+    reason: str
+    code: str | None
+    order_id: str | None
+    length_mm: float | None
+    decided_at: float | None
+    final_at: float
+    order_created_at: float | None
+
+
+class Journal:
+    """SQLite journal written from one dedicated thread, so the event loop never waits on fsync."""
+
+    def __init__(self, path: str | Path, clock: Clock, *, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._synchronous = synchronous
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> list[int]:
+        """Open (creating) the journal; close parcels a crash left open as LOST; return them."""
+        return await self._clock.offload(self._writer, self._open, self._clock.now())
+
+    def _open(self, now: float) -> list[int]:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        db.executescript(SCHEMA)
+        self._db = db
+        open_ids = [r[0] for r in db.execute(
+            "SELECT parcel_id FROM parcels WHERE disposition IS NULL ORDER BY parcel_id")]
+        with db:
+            db.execute(
+                "UPDATE parcels SET disposition = ?, bin = 'UNKNOWN', final_at = ?, "
+                "reason = 'controller restarted while the parcel was tracked' "
+                "WHERE disposition IS NULL", (Disposition.LOST.value, now))
+        return open_ids
+
+    async def next_parcel_id(self) -> int:
+        return await self._clock.offload(self._writer, self._next_id)
+
+    def _next_id(self) -> int:
+        assert self._db is not None
+        (last,) = self._db.execute("SELECT COALESCE(MAX(parcel_id), 0) FROM parcels").fetchone()
+        return int(last) + 1
+
+    async def inducted(self, parcel_id: int, enc: int, at: float) -> None:
+        await self._clock.offload(self._writer, self._write,
+                                  "INSERT INTO parcels (parcel_id, inducted_enc, inducted_at) "
+                                  "VALUES (?, ?, ?)", (parcel_id, enc, at))
+
+    async def finalise(self, record: FinalRecord) -> bool:
+        """Write the final disposition; False if the parcel already had one (never overwritten)."""
+        return await self._clock.offload(self._writer, self._finalise, record)
+
+    def _finalise(self, r: FinalRecord) -> bool:
+        assert self._db is not None
+        with self._db:
+            cursor = self._db.execute(
+                "UPDATE parcels SET disposition = ?, bin = ?, reason = ?, code = ?, order_id = ?, "
+                "length_mm = ?, decided_at = ?, final_at = ?, order_created_at = ? "
+                "WHERE parcel_id = ? AND disposition IS NULL",
+                (r.disposition.value, r.bin, r.reason, r.code, r.order_id, r.length_mm,
+                 r.decided_at, r.final_at, r.order_created_at, r.parcel_id))
+        return cursor.rowcount == 1
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        assert self._db is not None
+        with self._db:
+            self._db.execute(sql, params)
+
+    async def records(self) -> list[dict[str, Any]]:
+        return await self._clock.offload(self._writer, self._records)
+
+    def _records(self) -> list[dict[str, Any]]:
+        assert self._db is not None
+        cursor = self._db.execute("SELECT * FROM parcels ORDER BY parcel_id")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._clock.offload(self._writer, self._db.close)
+            self._db = None
+        self._writer.shutdown(wait=True)
+
+
+def record_dict(record: FinalRecord) -> dict[str, Any]:
+    return asdict(record)

@@ -1,0 +1,538 @@
+"""The decision pipeline: track, read, decide, divert, confirm, journal.
+
+One :class:`Sorter` runs a line. Its tasks: line events (photo-eyes, bins), one per camera
+(decode off the loop, assign reads by position), and a position watcher that closes the read
+zone, confirmation windows and lost parcels by encoder count. Every parcel ends with exactly
+one final disposition, written to the journal before it is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from controller.clock import Clock
+from controller.codes import CodeRule, ParcelReads, ReadVerdict
+from controller.config import CameraConfig, DiverterConfig, LineConfig
+from controller.disposition import END_OF_LINE, Disposition
+from controller.errors import DriverError, OrderStoreError
+from controller.journal import FinalRecord, Journal
+from controller.lineio import (
+    END_EYE,
+    INDUCTION_EYE,
+    BinEntry,
+    BinLevel,
+    DeviceFault,
+    DivertCommand,
+    LineIO,
+    PhotoEyeEdge,
+)
+from controller.orders import Order, OrderCache, OrderStatus, OrderStore
+from controller.sortplan import SortPlan
+from controller.tracking import Tracker, TrackingWindow
+from controller.vision import BarcodeDecoder, Camera, Frame, GrayImage, Symbol
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 0.01
+
+
+@dataclass
+class ParcelState:
+    """Everything the controller knows about one tracked parcel."""
+
+    window: TrackingWindow
+    reads: ParcelReads
+    inducted_at: float
+    verdict: ReadVerdict = ReadVerdict.PENDING
+    code: str | None = None
+    order: Order | None = None
+    disposition: Disposition | None = None
+    reason: str = ""
+    route: str | None = None  # a bin id or END_OF_LINE, once decided
+    decided_at: float | None = None
+    command: DivertCommand | None = None
+    diverter: DiverterConfig | None = None
+    deciding: bool = False
+    zone_exit_at: float | None = None
+
+    @property
+    def parcel_id(self) -> int:
+        return self.window.parcel_id
+
+
+@dataclass
+class UnexpectedEntry:
+    bin_id: str
+    enc: int
+
+
+@dataclass
+class BinState:
+    capacity: int
+    full_sensor: bool = False
+    confirmed: int = 0
+    in_flight: int = 0
+
+    @property
+    def available(self) -> bool:
+        return not self.full_sensor and self.confirmed + self.in_flight < self.capacity
+
+
+@dataclass
+class SorterStats:
+    """Counters beside the dispositions: what went wrong that is not a parcel's outcome."""
+
+    dispositions: Counter[str] = field(default_factory=Counter)
+    frames: int = 0
+    frames_decoded: int = 0
+    reads_unassigned: int = 0
+    unexpected_bin_entries: int = 0
+    unknown_end_arrivals: int = 0
+    spurious_edges: int = 0
+    device_faults: int = 0
+    order_store_errors: int = 0
+
+
+FinalListener = Callable[[FinalRecord], None]
+
+
+class Sorter:
+    """Runs one sorting line against whatever LineIO, cameras and order store it is given."""
+
+    def __init__(
+        self,
+        config: LineConfig,
+        clock: Clock,
+        line_io: LineIO,
+        cameras: list[Camera],
+        decoders: dict[str, BarcodeDecoder],
+        order_store: OrderStore,
+        journal: Journal,
+        decode_threads: int = 2,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.line_io = line_io
+        self.cameras = cameras
+        self.decoders = decoders
+        self.order_store = order_store
+        self.journal = journal
+        self.stats = SorterStats()
+        self.tracker = Tracker(config.induction.photo_eye_mm, config.belt.encoder_counts_per_mm)
+        self.parcels: dict[int, ParcelState] = {}
+        self.bins = {b.id: BinState(b.capacity) for b in config.bins}
+        self.listeners: list[FinalListener] = []
+        self._camera_configs = {c.id: c for c in config.cameras}
+        self._code_rule = CodeRule(config.decision)
+        self._plan = SortPlan(config.sort_plan)
+        self._cache = OrderCache(config.order_store.cache_size)
+        self._decode_threads = decode_threads
+        self._executor = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self._next_parcel_id = 1
+        self._next_command_id = 1
+        self._unexpected: list[UnexpectedEntry] = []
+        self._decisions: set[asyncio.Task[None]] = set()
+        self._finalising: set[int] = set()
+        self._cpm = config.belt.encoder_counts_per_mm
+        self._camera_progress: dict[str, int] = {c.id: -1 << 62 for c in config.cameras}
+
+    @property
+    def open_parcels(self) -> int:
+        return len(self.parcels)
+
+    def set_plan(self, plan: SortPlan) -> None:
+        """Swap the sort plan (a new wave); decisions already made keep their routes."""
+        self._plan = plan
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        recovered = await self.journal.open()
+        if recovered:
+            log.warning("journal: %d parcels open at the last stop closed as LOST", len(recovered))
+        self._next_parcel_id = await self.journal.next_parcel_id()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._line_events(), name=f"sorter[{self.config.line.name}].line")
+                tg.create_task(self._watch(), name=f"sorter[{self.config.line.name}].watch")
+                for camera in self.cameras:
+                    tg.create_task(self._camera(camera),
+                                   name=f"sorter[{self.config.line.name}].{camera.camera_id}")
+        finally:
+            for task in list(self._decisions):
+                task.cancel()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    # --- line events -----------------------------------------------------------------------
+
+    async def _line_events(self) -> None:
+        async for event in self.line_io.events():
+            match event:
+                case PhotoEyeEdge(eye=eye, blocked=blocked, enc=enc) if eye == INDUCTION_EYE:
+                    await self._induction_edge(blocked, enc)
+                case PhotoEyeEdge(eye=eye, blocked=True, enc=enc) if eye == END_EYE:
+                    await self._end_arrival(enc)
+                case PhotoEyeEdge():
+                    pass
+                case BinEntry(bin_id=bin_id, enc=enc):
+                    await self._bin_entry(bin_id, enc)
+                case BinLevel(bin_id=bin_id, full=full):
+                    self._bin_level(bin_id, full)
+                case DeviceFault(device=device, message=message):
+                    self.stats.device_faults += 1
+                    log.warning("device fault %s: %s", device, message)
+
+    async def _induction_edge(self, blocked: bool, enc: int) -> None:
+        if blocked:
+            if self.tracker.inducting is not None:
+                self.stats.spurious_edges += 1
+                return
+            parcel_id = self._next_parcel_id
+            self._next_parcel_id += 1
+            window = self.tracker.blocked(parcel_id, enc)
+            now = self.clock.now()
+            self.parcels[parcel_id] = ParcelState(
+                window, ParcelReads(self.config.decision.min_agreeing_reads), now)
+            await self.journal.inducted(parcel_id, enc, now)
+            return
+        window = self.tracker.cleared(enc)
+        if window is None:
+            self.stats.spurious_edges += 1
+
+    def _bin_level(self, bin_id: str, full: bool) -> None:
+        state = self.bins.get(bin_id)
+        if state is None:
+            return
+        state.full_sensor = full
+        if not full:
+            state.confirmed = 0
+
+    async def _bin_entry(self, bin_id: str, enc: int) -> None:
+        bin_config = next((b for b in self.config.bins if b.id == bin_id), None)
+        if bin_config is None:
+            return
+        window_counts = bin_config.confirm_timeout_ms / 1000 * self.config.belt.speed_mm_s \
+            * self._cpm
+        candidates = [p for p in self.parcels.values()
+                      if p.command is not None and p.route == bin_id
+                      and p.parcel_id not in self._finalising
+                      and p.command.fire_enc <= enc <= p.command.fire_enc + window_counts]
+        if not candidates:
+            self.stats.unexpected_bin_entries += 1
+            self._unexpected.append(UnexpectedEntry(bin_id, enc))
+            log.warning("bin %s: a parcel fell in that no divert was sent for", bin_id)
+            return
+        parcel = min(candidates, key=lambda p: p.command.fire_enc if p.command else 0)
+        state = self.bins[bin_id]
+        state.in_flight -= 1
+        state.confirmed += 1
+        await self._finalise(parcel, parcel.disposition or Disposition.SORTED, bin_id)
+
+    async def _end_arrival(self, enc: int) -> None:
+        x_end = self.config.end_of_line.position_mm
+        window = self.tracker.at(x_end, enc, self.config.decision.assign_tolerance_mm + 20)
+        parcel = self.parcels.get(window.parcel_id) if window else None
+        if parcel is None or parcel.parcel_id in self._finalising:
+            self.stats.unknown_end_arrivals += 1
+            log.warning("end of line: a parcel arrived that is not tracked (enc %d)", enc)
+            return
+        if parcel.route == END_OF_LINE and parcel.disposition is not None:
+            await self._finalise(parcel, parcel.disposition, END_OF_LINE)
+        elif parcel.command is not None and parcel.route is not None:
+            self.bins[parcel.route].in_flight -= 1
+            parcel.reason = f"fired at {parcel.route} but arrived at the end of line"
+            await self._finalise(parcel, Disposition.DIVERT_FAULT, END_OF_LINE)
+        else:
+            # Arrived before any decision was reached: the fail-safe route.
+            parcel.reason = parcel.reason or "no decision before the end of line"
+            await self._finalise(parcel, Disposition.LATE, END_OF_LINE)
+
+    # --- cameras ---------------------------------------------------------------------------
+
+    async def _camera(self, camera: Camera) -> None:
+        cam = self._camera_configs[camera.camera_id]
+        decoder = self.decoders[camera.camera_id]
+        # Frames decode concurrently up to the pool's size; a slow decode never blocks capture.
+        slots = asyncio.Semaphore(self._decode_threads)
+        async with asyncio.TaskGroup() as tg:
+            async for frame in camera.frames():
+                self.stats.frames += 1
+                wanted = self._wanted(cam, frame)
+                if not wanted:
+                    self._camera_caught_up(cam.id, frame.enc)
+                    continue
+                await slots.acquire()
+                task = tg.create_task(self._frame(cam, decoder, frame, wanted))
+                task.add_done_callback(lambda _, enc=frame.enc: (
+                    slots.release(), self._camera_caught_up(cam.id, enc)))
+
+    def _camera_caught_up(self, camera_id: str, enc: int) -> None:
+        self._camera_progress[camera_id] = max(self._camera_progress[camera_id], enc)
+
+    def _reads_complete(self, parcel: ParcelState) -> bool:
+        """Every camera has handed in its frames of this parcel, or waiting is over."""
+        now = self.clock.now()
+        if parcel.zone_exit_at is None:
+            parcel.zone_exit_at = now
+        if now - parcel.zone_exit_at >= self.config.decision.frame_wait_ms / 1000:
+            return True
+        cleared = parcel.window.cleared_enc
+        assert cleared is not None
+        pe = self.config.induction.photo_eye_mm
+        for cam in self.config.cameras:
+            last_in_view = cleared + (cam.view_end_mm - pe - self.config.belt.speed_mm_s
+                                      / cam.fps) * self._cpm
+            if self._camera_progress[cam.id] < last_in_view:
+                return False
+        return True
+
+    def _wanted(self, cam: CameraConfig, frame: Frame) -> list[ParcelState]:
+        """Undecided parcels worth decoding in this frame: wholly in view, or never can be."""
+        step_mm = self.config.belt.speed_mm_s / cam.fps
+        wanted = []
+        for window in self.tracker.in_range(cam.view_start_mm, cam.view_end_mm, frame.enc):
+            parcel = self.parcels.get(window.parcel_id)
+            if parcel is None or parcel.verdict is not ReadVerdict.PENDING:
+                continue
+            length = window.length_mm
+            whole = length is not None and window.trail_mm(frame.enc) >= cam.view_start_mm \
+                and window.lead_mm(frame.enc) <= cam.view_end_mm
+            too_long = length is None or length > cam.fov_mm - step_mm
+            if whole or too_long:
+                wanted.append(parcel)
+        return wanted
+
+    async def _frame(self, cam: CameraConfig, decoder: BarcodeDecoder, frame: Frame,
+                     wanted: list[ParcelState]) -> None:
+        tol = self.config.decision.assign_tolerance_mm
+        mmpp = cam.mm_per_px
+        width = frame.image.shape[1]
+        crops: list[tuple[int, int]] = []
+        for parcel in wanted:
+            lo = (parcel.window.trail_mm(frame.enc) - tol - cam.view_start_mm) / mmpp
+            hi = (parcel.window.lead_mm(frame.enc) + tol - cam.view_start_mm) / mmpp
+            crops.append((max(0, int(lo)), min(width, int(hi) + 1)))
+        self.stats.frames_decoded += 1
+        symbols = await self.clock.offload(self._executor, _decode_crops, decoder,
+                                           frame.image, _merge_spans(crops))
+        per_parcel: dict[int, tuple[set[str], set[str]]] = {
+            p.parcel_id: (set(), set()) for p in wanted}
+        for symbol in symbols:
+            x_mm = cam.view_start_mm + (symbol.x + 0.5) * mmpp
+            window = self.tracker.at(x_mm, frame.enc, tol)
+            if window is None or window.parcel_id not in per_parcel:
+                self.stats.reads_unassigned += 1
+                continue
+            accepted, rejected = per_parcel[window.parcel_id]
+            (accepted if self._code_rule.accepts(symbol.text) else rejected).add(symbol.text)
+        for parcel in wanted:
+            accepted, rejected = per_parcel[parcel.parcel_id]
+            w = parcel.window
+            whole = (w.cleared_enc is not None and w.trail_mm(frame.enc) >= cam.view_start_mm
+                     and w.lead_mm(frame.enc) <= cam.view_end_mm)
+            parcel.reads.add_frame(accepted, rejected, whole_parcel_seen=whole)
+            self._settle(parcel, final=False)
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def _settle(self, parcel: ParcelState, *, final: bool) -> None:
+        if parcel.verdict is not ReadVerdict.PENDING:
+            return
+        verdict = parcel.reads.verdict(final=final)
+        if verdict is ReadVerdict.PENDING:
+            return
+        parcel.verdict = verdict
+        parcel.code = parcel.reads.code
+        task = asyncio.create_task(self._decide(parcel), name=f"decide[{parcel.parcel_id}]")
+        self._decisions.add(task)
+        task.add_done_callback(self._decisions.discard)
+
+    async def _decide(self, parcel: ParcelState) -> None:
+        parcel.deciding = True
+        try:
+            await self._decide_route(parcel)
+        finally:
+            parcel.deciding = False
+            parcel.decided_at = self.clock.now()
+
+    async def _decide_route(self, parcel: ParcelState) -> None:
+        if parcel.verdict is ReadVerdict.NO_READ:
+            self._to_end(parcel, Disposition.NO_READ, "no acceptable code read")
+            return
+        if parcel.verdict is ReadVerdict.MULTI_READ:
+            codes = ", ".join(sorted(parcel.reads.codes))
+            self._to_end(parcel, Disposition.MULTI_READ, f"different codes: {codes}")
+            return
+        assert parcel.code is not None
+        order = await self._lookup(parcel)
+        if order is None:
+            if not parcel.reason:
+                parcel.reason = "no order for this code"
+            self._to_end(parcel, Disposition.NO_ORDER, parcel.reason)
+            return
+        parcel.order = order
+        if order.status is not OrderStatus.RELEASED:
+            self._to_end(parcel, Disposition.ORDER_HELD, f"order {order.order_id} {order.status}")
+            return
+        rule, ranked = self._plan.destinations(order)
+        chosen = next((b for b in ranked if self.bins[b].available), None)
+        if chosen is None:
+            self._to_end(parcel, Disposition.DEST_FULL,
+                         f"rule {rule}: every bin full ({', '.join(ranked) or 'none'})")
+            return
+        primary = ranked[0]
+        disposition = Disposition.SORTED if chosen == primary else Disposition.DEST_FULL
+        planned = f"rule {rule}" if rule else "no rule matched: overflow"
+        reason = planned if chosen == primary else f"{planned}: {primary} full, sent to {chosen}"
+        await self._divert(parcel, chosen, disposition, reason)
+
+    async def _lookup(self, parcel: ParcelState) -> Order | None:
+        assert parcel.code is not None
+        cached = self._cache.get(parcel.code)
+        if cached is not None:
+            return cached
+        try:
+            async with asyncio.timeout(self.config.order_store.timeout_ms / 1000):
+                order = await self.order_store.lookup(parcel.code)
+        except (OrderStoreError, TimeoutError) as exc:
+            self.stats.order_store_errors += 1
+            log.warning("order store: %s", exc or "timed out")
+            parcel.reason = f"order store unavailable: {exc or 'timeout'}"
+            return None
+        if order is not None:
+            self._cache.put(order)
+        return order
+
+    def _to_end(self, parcel: ParcelState, disposition: Disposition, reason: str) -> None:
+        parcel.disposition, parcel.reason, parcel.route = disposition, reason, END_OF_LINE
+
+    async def _divert(self, parcel: ParcelState, bin_id: str, disposition: Disposition,
+                      reason: str) -> None:
+        diverter = self.config.diverter_for_bin(bin_id)
+        window = parcel.window
+        fire_enc = window.enc_when_centre_at(diverter.position_mm)
+        lead_mm = diverter.actuation_ms / 1000 * self.config.belt.speed_mm_s
+        deadline_enc = fire_enc - round((lead_mm + self.config.decision.margin_mm) * self._cpm)
+        if self.line_io.encoder() > deadline_enc:
+            self._to_end(parcel, Disposition.LATE,
+                         f"decision for {bin_id} came {self.line_io.encoder() - deadline_enc}"
+                         " counts after its deadline")
+            return
+        command = DivertCommand(self._next_command_id, parcel.parcel_id, diverter.id,
+                                fire_enc, diverter.pulse_ms)
+        self._next_command_id += 1
+        # Counted before the reply: a bin must not be over-booked by decisions in flight.
+        self.bins[bin_id].in_flight += 1
+        try:
+            reply = await self.line_io.divert(command)
+        except DriverError as exc:
+            self.bins[bin_id].in_flight -= 1
+            self._to_end(parcel, Disposition.DIVERT_FAULT, f"divert not sent: {exc}")
+            return
+        if not reply.accepted:
+            self.bins[bin_id].in_flight -= 1
+            late = reply.reason == "late"
+            self._to_end(parcel, Disposition.LATE if late else Disposition.DIVERT_FAULT,
+                         f"{diverter.id} refused the divert: {reply.reason}")
+            return
+        parcel.command, parcel.diverter, parcel.route = command, diverter, bin_id
+        parcel.disposition, parcel.reason = disposition, reason
+
+    # --- positions -------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        read_zone_end = self.config.read_zone_end_mm
+        x_end = self.config.end_of_line.position_mm
+        lost_after_mm = 400.0
+        speed = self.config.belt.speed_mm_s
+        while True:
+            await self.clock.sleep(WATCH_INTERVAL_S)
+            enc = self.line_io.encoder()
+            for parcel in list(self.parcels.values()):
+                if parcel.parcel_id in self._finalising:
+                    continue
+                window = parcel.window
+                if parcel.verdict is ReadVerdict.PENDING and window.cleared_enc is not None \
+                        and window.trail_mm(enc) > read_zone_end and self._reads_complete(parcel):
+                    self._settle(parcel, final=True)
+                if parcel.command is not None and parcel.route is not None:
+                    timeout_mm = self.config.bin(parcel.route).confirm_timeout_ms / 1000 * speed
+                    if enc > parcel.command.fire_enc + (timeout_mm + lost_after_mm) * self._cpm:
+                        self.bins[parcel.route].in_flight -= 1
+                        parcel.reason = f"fired at {parcel.route}, never confirmed"
+                        await self._finalise(parcel, Disposition.DIVERT_FAULT, "UNKNOWN")
+                elif window.trail_mm(enc) > x_end + lost_after_mm:
+                    await self._lost(parcel)
+
+    async def _lost(self, parcel: ParcelState) -> None:
+        """A parcel not seen where it should be: a mis-sort if a bin took it unbidden."""
+        window = parcel.window
+        for entry in self._unexpected:
+            diverter = self.config.diverter_for_bin(entry.bin_id)
+            timeout_mm = self.config.bin(entry.bin_id).confirm_timeout_ms / 1000 \
+                * self.config.belt.speed_mm_s
+            start = window.enc_when_lead_at(diverter.position_mm)
+            end = window.enc_when_lead_at(diverter.position_mm + (window.length_mm or 0)
+                                          + timeout_mm)
+            if start <= entry.enc <= end:
+                self._unexpected.remove(entry)
+                parcel.reason = f"routed {parcel.route}, fell into {entry.bin_id}"
+                await self._finalise(parcel, Disposition.MISSORT, entry.bin_id)
+                return
+        parcel.reason = f"routed {parcel.route}, not seen there" if parcel.route else \
+            "passed the end of line undecided and unseen"
+        await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
+
+    # --- the end of a parcel ---------------------------------------------------------------
+
+    async def _finalise(self, parcel: ParcelState, disposition: Disposition, where: str) -> None:
+        if parcel.parcel_id in self._finalising:
+            return
+        self._finalising.add(parcel.parcel_id)
+        order = parcel.order
+        record = FinalRecord(
+            parcel_id=parcel.parcel_id, disposition=disposition, bin=where,
+            reason=parcel.reason, code=parcel.code,
+            order_id=order.order_id if order else None,
+            length_mm=parcel.window.length_mm, decided_at=parcel.decided_at,
+            final_at=self.clock.now(),
+            order_created_at=order.created_at if order else None)
+        try:
+            if await self.journal.finalise(record):
+                self.stats.dispositions[disposition.value] += 1
+                for listener in self.listeners:
+                    listener(record)
+        finally:
+            self.parcels.pop(parcel.parcel_id, None)
+            self.tracker.forget(parcel.parcel_id)
+            self._finalising.discard(parcel.parcel_id)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.order_store.close()
+        await self.journal.close()
+
+
+def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        elif hi > lo:
+            merged.append((lo, hi))
+    return merged
+
+
+def _decode_crops(decoder: BarcodeDecoder, image: GrayImage,
+                  spans: list[tuple[int, int]]) -> list[Symbol]:
+    """Decode the column spans of a frame that tracked parcels occupy (runs in a thread)."""
+    found: list[Symbol] = []
+    for lo, hi in spans:
+        for s in decoder.decode(image[:, lo:hi]):
+            found.append(Symbol(s.text, s.symbology, s.x + lo, s.y))
+    return found

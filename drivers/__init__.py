@@ -1,0 +1,1 @@
+"""Edges to real things: cameras, barcode decoders, line I/O, order stores."""

@@ -1,0 +1,273 @@
+"""Synthetic shipping labels: a Code 128 barcode, clutter text and an optional QR code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import zxingcpp
+
+from controller.vision import GrayImage
+
+__all__ = [
+    "DAMAGE_KINDS",
+    "LabelSpec",
+    "label_size_mm",
+    "render_label",
+    "validate_code",
+]
+
+DAMAGE_KINDS = ("none", "scuffed", "destroyed")
+PAPER = 235
+INK = 25
+MAX_CODE_LEN = 48
+QUIET_MODULES = 12
+QR_QUIET_MODULES = 4
+BAR_HEIGHT_MM = 20.0
+MARGIN_MM = 4.0
+TOP_BLOCK_MM = 27.5
+BOTTOM_TEXT_MM = 14.0
+QR_BOTTOM_MM = 2.5
+
+FloatImage = npt.NDArray[np.float32]
+
+_NAMES = ("J. SMITH", "A. NOWAK", "M. ROSSI", "K. TANAKA", "L. GARCIA", "P. MUELLER", "S. OKAFOR")
+_STREETS = ("12 HARBOUR RD", "4711 ELM ST", "88 RUE DU PONT", "7 MILL LANE", "301 KING AVE")
+_TOWNS = ("LEEDS LS1 4AP", "LYON 69002", "DALLAS TX 75201", "OSAKA 530-0001", "GDANSK 80-001")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """What is printed on one label and how damaged it is; sizes in millimetres."""
+
+    code: str
+    qr_text: str | None = None
+    damage: str = "none"
+    module_mm: float = 0.75
+    width_mm: float = 110.0
+    height_mm: float = 75.0
+    seed: int = 0
+
+
+def validate_code(code: str) -> None:
+    """Raise ValueError unless code is non-empty ASCII that Code 128 can encode."""
+    if not code:
+        raise ValueError("barcode text is empty")
+    if len(code) > MAX_CODE_LEN:
+        raise ValueError(f"barcode text longer than {MAX_CODE_LEN} characters: {code!r}")
+    bad = [ch for ch in code if ord(ch) > 127]
+    if bad:
+        raise ValueError(f"barcode text {code!r} has characters Code 128 cannot encode: {bad!r}")
+
+
+def _validate(spec: LabelSpec) -> None:
+    """Raise ValueError for a spec that cannot be rendered."""
+    validate_code(spec.code)
+    if spec.damage not in DAMAGE_KINDS:
+        raise ValueError(f"damage must be one of {DAMAGE_KINDS}, not {spec.damage!r}")
+    if not spec.module_mm > 0 or not spec.width_mm > 0 or not spec.height_mm > 0:
+        raise ValueError("module_mm, width_mm and height_mm must be positive")
+    if spec.qr_text is not None and not spec.qr_text:
+        raise ValueError("qr_text must be None or non-empty")
+
+
+@lru_cache(maxsize=256)
+def _bar_modules(code: str) -> npt.NDArray[np.float32]:
+    """One float per Code 128 module, 1.0 = bar, without quiet zones."""
+    img = np.asarray(
+        zxingcpp.create_barcode(code, zxingcpp.BarcodeFormat.Code128).to_image(
+            scale=1, add_quiet_zones=False
+        )
+    )
+    return np.asarray(img[img.shape[0] // 2] < 128, dtype=np.float32)
+
+
+@lru_cache(maxsize=256)
+def _qr_modules(text: str) -> npt.NDArray[np.float32]:
+    """The QR module matrix, 1.0 = dark, without quiet zone."""
+    img = np.asarray(
+        zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode).to_image(
+            scale=1, add_quiet_zones=False
+        )
+    )
+    return np.asarray(img < 128, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where things go on a label, in millimetres from its top-left corner."""
+
+    width: float
+    height: float
+    bar_x: float
+    bar_y: float
+    bar_w: float
+    qr_x: float
+    qr_y: float
+    qr_size: float
+    text_right: float
+
+
+def _layout(spec: LabelSpec) -> _Layout:
+    """Centre the barcode on the label, addresses above, QR code bottom-right; grow to fit."""
+    m = spec.module_mm
+    bar_w = len(_bar_modules(spec.code)) * m
+    width = max(spec.width_mm, bar_w + 2 * QUIET_MODULES * m + 2 * MARGIN_MM)
+    half = max(TOP_BLOCK_MM, BOTTOM_TEXT_MM)
+    qr_size = 0.0
+    if spec.qr_text is not None:
+        qr_size = len(_qr_modules(spec.qr_text)) * m
+        half = max(half, QR_QUIET_MODULES * m + qr_size + QR_BOTTOM_MM)
+    height = max(spec.height_mm, BAR_HEIGHT_MM + 2 * half)
+    bar_y = (height - BAR_HEIGHT_MM) / 2
+    return _Layout(
+        width=width,
+        height=height,
+        bar_x=(width - bar_w) / 2,
+        bar_y=bar_y,
+        bar_w=bar_w,
+        qr_x=width - MARGIN_MM - qr_size,
+        qr_y=bar_y + BAR_HEIGHT_MM + QR_QUIET_MODULES * m,
+        qr_size=qr_size,
+        text_right=width - MARGIN_MM,
+    )
+
+
+def label_size_mm(spec: LabelSpec) -> tuple[float, float]:
+    """The label's (width, height) in mm: the spec's, grown if a long code needs more room."""
+    _validate(spec)
+    lay = _layout(spec)
+    return lay.width, lay.height
+
+
+def _coverage(
+    n_px: int, ppm: float, start_mm: float, n_modules: int, module_mm: float
+) -> FloatImage:
+    """Fraction of each pixel (rows) covered by each module (columns) of a 1-D grid."""
+    px0 = np.arange(n_px, dtype=np.float64)[:, None] / ppm
+    px1 = px0 + 1.0 / ppm
+    m0 = start_mm + np.arange(n_modules, dtype=np.float64)[None, :] * module_mm
+    m1 = m0 + module_mm
+    overlap = np.clip(np.minimum(px1, m1) - np.maximum(px0, m0), 0.0, None) * ppm
+    return np.asarray(overlap, dtype=np.float32)
+
+
+def _put_text(
+    ink: GrayImage, text: str, at_mm: tuple[float, float], h_mm: float, ppm: float
+) -> None:
+    """Draw text with its baseline-left at at_mm and cap height h_mm into an 8-bit ink layer."""
+    scale = h_mm * ppm / 22.0
+    thickness = max(1, round(scale * 1.6))
+    org = (round(at_mm[0] * ppm), round(at_mm[1] * ppm))
+    cv2.putText(ink, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness, cv2.LINE_AA)
+
+
+def _clutter(ink: GrayImage, lay: _Layout, spec: LabelSpec, ppm: float) -> None:
+    """Fake sender and recipient addresses, rules and a routing line."""
+    rng = np.random.default_rng(spec.seed)
+    right = lay.text_right
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[int(rng.integers(len(options)))]
+
+    def hline(y_mm: float, x0: float, x1: float, t_mm: float) -> None:
+        r0 = round(y_mm * ppm)
+        r1 = max(r0 + 1, round((y_mm + t_mm) * ppm))
+        ink[r0:r1, round(x0 * ppm) : round(x1 * ppm)] = 255
+
+    x = MARGIN_MM
+    _put_text(ink, "FROM: " + pick(_NAMES), (x, 5.5), 1.6, ppm)
+    _put_text(ink, pick(_STREETS) + ", " + pick(_TOWNS), (x, 8.0), 1.6, ppm)
+    hline(9.0, x, right, 0.4)
+    _put_text(ink, "SHIP TO:", (x, 12.0), 2.0, ppm)
+    _put_text(ink, pick(_NAMES), (x, 15.5), 2.6, ppm)
+    _put_text(ink, pick(_STREETS), (x, 19.0), 2.6, ppm)
+    _put_text(ink, pick(_TOWNS), (x, 22.5), 2.6, ppm)
+    weight = f"{rng.uniform(0.2, 30.0):.1f} KG"
+    _put_text(ink, weight, (right - 14.0, 22.5), 2.0, ppm)
+    hline(lay.bar_y - 1.5, MARGIN_MM, right, 0.3)
+    text_y = lay.bar_y + BAR_HEIGHT_MM + 4.5
+    _put_text(ink, spec.code, (lay.bar_x + QUIET_MODULES * spec.module_mm * 0.5, text_y), 2.8, ppm)
+    route = f"ROUTE {int(rng.integers(1, 99)):02d}  SORT {chr(65 + int(rng.integers(8)))}"
+    _put_text(ink, route, (MARGIN_MM, text_y + 5.5), 2.0, ppm)
+
+
+def _scuff(img: FloatImage, lay: _Layout, rng: np.random.Generator, ppm: float) -> None:
+    """Light scratches and faded streaks that a decoder reads through."""
+    w = img.shape[1]
+    marks = np.zeros(img.shape, dtype=np.uint8)
+    for _ in range(5):
+        y0 = rng.uniform(lay.bar_y, lay.bar_y + BAR_HEIGHT_MM) * ppm
+        p0 = (round(rng.uniform(0, w)), round(y0 + rng.uniform(-20, 20) * ppm))
+        p1 = (round(rng.uniform(0, w)), round(y0 + rng.uniform(-20, 20) * ppm))
+        cv2.line(marks, p0, p1, 255, max(1, round(0.25 * ppm)), cv2.LINE_AA)
+    img -= marks.astype(np.float32) * (45.0 / 255.0)
+    fade = np.zeros(img.shape, dtype=np.uint8)
+    for _ in range(2):
+        y = round(rng.uniform(lay.bar_y + 3, lay.bar_y + BAR_HEIGHT_MM - 3) * ppm)
+        y1 = y + round(rng.uniform(-4, 4) * ppm)
+        cv2.line(fade, (0, y), (w - 1, y1), 255, max(1, round(0.8 * ppm)), cv2.LINE_AA)
+    img += (PAPER - img) * fade.astype(np.float32) * (0.35 / 255.0)
+
+
+def _destroy(
+    img: FloatImage, lay: _Layout, spec: LabelSpec, rng: np.random.Generator, ppm: float
+) -> None:
+    """A dark smear over the middle of the barcode (full bar height) and most of the QR."""
+
+    def smear(x0: float, y0: float, x1: float, y1: float) -> None:
+        xs = np.linspace(x0, x1, 7)
+        top = [(x, y0 + rng.uniform(-1.5, 0.0)) for x in xs]
+        bottom = [(x, y1 + rng.uniform(0.0, 1.5)) for x in xs[::-1]]
+        poly = np.array([(px * ppm, py * ppm) for px, py in top + bottom], dtype=np.float64)
+        mask8 = np.zeros(img.shape, dtype=np.uint8)
+        cv2.fillPoly(mask8, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+        mask = mask8.astype(np.float32) / 255.0
+        tone = 40.0 + rng.uniform(0.0, 12.0, size=img.shape).astype(np.float32)
+        img[...] = img * (1.0 - mask) + tone * mask
+
+    span = lay.bar_w * 0.45
+    left = lay.bar_x + (lay.bar_w - span) / 2 + rng.uniform(-0.1, 0.1) * lay.bar_w
+    smear(left, lay.bar_y - 2.0, left + span, lay.bar_y + BAR_HEIGHT_MM + 2.0)
+    if spec.qr_text is not None:
+        q = lay.qr_size
+        smear(lay.qr_x + 0.15 * q, lay.qr_y - 1.0, lay.qr_x + 0.85 * q, lay.qr_y + q + 1.0)
+
+
+@lru_cache(maxsize=512)
+def render_label(spec: LabelSpec, px_per_mm: float) -> GrayImage:
+    """Render a label (uint8, paper ~235, ink ~25) at px_per_mm; cached, treat as read-only."""
+    _validate(spec)
+    if not px_per_mm > 0:
+        raise ValueError("px_per_mm must be positive")
+    ppm = px_per_mm
+    lay = _layout(spec)
+    w_px, h_px = max(1, round(lay.width * ppm)), max(1, round(lay.height * ppm))
+    ink = np.zeros((h_px, w_px), dtype=np.float32)
+
+    bars = _bar_modules(spec.code)
+    cols = _coverage(w_px, ppm, lay.bar_x, len(bars), spec.module_mm) @ bars
+    rows = _coverage(h_px, ppm, lay.bar_y, 1, BAR_HEIGHT_MM)[:, 0]
+    ink = np.maximum(ink, rows[:, None] * cols[None, :])
+    if spec.qr_text is not None:
+        qr = _qr_modules(spec.qr_text)
+        n = len(qr)
+        cx = _coverage(w_px, ppm, lay.qr_x, n, spec.module_mm)
+        cy = _coverage(h_px, ppm, lay.qr_y, n, spec.module_mm)
+        ink = np.maximum(ink, cy @ qr @ cx.T)
+    text = np.zeros((h_px, w_px), dtype=np.uint8)
+    _clutter(text, lay, spec, ppm)
+    ink = np.maximum(ink, text.astype(np.float32) / 255.0)
+
+    img = PAPER - np.clip(ink, 0.0, 1.0) * (PAPER - INK)
+    rng = np.random.default_rng((spec.seed, 0x5CAFF))
+    if spec.damage == "scuffed":
+        _scuff(img, lay, rng, ppm)
+    elif spec.damage == "destroyed":
+        _destroy(img, lay, spec, rng, ppm)
+    out: GrayImage = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    out.setflags(write=False)
+    return out

@@ -1,0 +1,294 @@
+"""The physical line: belt, encoder, photo-eyes, cameras, diverters and bins.
+
+Event-driven on the injected clock: every edge, frame and push happens at the exact moment
+the belt's travel says, so a shift runs as fast as the machine can render frames. The line
+knows the truth for every parcel, including where it really went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controller.clock import Clock
+from controller.config import CameraConfig, DiverterConfig, LineConfig
+from controller.lineio import (
+    END_EYE,
+    INDUCTION_EYE,
+    BinEntry,
+    BinLevel,
+    DivertCommand,
+    DivertReply,
+    LineEvent,
+    PhotoEyeEdge,
+)
+from controller.vision import Frame
+from sim_hardware.render import FrameRenderer, ParcelTop
+from sim_hardware.scenario import Case, ScenarioSpec, SimParcel
+
+log = logging.getLogger(__name__)
+
+
+class Belt:
+    """Belt travel over time at a constant speed from ``start``; an encoder on its shaft."""
+
+    def __init__(self, clock: Clock, speed_mm_s: float, counts_per_mm: float) -> None:
+        self.clock = clock
+        self.speed = speed_mm_s
+        self.counts_per_mm = counts_per_mm
+        self.start = clock.now()
+
+    def travel(self, at: float | None = None) -> float:
+        t = self.clock.now() if at is None else at
+        return max(0.0, t - self.start) * self.speed
+
+    def time_at(self, travel_mm: float) -> float:
+        return self.start + travel_mm / self.speed
+
+    def enc_at_travel(self, travel_mm: float) -> int:
+        return math.floor(travel_mm * self.counts_per_mm)
+
+    def encoder(self) -> int:
+        return self.enc_at_travel(self.travel())
+
+
+@dataclass
+class BinModel:
+    bin_id: str
+    capacity: int
+    fill: int = 0
+    full: bool = False
+    overfilled: int = 0
+    parcels: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LineCounters:
+    empty_fires: int = 0
+    glancing_fires: int = 0
+    late_commands: int = 0
+    frames: int = 0
+
+
+EventSink = Callable[[LineEvent], None]
+FrameSink = Callable[[Frame], None]
+
+
+class PhysicalLine:
+    """Runs a scenario's parcels down a configured line and records where each one went."""
+
+    def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: list[SimParcel],
+                 clock: Clock, *, render: bool = True) -> None:
+        self.config = config
+        self.scenario = scenario
+        self.parcels = parcels
+        self.clock = clock
+        self.render = render
+        self.belt = Belt(clock, config.belt.speed_mm_s, config.belt.encoder_counts_per_mm)
+        self.bins = {b.id: BinModel(b.id, b.capacity) for b in config.bins}
+        self.counters = LineCounters()
+        self.on_belt: dict[int, SimParcel] = {}
+        self.event_sinks: list[EventSink] = []
+        self.frame_sinks: dict[str, list[FrameSink]] = {c.id: [] for c in config.cameras}
+        self.done = asyncio.Event()
+        self._diverters = {d.id: d for d in config.diverters}
+        self._renderers = {c.id: FrameRenderer(c.resolution[0], c.resolution[1], c.mm_per_px,
+                                               seed=scenario.seed + i)
+                           for i, c in enumerate(config.cameras)}
+        self._settled = 0
+        self._backlogs: dict[str, list[Frame]] = {}
+        self._stalled: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- geometry --------------------------------------------------------------------------
+
+    def lead_mm(self, parcel: SimParcel, travel: float | None = None) -> float:
+        return (self.belt.travel() if travel is None else travel) - parcel.offset_mm
+
+    def _emit(self, event: LineEvent) -> None:
+        for sink in self.event_sinks:
+            sink(event)
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the whole stream until every parcel is in a bin or past the end of the line."""
+        if not self.parcels:
+            self.done.set()
+            return
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._induction(), name="sim.induction")
+            tg.create_task(self._end_of_line(), name="sim.end_of_line")
+            for camera in self.config.cameras:
+                tg.create_task(self._camera(camera), name=f"sim.{camera.id}")
+            await self.done.wait()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _induction(self) -> None:
+        pe = self.config.induction.photo_eye_mm
+        for parcel in self.parcels:
+            blocked_at = parcel.offset_mm + pe
+            await self.clock.sleep_until(self.belt.time_at(blocked_at))
+            self.on_belt[parcel.sim_id] = parcel
+            parcel.induct_enc = self.belt.enc_at_travel(blocked_at)
+            self._emit(PhotoEyeEdge(INDUCTION_EYE, True, parcel.induct_enc))
+            cleared_at = blocked_at + parcel.length_mm
+            await self.clock.sleep_until(self.belt.time_at(cleared_at))
+            self._emit(PhotoEyeEdge(INDUCTION_EYE, False, self.belt.enc_at_travel(cleared_at)))
+
+    async def _end_of_line(self) -> None:
+        x_end = self.config.end_of_line.position_mm
+        for parcel in self.parcels:
+            arrival = parcel.offset_mm + x_end
+            await self.clock.sleep_until(self.belt.time_at(arrival))
+            if parcel.sim_id in self.on_belt:
+                del self.on_belt[parcel.sim_id]
+                self._emit(PhotoEyeEdge(END_EYE, True, self.belt.enc_at_travel(arrival)))
+                self._settle(parcel, "END")
+        await self._wait_settled()
+
+    async def _wait_settled(self) -> None:
+        while self._settled < len(self.parcels):
+            await self.clock.sleep(0.1)
+        self.done.set()
+
+    def _settle(self, parcel: SimParcel, where: str) -> None:
+        parcel.actual = where
+        self._settled += 1
+
+    # --- cameras ---------------------------------------------------------------------------
+
+    async def _camera(self, camera: CameraConfig) -> None:
+        period = 1.0 / camera.fps
+        renderer = self._renderers[camera.id]
+        t: float | None = self.clock.now()
+        first = 0  # parcels before this index have left this camera's view for good
+        while t is not None:
+            while first < len(self.parcels) and self._leaves_view(camera, self.parcels[first]) < t:
+                first += 1
+            t = self._next_trigger(camera, first, t, period)
+            if t is None:
+                return
+            await self.clock.sleep_until(t)
+            travel = self.belt.travel()
+            in_view = self._in_view(camera, travel)
+            if in_view:
+                self._capture(camera, renderer, travel, in_view)
+            t += period
+
+    def _leaves_view(self, camera: CameraConfig, parcel: SimParcel) -> float:
+        return self.belt.time_at(parcel.offset_mm + camera.view_end_mm + parcel.length_mm)
+
+    def _next_trigger(self, camera: CameraConfig, first: int, t: float,
+                      period: float) -> float | None:
+        """The next frame time at which a parcel is in view: the camera is triggered."""
+        if first >= len(self.parcels):
+            return None
+        enter = self.belt.time_at(self.parcels[first].offset_mm + camera.view_start_mm)
+        if enter <= t:
+            return t
+        return t + math.ceil((enter - t) / period - 1e-9) * period
+
+    def _in_view(self, camera: CameraConfig, travel: float) -> list[SimParcel]:
+        return [p for p in self.on_belt.values()
+                if self.lead_mm(p, travel) >= camera.view_start_mm
+                and self.lead_mm(p, travel) - p.length_mm <= camera.view_end_mm]
+
+    def _capture(self, camera: CameraConfig, renderer: FrameRenderer, travel: float,
+                 parcels: list[SimParcel]) -> None:
+        tops = [ParcelTop(self.lead_mm(p, travel), p.length_mm, p.width_mm, p.y_mm, p.shade,
+                          p.labels) for p in parcels]
+        image = renderer.render(camera.view_start_mm, tops) if self.render else \
+            renderer.render(camera.view_start_mm, [])
+        frame = Frame(camera.id, image, self.belt.enc_at_travel(travel), self.clock.now())
+        self.counters.frames += 1
+        backlog = self._backlogs.setdefault(camera.id, [])
+        stalling = any(p.case is Case.CAMERA_STALL and p.sim_id not in self._stalled
+                       for p in parcels)
+        if stalling and self.scenario.camera_stall_s > 0 and not backlog:
+            # A camera hiccup: frames are buffered and handed over late, still in order.
+            self._stalled.update(p.sim_id for p in parcels if p.case is Case.CAMERA_STALL)
+            backlog.append(frame)
+            self._spawn(self._flush_after(camera.id, self.scenario.camera_stall_s),
+                        f"sim.{camera.id}.stall")
+        elif backlog:
+            backlog.append(frame)
+        else:
+            self._deliver(camera.id, frame)
+
+    def _deliver(self, camera_id: str, frame: Frame) -> None:
+        for sink in self.frame_sinks[camera_id]:
+            sink(frame)
+
+    async def _flush_after(self, camera_id: str, delay: float) -> None:
+        await self.clock.sleep(delay)
+        backlog = self._backlogs[camera_id]
+        while backlog:
+            self._deliver(camera_id, backlog.pop(0))
+
+    # --- diverters and bins ----------------------------------------------------------------
+
+    def accept_divert(self, command: DivertCommand) -> DivertReply:
+        """The I/O side: take a scheduled divert if it can still be carried out in time."""
+        diverter = self._diverters.get(command.diverter_id)
+        if diverter is None:
+            return DivertReply(command.command_id, False, "unknown_diverter")
+        lead_counts = diverter.actuation_ms / 1000 * self.belt.speed * self.belt.counts_per_mm
+        if self.belt.encoder() > command.fire_enc - lead_counts:
+            self.counters.late_commands += 1
+            return DivertReply(command.command_id, False, "late")
+        self._spawn(self._fire(diverter, command), f"sim.{diverter.id}.fire")
+        return DivertReply(command.command_id, True)
+
+    async def _fire(self, diverter: DiverterConfig, command: DivertCommand) -> None:
+        await self.clock.sleep_until(self.belt.time_at(command.fire_enc / self.belt.counts_per_mm))
+        travel = self.belt.travel()
+        hit: SimParcel | None = None
+        for parcel in self.on_belt.values():
+            lead = self.lead_mm(parcel, travel)
+            centre = lead - parcel.length_mm / 2
+            if abs(centre - diverter.position_mm) <= diverter.window_mm / 2:
+                hit = parcel
+            elif lead - parcel.length_mm <= diverter.position_mm <= lead:
+                self.counters.glancing_fires += 1
+                parcel.events.append(f"glanced by {diverter.id}")
+        if hit is None:
+            self.counters.empty_fires += 1
+            return
+        del self.on_belt[hit.sim_id]
+        hit.events.append(f"pushed by {diverter.id} for controller parcel {command.parcel_id}")
+        await self.clock.sleep(self.scenario.drop_time_s)
+        self._land(hit, self.bins[diverter.bin])
+
+    def _land(self, parcel: SimParcel, bin_model: BinModel) -> None:
+        if bin_model.full:
+            bin_model.overfilled += 1
+        bin_model.fill += 1
+        bin_model.parcels.append(parcel.sim_id)
+        self._settle(parcel, bin_model.bin_id)
+        self._emit(BinEntry(bin_model.bin_id, self.belt.encoder()))
+        if not bin_model.full and bin_model.fill >= bin_model.capacity:
+            bin_model.full = True
+            self._emit(BinLevel(bin_model.bin_id, True))
+            if self.scenario.bin_empty_after_s is not None:
+                self._spawn(self._operator_empties(bin_model), f"sim.{bin_model.bin_id}.empty")
+
+    async def _operator_empties(self, bin_model: BinModel) -> None:
+        assert self.scenario.bin_empty_after_s is not None
+        await self.clock.sleep(self.scenario.bin_empty_after_s)
+        bin_model.fill = 0
+        bin_model.full = False
+        self._emit(BinLevel(bin_model.bin_id, False))
+
+    def encoder(self) -> int:
+        return self.belt.encoder()

@@ -1,0 +1,247 @@
+"""Scenarios are data: a seeded parcel stream with a mix of cases and optional faults.
+
+A scenario file is TOML with ``spec = 1``; a test bench can keep its own in its repo.
+:func:`generate` turns a scenario and a line config into parcels and the order book that
+goes with them, each parcel carrying the truth about itself.
+"""
+
+from __future__ import annotations
+
+import random
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controller.config import LineConfig, SortRule
+from controller.errors import ConfigError
+from controller.orders import Order, OrderStatus
+from sim_hardware.labels import LabelSpec, label_size_mm
+from sim_hardware.render import PlacedLabel
+
+
+class Case(StrEnum):
+    """What a parcel is, as the test bench designed it."""
+
+    NOMINAL = "nominal"
+    NO_LABEL = "no_label"
+    DAMAGED_LABEL = "damaged_label"
+    TWO_LABELS = "two_labels"
+    UNKNOWN_ORDER = "unknown_order"
+    HELD_ORDER = "held_order"
+    CANCELLED_ORDER = "cancelled_order"
+    CAMERA_STALL = "camera_stall"
+
+
+EXPECTED_DISPOSITION = {
+    Case.NOMINAL: "SORTED",
+    Case.NO_LABEL: "NO_READ",
+    Case.DAMAGED_LABEL: "NO_READ",
+    Case.TWO_LABELS: "MULTI_READ",
+    Case.UNKNOWN_ORDER: "NO_ORDER",
+    Case.HELD_ORDER: "ORDER_HELD",
+    Case.CANCELLED_ORDER: "ORDER_HELD",
+    Case.CAMERA_STALL: "LATE",
+}
+
+Range = tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
+
+
+class ScenarioSpec(BaseModel):
+    """A seeded parcel stream (version 1 of the scenario format)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: Literal[1] = 1
+    seed: int = 1
+    parcels: Annotated[int, Field(ge=0, le=1_000_000)] = 100
+    mix: dict[Case, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {Case.NOMINAL: 1.0})
+    length_mm: Range = (250.0, 600.0)
+    width_mm: Range = (180.0, 380.0)
+    gap_mm: Range = (250.0, 600.0)
+    qr_share: Annotated[float, Field(ge=0, le=1)] = 0.3
+    scuffed_share: Annotated[float, Field(ge=0, le=1)] = 0.05
+    bin_empty_after_s: Annotated[float, Field(gt=0)] | None = 20.0
+    camera_stall_s: Annotated[float, Field(ge=0)] = 4.5
+    drop_time_s: Annotated[float, Field(ge=0)] = 0.3
+    hot_bins: Annotated[float, Field(ge=0)] = 0.0
+    """Skew of destinations towards the first rules (0 = even)."""
+
+
+DEMO_MIX: dict[Case, float] = {
+    Case.NOMINAL: 0.90, Case.NO_LABEL: 0.015, Case.DAMAGED_LABEL: 0.015,
+    Case.TWO_LABELS: 0.015, Case.UNKNOWN_ORDER: 0.02, Case.HELD_ORDER: 0.015,
+    Case.CANCELLED_ORDER: 0.01, Case.CAMERA_STALL: 0.01,
+}
+
+
+def load_scenario(path: str | Path) -> ScenarioSpec:
+    path = Path(path)
+    try:
+        return ScenarioSpec.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(str(path), [("(file)", str(exc))]) from None
+    except ValidationError as exc:
+        raise ConfigError(str(path), [(".".join(map(str, e["loc"])) or "(top level)", e["msg"])
+                                      for e in exc.errors()]) from None
+
+
+@dataclass
+class SimParcel:
+    """One parcel of the stream with the truth about it; ``actual`` is filled in by the line."""
+
+    sim_id: int
+    case: Case
+    length_mm: float
+    width_mm: float
+    y_mm: float
+    shade: int
+    gap_before_mm: float
+    labels: tuple[PlacedLabel, ...]
+    code: str | None
+    order: Order | None
+    expected_disposition: str
+    expected_bins: list[str]
+    offset_mm: float = 0.0  # belt travel at which the leading edge is at line position 0
+    induct_enc: int | None = None
+    actual: str | None = None
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def expected_bin(self) -> str:
+        return self.expected_bins[0] if self.expected_bins else "END"
+
+
+CARRIERS = ("DHL", "UPS", "DPD", "GLS", "PostNL")
+SERVICES = ("standard", "express")
+CHANNELS = ("webshop", "store", "marketplace")
+
+
+def expected_bins(line: LineConfig, order: Order) -> list[str]:
+    """Where an order should go: the emulator's own reading of the plan, first rule wins."""
+    for rule in line.sort_plan.rules:
+        if all(_field_matches(order, key, value) for key, value in rule.when.items()):
+            bins = list(rule.bins)
+            overflow = line.sort_plan.overflow
+            return bins + ([overflow] if overflow and overflow not in bins else [])
+    return [line.sort_plan.overflow] if line.sort_plan.overflow else []
+
+
+def _field_matches(order: Order, key: str, value: str) -> bool:
+    if key == "postcode_prefix":
+        return order.postcode.upper().startswith(value.upper())
+    return str(getattr(order, key)).casefold() == value.casefold()
+
+
+def make_code(serial: int, prefix: str = "00") -> str:
+    body = f"{prefix}{serial:09d}"
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return body + str((10 - total % 10) % 10)
+
+
+class _Generator:
+    def __init__(self, spec: ScenarioSpec, line: LineConfig) -> None:
+        self.spec = spec
+        self.line = line
+        self.rng = random.Random(spec.seed)
+        self.serial = self.rng.randrange(10_000, 900_000_000)
+
+    def next_code(self) -> str:
+        self.serial += self.rng.randrange(1, 50)
+        return make_code(self.serial)
+
+    def order_for(self, code: str, status: OrderStatus, n: int) -> Order:
+        rules = self.line.sort_plan.rules
+        rule: SortRule | None = None
+        if rules and self.rng.random() < 0.95:
+            weights = [1.0 / (i + 1) ** self.spec.hot_bins for i in range(len(rules))]
+            rule = self.rng.choices(rules, weights)[0]
+        attrs = {
+            "carrier": self.rng.choice(CARRIERS), "service": self.rng.choice(SERVICES),
+            "route": f"R{self.rng.randrange(1, 40):02d}", "channel": self.rng.choice(CHANNELS),
+            "postcode": f"{self.rng.randrange(1000, 99999):05d}",
+        }
+        if rule is not None:
+            for key, value in rule.when.items():
+                if key == "postcode_prefix":
+                    attrs["postcode"] = value + attrs["postcode"][len(value):]
+                else:
+                    attrs[key] = value
+        return Order(order_id=f"SO-{n:07d}", code=code, status=status,
+                     created_at=-self.rng.uniform(600, 6 * 3600), **attrs)
+
+    def label(self, code: str, length: float, width: float, *, qr: bool,
+              damage: str) -> PlacedLabel:
+        spec = LabelSpec(code=code, qr_text=code if qr else None, damage=damage,
+                         seed=self.rng.randrange(1 << 30))
+        angle = self.rng.uniform(0, 360)
+        label_w, label_h = label_size_mm(spec)
+        reach = (label_w ** 2 + label_h ** 2) ** 0.5 / 2
+        du = max(0.0, length / 2 - reach)
+        dv = max(0.0, width / 2 - reach)
+        return PlacedLabel(spec, self.rng.uniform(-du, du), self.rng.uniform(-dv, dv), angle)
+
+    def parcel(self, sim_id: int) -> SimParcel:
+        s, rng = self.spec, self.rng
+        case = rng.choices(list(s.mix), list(s.mix.values()))[0]
+        length = rng.uniform(*s.length_mm)
+        width = rng.uniform(*s.width_mm)
+        half_view = min(self.line.belt.width_mm,
+                        min(c.resolution[1] * c.mm_per_px for c in self.line.cameras)) / 2
+        y_room = max(0.0, half_view - width / 2 - 5)
+        y = rng.uniform(-y_room, y_room)
+        gap = rng.uniform(*s.gap_mm)
+        code = self.next_code()
+        qr = rng.random() < s.qr_share
+        damage = "scuffed" if rng.random() < s.scuffed_share else "none"
+        labels: tuple[PlacedLabel, ...] = ()
+        order: Order | None = None
+        status = {Case.HELD_ORDER: OrderStatus.HELD,
+                  Case.CANCELLED_ORDER: OrderStatus.CANCELLED}.get(case, OrderStatus.RELEASED)
+        if case is not Case.UNKNOWN_ORDER:
+            order = self.order_for(code, status, sim_id)
+        if case is Case.NO_LABEL:
+            code = None
+        elif case is Case.DAMAGED_LABEL:
+            labels = (self.label(code, length, width, qr=qr, damage="destroyed"),)
+        elif case is Case.TWO_LABELS:
+            # Two shipping labels on one box: both halves of the top face, both readable.
+            length = max(length, 2 * 140.0)
+            first = self.label(code, length / 2, width, qr=False, damage="none")
+            second = self.label(self.next_code(), length / 2, width, qr=False, damage="none")
+            labels = (PlacedLabel(first.spec, first.u_mm + length / 4, first.v_mm, first.angle_deg),
+                      PlacedLabel(second.spec, second.u_mm - length / 4, second.v_mm,
+                                  second.angle_deg))
+        else:
+            labels = (self.label(code, length, width, qr=qr, damage=damage),)
+        if case is Case.CAMERA_STALL:
+            # Isolated: the parcel before has left every view when the stall starts.
+            gap = max(gap, max(c.fov_mm for c in self.line.cameras) + 300.0)
+        expected = expected_bins(self.line, order) if order and case in (
+            Case.NOMINAL, Case.CAMERA_STALL) else []
+        disposition = EXPECTED_DISPOSITION[case]
+        if case is Case.NOMINAL and not expected:
+            disposition = "DEST_FULL"
+        return SimParcel(sim_id, case, length, width, y, rng.randrange(125, 185), gap, labels,
+                         code, order, disposition, expected if case is Case.NOMINAL else [])
+
+
+def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], list[Order]]:
+    """The parcel stream and the order book (unknown-order parcels have no order in it)."""
+    gen = _Generator(spec, line)
+    parcels = [gen.parcel(i + 1) for i in range(spec.parcels)]
+    offset = 0.0
+    room_after = 0.0
+    for parcel in parcels:
+        offset += max(parcel.gap_before_mm, room_after)
+        parcel.offset_mm = offset
+        offset += parcel.length_mm
+        # The parcel after a camera stall enters the view only once the camera is back.
+        room_after = (line.belt.speed_mm_s * spec.camera_stall_s + 300.0 - parcel.length_mm
+                      if parcel.case is Case.CAMERA_STALL else 0.0)
+    orders = [p.order for p in parcels if p.order is not None]
+    return parcels, orders

@@ -1,0 +1,33 @@
+"""Shared fixtures: the example line, shared/ data, and a leak check on every test."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.config import LineConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = ROOT / "deploy" / "line.example.toml"
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture
+def example_config() -> LineConfig:
+    return load_config(EXAMPLE_CONFIG)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a thread of ours running (decode pools, journal writers)."""
+    before = set(threading.enumerate())
+    yield
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
+              and t.name.startswith(("decode", "journal"))]
+    for t in leaked:
+        t.join(timeout=2)
+    still = [t.name for t in leaked if t.is_alive()]
+    assert not still, f"threads left running: {still}"

@@ -1,0 +1,82 @@
+"""Which texts are parcel codes, when reads settle, and the sort plan's rules."""
+
+from __future__ import annotations
+
+from controller.codes import CodeRule, ParcelReads, ReadVerdict, gs1_check_digit, with_check_digit
+from controller.config import DecisionConfig, SortPlanConfig, SortRule
+from controller.orders import Order, OrderCache, OrderStatus
+from controller.sortplan import SortPlan
+
+
+def test_gs1_check_digit_known_values() -> None:
+    # SSCC example from the GS1 General Specifications: 0 0614141 123456789 check 0
+    assert gs1_check_digit("00614141123456789") == 0
+    assert gs1_check_digit("629104150021") == 3  # EAN-13 6291041500213
+    assert with_check_digit("00144282714") == "001442827149"
+
+
+def test_code_rule_checks_pattern_and_check_digit() -> None:
+    rule = CodeRule(DecisionConfig())
+    assert rule.accepts("001442827149")
+    assert not rule.accepts("001442827148")  # wrong check digit
+    assert not rule.accepts("00144282714")  # too short
+    assert not rule.accepts("ABC442827149")
+    loose = CodeRule(DecisionConfig(code_pattern=r"^1Z[0-9A-Z]{16}$", check_digit="none"))
+    assert loose.accepts("1Z999AA10123456784")
+
+
+def test_reads_settle_early_only_when_whole_parcel_seen_and_agreeing() -> None:
+    reads = ParcelReads(min_agreeing=2)
+    reads.add_frame({"A"}, set(), whole_parcel_seen=False)
+    reads.add_frame({"A"}, set(), whole_parcel_seen=True)
+    assert reads.verdict(final=False) is ReadVerdict.PENDING  # one whole view only
+    reads.add_frame(set(), set(), whole_parcel_seen=True)
+    assert reads.verdict(final=False) is ReadVerdict.ONE_CODE
+    assert reads.code == "A"
+
+
+def test_second_label_makes_multi_read_and_nothing_is_no_read() -> None:
+    reads = ParcelReads(min_agreeing=2)
+    reads.add_frame({"A"}, {"junk"}, whole_parcel_seen=True)
+    reads.add_frame({"A", "B"}, set(), whole_parcel_seen=True)
+    assert reads.verdict(final=False) is ReadVerdict.MULTI_READ
+    assert reads.code is None
+    empty = ParcelReads(min_agreeing=2)
+    empty.add_frame(set(), {"junk"}, whole_parcel_seen=True)
+    assert empty.verdict(final=False) is ReadVerdict.PENDING
+    assert empty.verdict(final=True) is ReadVerdict.NO_READ
+
+
+def _order(**kw: str) -> Order:
+    base = {"order_id": "SO-1", "code": "001442827149", "channel": "webshop",
+            "carrier": "DHL", "service": "standard", "route": "R01", "postcode": "10115"}
+    base.update(kw)
+    return Order(status=OrderStatus.RELEASED, created_at=0.0, **base)
+
+
+PLAN = SortPlan(SortPlanConfig(overflow="B9", rules=[
+    SortRule(name="dhl-express", when={"carrier": "DHL", "service": "express"}, bins=["B1", "B2"]),
+    SortRule(name="dhl", when={"carrier": "dhl"}, bins=["B2"]),
+    SortRule(name="north", when={"postcode_prefix": "1"}, bins=["B3", "B9"]),
+]))
+
+
+def test_first_matching_rule_wins_with_alternates_and_overflow() -> None:
+    assert PLAN.destinations(_order(service="express")) == ("dhl-express", ["B1", "B2", "B9"])
+    assert PLAN.destinations(_order()) == ("dhl", ["B2", "B9"])  # case-insensitive match
+    assert PLAN.destinations(_order(carrier="UPS")) == ("north", ["B3", "B9"])
+    assert PLAN.destinations(_order(carrier="UPS", postcode="80331")) == (None, ["B9"])
+    no_overflow = SortPlan(SortPlanConfig(rules=[]))
+    assert no_overflow.destinations(_order()) == (None, [])
+
+
+def test_order_cache_evicts_least_recent() -> None:
+    cache = OrderCache(2)
+    a, b, c = (_order(code=code) for code in ("a", "b", "c"))
+    cache.put(a)
+    cache.put(b)
+    assert cache.get("a") == a
+    cache.put(c)
+    assert cache.get("b") is None
+    assert cache.get("a") == a
+    assert cache.get("c") == c

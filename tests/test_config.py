@@ -1,0 +1,109 @@
+"""A line config is validated; a bad one is refused naming the field and the reason."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.cli import main
+from controller.config import load_config, parse_config
+from controller.errors import ConfigError
+
+from .conftest import EXAMPLE_CONFIG
+
+
+def _example() -> dict[str, Any]:
+    return tomllib.loads(EXAMPLE_CONFIG.read_text())
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE_CONFIG)
+    assert config.cameras[0].mm_per_px == pytest.approx(0.4)
+    assert {d.bin for d in config.diverters} == {b.id for b in config.bins}
+    assert config.read_zone_end_mm < min(d.position_mm for d in config.diverters)
+
+
+def _problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "test.toml")
+    return info.value.problems
+
+
+def test_missing_section_is_named() -> None:
+    data = _example()
+    del data["belt"]
+    assert ("belt", "Field required") in _problems(data)
+
+
+def test_wrong_type_names_the_nested_field() -> None:
+    data = _example()
+    data["diverters"][2]["actuation_ms"] = "fast"
+    (path, reason), = _problems(data)
+    assert path == "diverters[2].actuation_ms"
+    assert "number" in reason
+
+
+def test_negative_speed_is_refused() -> None:
+    data = _example()
+    data["belt"]["speed_mm_s"] = -1
+    (path, reason), = _problems(data)
+    assert path == "belt.speed_mm_s"
+    assert "greater than 0" in reason
+
+
+def test_unknown_field_is_refused() -> None:
+    data = _example()
+    data["belt"]["sped_mm_s"] = 2
+    assert ("belt.sped_mm_s", "Extra inputs are not permitted") in _problems(data)
+
+
+def test_inconsistent_layout_is_explained() -> None:
+    data = _example()
+    data["diverters"][0]["bin"] = "B99"
+    data["diverters"][1]["position_mm"] = 1500.0
+    data["sort_plan"]["rules"][0]["bins"] = ["B1", "B42"]
+    ((path, reason),) = _problems(data)
+    assert path == "(top level)"
+    assert "D1 serves unknown bin 'B99'" in reason
+    assert "D2 at 1500.0 mm is not downstream of the cameras" in reason
+    assert "names unknown bin 'B42'" in reason
+
+
+def test_bad_regex_is_refused() -> None:
+    data = _example()
+    data["decision"]["code_pattern"] = "([0-9"
+    (path, reason), = _problems(data)
+    assert path == "decision"
+    assert "not a regular expression" in reason
+
+
+def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[belt\nspeed = 1\n")
+    with pytest.raises(ConfigError, match=r"\(syntax\)"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_cli_check_config_reports_bad_field(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    text = EXAMPLE_CONFIG.read_text().replace("speed_mm_s = 2000.0", "speed_mm_s = 0")
+    path = tmp_path / "line.toml"
+    path.write_text(text)
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "belt.speed_mm_s: Input should be greater than 0" in err
+    assert main(["check-config", str(EXAMPLE_CONFIG)]) == 0
+    assert "valid line 'line1'" in capsys.readouterr().out
+
+
+def test_relative_store_paths_resolve_beside_the_config(tmp_path: Path) -> None:
+    text = EXAMPLE_CONFIG.read_text().replace(
+        'path = "/var/lib/parcel-sorter/orders.sqlite"', 'path = "data/orders.sqlite"')
+    path = tmp_path / "line.toml"
+    path.write_text(text)
+    assert load_config(path).order_store.path == str(tmp_path / "data" / "orders.sqlite")

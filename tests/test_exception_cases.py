@@ -1,0 +1,99 @@
+"""Each exception case lands in its own disposition and physical place; the line keeps going."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from controller.config import LineConfig
+from sim_hardware.scenario import Case, ScenarioSpec
+
+from .shifts import only, run_sim
+
+
+def _check_against_truth(records: list[dict[str, Any]], case: Case, disposition: str) -> None:
+    special = [r for r in records if r["case"] == case]
+    nominal = [r for r in records if r["case"] == Case.NOMINAL]
+    assert special, "the scenario produced no parcel of this case"
+    assert nominal, "no nominal parcels around it"
+    for r in special:
+        assert r["disposition"] == disposition, r
+        assert r["actual_bin"] == "END", r  # fail-safe: the end of the line, no diverter fired
+        assert r["controller_bin"] == "END", r
+    for r in nominal:  # the parcels around it still sort
+        assert r["disposition"] == "SORTED", r
+        assert r["actual_bin"] == r["expected_bin"], r
+    assert not any(r["missort"] for r in records)
+
+
+def test_no_label_is_no_read(example_config: LineConfig, tmp_path: Path) -> None:
+    _, records, _ = run_sim(example_config, only(Case.NO_LABEL, 24, 1), tmp_path)
+    _check_against_truth(records, Case.NO_LABEL, "NO_READ")
+
+
+def test_damaged_label_is_no_read(example_config: LineConfig, tmp_path: Path) -> None:
+    _, records, _ = run_sim(example_config, only(Case.DAMAGED_LABEL, 24, 2), tmp_path)
+    _check_against_truth(records, Case.DAMAGED_LABEL, "NO_READ")
+
+
+def test_two_different_labels_are_multi_read(example_config: LineConfig, tmp_path: Path) -> None:
+    _, records, _ = run_sim(example_config, only(Case.TWO_LABELS, 24, 3), tmp_path)
+    _check_against_truth(records, Case.TWO_LABELS, "MULTI_READ")
+    for r in records:
+        if r["case"] == Case.TWO_LABELS:
+            assert "different codes" in r["reason"]
+
+
+def test_unknown_order_is_no_order(example_config: LineConfig, tmp_path: Path) -> None:
+    _, records, _ = run_sim(example_config, only(Case.UNKNOWN_ORDER, 24, 4), tmp_path)
+    _check_against_truth(records, Case.UNKNOWN_ORDER, "NO_ORDER")
+    for r in records:
+        if r["case"] == Case.UNKNOWN_ORDER:
+            assert r["read_code"] == r["code"]  # it was read right: the order is what's missing
+
+
+def test_held_and_cancelled_orders_are_held(example_config: LineConfig, tmp_path: Path) -> None:
+    _, held, _ = run_sim(example_config, only(Case.HELD_ORDER, 16, 5), tmp_path / "held")
+    _check_against_truth(held, Case.HELD_ORDER, "ORDER_HELD")
+    _, cancelled, _ = run_sim(example_config, only(Case.CANCELLED_ORDER, 16, 6), tmp_path / "c")
+    _check_against_truth(cancelled, Case.CANCELLED_ORDER, "ORDER_HELD")
+    assert any("cancelled" in r["reason"] for r in cancelled if r["case"] == Case.CANCELLED_ORDER)
+
+
+def test_parcel_too_fast_for_its_decision_is_late(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    _, records, result = run_sim(example_config, only(Case.CAMERA_STALL, 12, 8), tmp_path)
+    _check_against_truth(records, Case.CAMERA_STALL, "LATE")
+    assert result.line_counters["empty_fires"] == 0
+
+
+def test_full_bin_goes_to_alternate_then_overflow(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    plan = example_config.sort_plan.model_copy(update={"rules": [
+        example_config.sort_plan.rules[0].model_copy(update={"when": {}})]})  # all to B1, B2
+    bins = [b.model_copy(update={"capacity": 3}) if b.id in ("B1", "B2") else b
+            for b in example_config.bins]
+    config = example_config.model_copy(update={"sort_plan": plan, "bins": bins})
+    spec = ScenarioSpec(parcels=10, seed=9, scuffed_share=0.0, bin_empty_after_s=None)
+    _, records, result = run_sim(config, spec, tmp_path)
+
+    assert [r["actual_bin"] for r in records] == ["B1"] * 3 + ["B2"] * 3 + ["B8"] * 4
+    assert [r["disposition"] for r in records] == ["SORTED"] * 3 + ["DEST_FULL"] * 7
+    assert all(r["controller_bin"] == r["actual_bin"] for r in records)
+    assert "B1 full, sent to B2" in records[3]["reason"]
+    assert all(b["overfilled"] == 0 for b in result.bins.values())
+    assert not any(r["missort"] for r in records)
+
+
+def test_emptied_bin_is_used_again(example_config: LineConfig, tmp_path: Path) -> None:
+    plan = example_config.sort_plan.model_copy(update={"rules": [
+        example_config.sort_plan.rules[0].model_copy(update={"when": {}, "bins": ["B1"]})]})
+    bins = [b.model_copy(update={"capacity": 2}) if b.id == "B1" else b
+            for b in example_config.bins]
+    config = example_config.model_copy(update={"sort_plan": plan, "bins": bins})
+    spec = ScenarioSpec(parcels=12, seed=10, scuffed_share=0.0, bin_empty_after_s=1.0)
+    _, records, result = run_sim(config, spec, tmp_path)
+    in_b1 = [r for r in records if r["actual_bin"] == "B1"]
+    assert len(in_b1) > 2  # the operator emptied it and the controller went back to it
+    assert result.bins["B1"]["overfilled"] == 0
+    assert all(r["actual_bin"] in ("B1", "B8") for r in records)
