@@ -76,7 +76,15 @@ class DiverterConfig(_Strict):
 class BinConfig(_Strict):
     id: Identifier
     capacity: Annotated[int, Field(ge=1)] = 200
+    drop_ms: Annotated[float, Field(ge=0)] = Field(
+        default=300.0, description="usual time from the push to the bin's photo-eye")
     confirm_timeout_ms: PositiveFloat = 1500.0
+
+    @model_validator(mode="after")
+    def _drop_within_timeout(self) -> BinConfig:
+        if self.drop_ms >= self.confirm_timeout_ms:
+            raise ValueError("drop_ms must be shorter than confirm_timeout_ms")
+        return self
 
 
 class EndOfLineConfig(_Strict):

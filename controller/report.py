@@ -41,13 +41,14 @@ def parcel_records(result: ShiftResult) -> list[dict[str, Any]]:
             "order_created_at": parcel.order.created_at if parcel.order else None,
             "final_at": row["final_at"] if row else None,
         })
-    for row in by_enc.values():  # tracked by the controller, unknown to the emulator
-        records.append({"parcel_id": row["parcel_id"], "sim_id": None, "case": "phantom",
+    records.extend(  # tracked by the controller, unknown to the emulator
+        {"parcel_id": row["parcel_id"], "sim_id": None, "case": "phantom",
                         "code": None, "read_code": row["code"], "order_id": row["order_id"],
                         "disposition": row["disposition"], "expected_disposition": None,
                         "expected_bin": None, "alternate_bins": [], "actual_bin": None,
                         "controller_bin": row["bin"], "reason": row["reason"], "missort": False,
-                        "order_created_at": None, "final_at": row["final_at"]})
+                        "order_created_at": None, "final_at": row["final_at"]}
+        for row in by_enc.values())
     return records
 
 

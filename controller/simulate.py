@@ -40,6 +40,16 @@ class ShiftResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _fresh_workdir(workdir: Path) -> tuple[Path, Path]:
+    """An empty order book and journal for a new shift."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    orders_path, journal_path = workdir / "orders.sqlite", workdir / "journal.sqlite"
+    for path in (orders_path, journal_path):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return orders_path, journal_path
+
+
 async def run_shift(
     config: LineConfig,
     scenario: Any,  # sim_hardware.scenario.ScenarioSpec
@@ -57,12 +67,7 @@ async def run_shift(
     from sim_hardware.line import PhysicalLine
     from sim_hardware.scenario import generate
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    orders_path, journal_path = workdir / "orders.sqlite", workdir / "journal.sqlite"
-    for path in (orders_path, journal_path):
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-
+    orders_path, journal_path = _fresh_workdir(workdir)
     parcels, orders = generate(scenario, config)
     store = SqliteOrderStore(orders_path)
     store.add(orders)
@@ -72,9 +77,9 @@ async def run_shift(
     decoders: dict[str, BarcodeDecoder] = {
         c.id: make_decoder(c.decoder) for c in config.cameras}
     journal = Journal(journal_path, clock, synchronous=config.journal.synchronous)
-    sorter = Sorter(config, clock, line_io, cameras, decoders,
-                    order_store_wrapper(store) if order_store_wrapper else store, journal,
-                    decode_threads=decode_threads)
+    sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
+                    order_store=order_store_wrapper(store) if order_store_wrapper else store,
+                    journal=journal, decode_threads=decode_threads)
     if on_final is not None:
         sorter.listeners.append(on_final)
 

@@ -60,6 +60,7 @@ class ParcelState:
     diverter: DiverterConfig | None = None
     deciding: bool = False
     zone_exit_at: float | None = None
+    booked: bool = False  # counted in its bin's in-flight parcels until confirmed or given up
 
     @property
     def parcel_id(self) -> int:
@@ -109,6 +110,7 @@ class Sorter:
         self,
         config: LineConfig,
         clock: Clock,
+        *,
         line_io: LineIO,
         cameras: list[Camera],
         decoders: dict[str, BarcodeDecoder],
@@ -200,8 +202,7 @@ class Sorter:
                 window, ParcelReads(self.config.decision.min_agreeing_reads), now)
             await self.journal.inducted(parcel_id, enc, now)
             return
-        window = self.tracker.cleared(enc)
-        if window is None:
+        if self.tracker.cleared(enc) is None:
             self.stats.spurious_edges += 1
 
     def _bin_level(self, bin_id: str, full: bool) -> None:
@@ -216,21 +217,23 @@ class Sorter:
         bin_config = next((b for b in self.config.bins if b.id == bin_id), None)
         if bin_config is None:
             return
-        window_counts = bin_config.confirm_timeout_ms / 1000 * self.config.belt.speed_mm_s \
-            * self._cpm
-        candidates = [p for p in self.parcels.values()
-                      if p.command is not None and p.route == bin_id
-                      and p.parcel_id not in self._finalising
-                      and p.command.fire_enc <= enc <= p.command.fire_enc + window_counts]
-        if not candidates:
+        counts_per_s = self.config.belt.speed_mm_s * self._cpm
+        window = bin_config.confirm_timeout_ms / 1000 * counts_per_s
+        drop = bin_config.drop_ms / 1000 * counts_per_s
+        # A bin's photo-eye cannot tell parcels apart: the entry belongs to the booked divert
+        # it fits best in time.
+        fits = [(abs(enc - (p.command.fire_enc + drop)), p) for p in self.parcels.values()
+                if p.booked and p.command is not None and p.route == bin_id
+                and p.parcel_id not in self._finalising
+                and p.command.fire_enc <= enc <= p.command.fire_enc + window]
+        if not fits:
             self.stats.unexpected_bin_entries += 1
             self._unexpected.append(UnexpectedEntry(bin_id, enc))
             log.warning("bin %s: a parcel fell in that no divert was sent for", bin_id)
             return
-        parcel = min(candidates, key=lambda p: p.command.fire_enc if p.command else 0)
-        state = self.bins[bin_id]
-        state.in_flight -= 1
-        state.confirmed += 1
+        _, parcel = min(fits, key=lambda fit: fit[0])
+        self._unbook(parcel, bin_id)
+        self.bins[bin_id].confirmed += 1
         await self._finalise(parcel, parcel.disposition or Disposition.SORTED, bin_id)
 
     async def _end_arrival(self, enc: int) -> None:
@@ -244,7 +247,7 @@ class Sorter:
         if parcel.route == END_OF_LINE and parcel.disposition is not None:
             await self._finalise(parcel, parcel.disposition, END_OF_LINE)
         elif parcel.command is not None and parcel.route is not None:
-            self.bins[parcel.route].in_flight -= 1
+            self._unbook(parcel, parcel.route)
             parcel.reason = f"fired at {parcel.route} but arrived at the end of line"
             await self._finalise(parcel, Disposition.DIVERT_FAULT, END_OF_LINE)
         else:
@@ -267,9 +270,16 @@ class Sorter:
                     self._camera_caught_up(cam.id, frame.enc)
                     continue
                 await slots.acquire()
-                task = tg.create_task(self._frame(cam, decoder, frame, wanted))
-                task.add_done_callback(lambda _, enc=frame.enc: (
-                    slots.release(), self._camera_caught_up(cam.id, enc)))
+                tg.create_task(self._decode_frame(slots, cam, decoder, frame, wanted))
+
+    async def _decode_frame(self, slots: asyncio.Semaphore, cam: CameraConfig,
+                            decoder: BarcodeDecoder, frame: Frame,
+                            wanted: list[ParcelState]) -> None:
+        try:
+            await self._frame(cam, decoder, frame, wanted)
+        finally:
+            slots.release()
+            self._camera_caught_up(cam.id, frame.enc)
 
     def _camera_caught_up(self, camera_id: str, enc: int) -> None:
         self._camera_progress[camera_id] = max(self._camera_progress[camera_id], enc)
@@ -426,22 +436,31 @@ class Sorter:
         command = DivertCommand(self._next_command_id, parcel.parcel_id, diverter.id,
                                 fire_enc, diverter.pulse_ms)
         self._next_command_id += 1
-        # Counted before the reply: a bin must not be over-booked by decisions in flight.
-        self.bins[bin_id].in_flight += 1
+        # Booked before the reply: a bin must not be over-booked by decisions in flight.
+        self._book(parcel, bin_id)
         try:
             reply = await self.line_io.divert(command)
         except DriverError as exc:
-            self.bins[bin_id].in_flight -= 1
+            self._unbook(parcel, bin_id)
             self._to_end(parcel, Disposition.DIVERT_FAULT, f"divert not sent: {exc}")
             return
         if not reply.accepted:
-            self.bins[bin_id].in_flight -= 1
+            self._unbook(parcel, bin_id)
             late = reply.reason == "late"
             self._to_end(parcel, Disposition.LATE if late else Disposition.DIVERT_FAULT,
                          f"{diverter.id} refused the divert: {reply.reason}")
             return
         parcel.command, parcel.diverter, parcel.route = command, diverter, bin_id
         parcel.disposition, parcel.reason = disposition, reason
+
+    def _book(self, parcel: ParcelState, bin_id: str) -> None:
+        self.bins[bin_id].in_flight += 1
+        parcel.booked = True
+
+    def _unbook(self, parcel: ParcelState, bin_id: str) -> None:
+        if parcel.booked:
+            self.bins[bin_id].in_flight -= 1
+            parcel.booked = False
 
     # --- positions -------------------------------------------------------------------------
 
@@ -460,17 +479,16 @@ class Sorter:
                 if parcel.verdict is ReadVerdict.PENDING and window.cleared_enc is not None \
                         and window.trail_mm(enc) > read_zone_end and self._reads_complete(parcel):
                     self._settle(parcel, final=True)
-                if parcel.command is not None and parcel.route is not None:
+                if parcel.booked and parcel.command is not None and parcel.route is not None:
                     timeout_mm = self.config.bin(parcel.route).confirm_timeout_ms / 1000 * speed
-                    if enc > parcel.command.fire_enc + (timeout_mm + lost_after_mm) * self._cpm:
-                        self.bins[parcel.route].in_flight -= 1
-                        parcel.reason = f"fired at {parcel.route}, never confirmed"
-                        await self._finalise(parcel, Disposition.DIVERT_FAULT, "UNKNOWN")
-                elif window.trail_mm(enc) > x_end + lost_after_mm:
-                    await self._lost(parcel)
+                    if enc > parcel.command.fire_enc + timeout_mm * self._cpm:
+                        # Not in its bin: it may still ride to the end of the line; keep tracking.
+                        self._unbook(parcel, parcel.route)
+                if window.trail_mm(enc) > x_end + lost_after_mm:
+                    await self._missing(parcel)
 
-    async def _lost(self, parcel: ParcelState) -> None:
-        """A parcel not seen where it should be: a mis-sort if a bin took it unbidden."""
+    async def _missing(self, parcel: ParcelState) -> None:
+        """A parcel not seen where it was sent: mis-sorted if a bin on its way took it unbidden."""
         window = parcel.window
         for entry in self._unexpected:
             diverter = self.config.diverter_for_bin(entry.bin_id)
@@ -481,11 +499,15 @@ class Sorter:
                                           + timeout_mm)
             if start <= entry.enc <= end:
                 self._unexpected.remove(entry)
-                parcel.reason = f"routed {parcel.route}, fell into {entry.bin_id}"
+                parcel.reason = f"sent to {parcel.route}, fell into {entry.bin_id}"
                 await self._finalise(parcel, Disposition.MISSORT, entry.bin_id)
                 return
-        parcel.reason = f"routed {parcel.route}, not seen there" if parcel.route else \
-            "passed the end of line undecided and unseen"
+        if parcel.command is not None:
+            parcel.reason = f"fired at {parcel.route}: not confirmed there, not seen at the end"
+        elif parcel.route is not None:
+            parcel.reason = f"sent to {parcel.route}, not seen there"
+        else:
+            parcel.reason = "passed the end of line undecided and unseen"
         await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
 
     # --- the end of a parcel ---------------------------------------------------------------
@@ -531,8 +553,5 @@ def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def _decode_crops(decoder: BarcodeDecoder, image: GrayImage,
                   spans: list[tuple[int, int]]) -> list[Symbol]:
     """Decode the column spans of a frame that tracked parcels occupy (runs in a thread)."""
-    found: list[Symbol] = []
-    for lo, hi in spans:
-        for s in decoder.decode(image[:, lo:hi]):
-            found.append(Symbol(s.text, s.symbology, s.x + lo, s.y))
-    return found
+    return [Symbol(s.text, s.symbology, s.x + lo, s.y)
+            for lo, hi in spans for s in decoder.decode(image[:, lo:hi])]

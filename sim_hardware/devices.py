@@ -1,4 +1,4 @@
-"""The emulated line's devices as in-process links: the same interfaces serial and MQTT implement."""
+"""The emulated line's devices as in-process links, behind the controller's own interfaces."""
 
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from controller.clock import Clock
 from controller.config import CameraConfig, DiverterConfig, LineConfig
@@ -70,6 +71,7 @@ class LineCounters:
     empty_fires: int = 0
     glancing_fires: int = 0
     late_commands: int = 0
+    jammed_fires: int = 0
     frames: int = 0
 
 
@@ -112,9 +114,8 @@ class PhysicalLine:
         for sink in self.event_sinks:
             sink(event)
 
-    def _spawn(self, coro: object, name: str) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(name)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -128,6 +129,7 @@ class PhysicalLine:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._induction(), name="sim.induction")
             tg.create_task(self._end_of_line(), name="sim.end_of_line")
+            tg.create_task(self._faults(), name="sim.faults")
             for camera in self.config.cameras:
                 tg.create_task(self._camera(camera), name=f"sim.{camera.id}")
             await self.done.wait()
@@ -165,6 +167,29 @@ class PhysicalLine:
     def _settle(self, parcel: SimParcel, where: str) -> None:
         parcel.actual = where
         self._settled += 1
+
+    # --- faults ----------------------------------------------------------------------------
+
+    async def _faults(self) -> None:
+        """Stray pushes and parcels lifted off the belt, each at its moment on the belt."""
+        diverters = {d.id: d for d in self.config.diverters}
+        picked_off_at = self.config.read_zone_end_mm + 300.0
+        for parcel in self.parcels:
+            if parcel.stray_diverter is not None and parcel.case is Case.STRAY_PUSH:
+                diverter = diverters[parcel.stray_diverter]
+                await self._sleep_until_centre(parcel, diverter.position_mm)
+                if parcel.sim_id in self.on_belt:
+                    parcel.events.append(f"stray push by {diverter.id}")
+                    await self._push(parcel, diverter)
+            elif parcel.case is Case.PICKED_OFF:
+                await self._sleep_until_centre(parcel, picked_off_at)
+                if self.on_belt.pop(parcel.sim_id, None) is not None:
+                    parcel.events.append("lifted off the belt")
+                    self._settle(parcel, "REMOVED")
+
+    async def _sleep_until_centre(self, parcel: SimParcel, x_mm: float) -> None:
+        await self.clock.sleep_until(
+            self.belt.time_at(parcel.offset_mm + x_mm + parcel.length_mm / 2))
 
     # --- cameras ---------------------------------------------------------------------------
 
@@ -265,10 +290,17 @@ class PhysicalLine:
         if hit is None:
             self.counters.empty_fires += 1
             return
-        del self.on_belt[hit.sim_id]
-        hit.events.append(f"pushed by {diverter.id} for controller parcel {command.parcel_id}")
+        hit.events.append(f"fired at by {diverter.id} for controller parcel {command.parcel_id}")
+        if hit.case is Case.JAMMED_DIVERTER:
+            self.counters.jammed_fires += 1
+            hit.events.append(f"{diverter.id} jammed")
+            return
+        await self._push(hit, diverter)
+
+    async def _push(self, parcel: SimParcel, diverter: DiverterConfig) -> None:
+        del self.on_belt[parcel.sim_id]
         await self.clock.sleep(self.scenario.drop_time_s)
-        self._land(hit, self.bins[diverter.bin])
+        self._land(parcel, self.bins[diverter.bin])
 
     def _land(self, parcel: SimParcel, bin_model: BinModel) -> None:
         if bin_model.full:

@@ -34,6 +34,9 @@ class Case(StrEnum):
     HELD_ORDER = "held_order"
     CANCELLED_ORDER = "cancelled_order"
     CAMERA_STALL = "camera_stall"
+    JAMMED_DIVERTER = "jammed_diverter"  # its diverter's arm jams: it rides on to the end
+    STRAY_PUSH = "stray_push"  # a faulty pusher upstream shoves it into the wrong bin
+    PICKED_OFF = "picked_off"  # someone lifts it off the belt after the read zone
 
 
 EXPECTED_DISPOSITION = {
@@ -45,7 +48,13 @@ EXPECTED_DISPOSITION = {
     Case.HELD_ORDER: "ORDER_HELD",
     Case.CANCELLED_ORDER: "ORDER_HELD",
     Case.CAMERA_STALL: "LATE",
+    Case.JAMMED_DIVERTER: "DIVERT_FAULT",
+    Case.STRAY_PUSH: "MISSORT",
+    Case.PICKED_OFF: "LOST",
 }
+ROUTED_CASES = frozenset({Case.NOMINAL, Case.CAMERA_STALL, Case.JAMMED_DIVERTER,
+                          Case.STRAY_PUSH, Case.PICKED_OFF})
+"""Cases whose order is released and routed by the plan; the rest belong at the end."""
 
 Range = tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
 
@@ -108,6 +117,7 @@ class SimParcel:
     expected_bins: list[str]
     offset_mm: float = 0.0  # belt travel at which the leading edge is at line position 0
     induct_enc: int | None = None
+    stray_diverter: str | None = None
     actual: str | None = None
     events: list[str] = field(default_factory=list)
 
@@ -172,7 +182,9 @@ class _Generator:
                 else:
                     attrs[key] = value
         return Order(order_id=f"SO-{n:07d}", code=code, status=status,
-                     created_at=-self.rng.uniform(600, 6 * 3600), **attrs)
+                     created_at=-self.rng.uniform(600, 6 * 3600), channel=attrs["channel"],
+                     carrier=attrs["carrier"], service=attrs["service"], route=attrs["route"],
+                     postcode=attrs["postcode"])
 
     def label(self, code: str, length: float, width: float, *, qr: bool,
               damage: str) -> PlacedLabel:
@@ -191,7 +203,7 @@ class _Generator:
         length = rng.uniform(*s.length_mm)
         width = rng.uniform(*s.width_mm)
         half_view = min(self.line.belt.width_mm,
-                        min(c.resolution[1] * c.mm_per_px for c in self.line.cameras)) / 2
+                        *(c.resolution[1] * c.mm_per_px for c in self.line.cameras)) / 2
         y_room = max(0.0, half_view - width / 2 - 5)
         y = rng.uniform(-y_room, y_room)
         gap = rng.uniform(*s.gap_mm)
@@ -205,7 +217,7 @@ class _Generator:
         if case is not Case.UNKNOWN_ORDER:
             order = self.order_for(code, status, sim_id)
         if case is Case.NO_LABEL:
-            code = None
+            pass  # its label fell off: the order exists, nothing on the box says which
         elif case is Case.DAMAGED_LABEL:
             labels = (self.label(code, length, width, qr=qr, damage="destroyed"),)
         elif case is Case.TWO_LABELS:
@@ -221,13 +233,24 @@ class _Generator:
         if case is Case.CAMERA_STALL:
             # Isolated: the parcel before has left every view when the stall starts.
             gap = max(gap, max(c.fov_mm for c in self.line.cameras) + 300.0)
-        expected = expected_bins(self.line, order) if order and case in (
-            Case.NOMINAL, Case.CAMERA_STALL) else []
+        expected = expected_bins(self.line, order) if order and case in ROUTED_CASES else []
         disposition = EXPECTED_DISPOSITION[case]
         if case is Case.NOMINAL and not expected:
             disposition = "DEST_FULL"
-        return SimParcel(sim_id, case, length, width, y, rng.randrange(125, 185), gap, labels,
-                         code, order, disposition, expected if case is Case.NOMINAL else [])
+        parcel = SimParcel(sim_id, case, length, width, y, rng.randrange(125, 185), gap, labels,
+                           None if case is Case.NO_LABEL else code, order, disposition,
+                           expected if case in (Case.NOMINAL, Case.JAMMED_DIVERTER) else [])
+        if case is Case.STRAY_PUSH:
+            # The faulty pusher is the one just upstream of where the parcel should go; with
+            # none upstream, the parcel is one the line sends to the end (no order) instead.
+            line_order = sorted(self.line.diverters, key=lambda d: d.position_mm)
+            target = next((i for i, d in enumerate(line_order) if expected
+                           and d.bin == expected[0]), 0)
+            if target == 0:
+                parcel.order = None
+            parcel.stray_diverter = line_order[max(0, target - 1)].id
+            parcel.expected_bins = []
+        return parcel
 
 
 def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], list[Order]]:

@@ -97,3 +97,41 @@ def test_emptied_bin_is_used_again(example_config: LineConfig, tmp_path: Path) -
     assert len(in_b1) > 2  # the operator emptied it and the controller went back to it
     assert result.bins["B1"]["overfilled"] == 0
     assert all(r["actual_bin"] in ("B1", "B8") for r in records)
+
+
+def _routed_case(config: LineConfig, case: Case, seed: int, tmp_path: Path
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    _, records, _ = run_sim(config, only(case, 24, seed), tmp_path)
+    special = [r for r in records if r["case"] == case]
+    nominal = [r for r in records if r["case"] == Case.NOMINAL]
+    assert special
+    assert nominal
+    for r in nominal:
+        assert r["disposition"] == "SORTED", r
+        assert r["actual_bin"] == r["expected_bin"], r
+    return special, records
+
+
+def test_jammed_diverter_is_divert_fault(example_config: LineConfig, tmp_path: Path) -> None:
+    special, _ = _routed_case(example_config, Case.JAMMED_DIVERTER, 12, tmp_path)
+    for r in special:
+        assert r["disposition"] == "DIVERT_FAULT", r
+        assert r["actual_bin"] == r["controller_bin"] == "END", r
+        assert f"fired at {r['expected_bin']} but arrived at the end" in r["reason"]
+
+
+def test_stray_push_is_detected_as_missort(example_config: LineConfig, tmp_path: Path) -> None:
+    special, records = _routed_case(example_config, Case.STRAY_PUSH, 13, tmp_path)
+    for r in special:
+        assert r["disposition"] == "MISSORT", r
+        assert r["missort"]  # the truth agrees: it is in a bin it does not belong in
+        assert r["controller_bin"] == r["actual_bin"] != "END", r
+    assert sum(r["missort"] for r in records) == len(special)
+
+
+def test_parcel_lifted_off_the_belt_is_lost(example_config: LineConfig, tmp_path: Path) -> None:
+    special, _ = _routed_case(example_config, Case.PICKED_OFF, 14, tmp_path)
+    for r in special:
+        assert r["disposition"] == "LOST", r
+        assert r["actual_bin"] == "REMOVED"
+        assert r["controller_bin"] == "UNKNOWN"

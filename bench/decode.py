@@ -1,0 +1,114 @@
+"""Barcode decoder benchmark on synthetic shipping-label frames.
+
+Each case decodes ``--repeat`` different frames (a Code 128 label at a random rotation
+and place on noisy cardboard) once each and reports the median and 95th percentile
+milliseconds per frame and the share of frames whose label was read. The empty case
+reports false reads instead. Decoders look for the controller's default formats
+(Code 128 + QR code).
+
+    .venv/bin/python bench/decode.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from controller.vision import BarcodeDecoder
+from drivers.decoders import DEFAULT_DECODER, available_decoders, make_decoder
+from drivers.decoders.synth import cardboard, paste, render
+
+TEXT = "1Z999AA10123456784"
+FORMATS = ("code128", "qrcode")
+
+
+def label_frames(
+    height: int, width: int, count: int, seed: int, *, with_label: bool = True
+) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    code = render(TEXT, "code128", module_px=2, bar_height=80)
+    margin = 300
+    frames = []
+    for _ in range(count):
+        frame = cardboard(height, width, rng)
+        if with_label:
+            cx = rng.uniform(margin, width - margin)
+            cy = rng.uniform(min(margin, height / 2), max(height - margin, height / 2))
+            frame = paste(frame, code, cx, cy, rng.uniform(0, 360), rng=rng)
+        frames.append(frame)
+    return frames
+
+
+def run_case(decoder: BarcodeDecoder, frames: list[np.ndarray]) -> tuple[float, float, int]:
+    """Median ms, p95 ms and number of frames where TEXT was read (or anything, if empty)."""
+    decoder.decode(frames[0])  # warm-up: imports, per-thread detector
+    times = []
+    hits = 0
+    for frame in frames:
+        t0 = time.perf_counter()
+        symbols = decoder.decode(frame)
+        times.append((time.perf_counter() - t0) * 1000)
+        hits += any(s.text == TEXT for s in symbols)
+    return float(np.median(times)), float(np.percentile(times, 95)), hits
+
+
+def false_reads(decoder: BarcodeDecoder, frames: list[np.ndarray]) -> tuple[float, float, int]:
+    decoder.decode(frames[0])
+    times = []
+    reads = 0
+    for frame in frames:
+        t0 = time.perf_counter()
+        reads += len(decoder.decode(frame))
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times)), float(np.percentile(times, 95)), reads
+
+
+def throughput(decoder: BarcodeDecoder, frames: list[np.ndarray], threads: int) -> float:
+    work = frames * max(1, 60 // len(frames))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(decoder.decode, frames[:threads]))  # warm-up each thread
+        t0 = time.perf_counter()
+        list(pool.map(decoder.decode, work))
+        return len(work) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30, help="frames per case (default 30)")
+    args = parser.parse_args()
+    n = max(1, args.repeat)
+
+    names = available_decoders()
+    decoders = {name: make_decoder(name, FORMATS) for name in names}
+    sizes = [(720, 1280), (1080, 1920), (2048, 2448)]
+    print(f"decoders: {', '.join(names)}; formats {FORMATS}; {n} frames per case")
+    print(f"{'decoder':<16}{'frame':<12}{'median ms':>10}{'p95 ms':>9}{'read':>10}")
+    for h, w in sizes:
+        frames = label_frames(h, w, n, seed=w)
+        for name, decoder in decoders.items():
+            med, p95, hits = run_case(decoder, frames)
+            print(f"{name:<16}{f'{w}x{h}':<12}{med:>10.1f}{p95:>9.1f}{f'{hits}/{n}':>10}")
+    empty = label_frames(1080, 1920, n, seed=7, with_label=False)
+    for name, decoder in decoders.items():
+        med, p95, reads = false_reads(decoder, empty)
+        print(f"{name:<16}{'1920x1080 empty':<16}{med:>6.1f}{p95:>9.1f}{f'{reads} false':>10}")
+
+    default = make_decoder(DEFAULT_DECODER, FORMATS)
+    crops = label_frames(600, 600, n, seed=600)
+    med, p95, hits = run_case(default, crops)
+    print(f"{DEFAULT_DECODER:<16}{'600x600':<12}{med:>10.1f}{p95:>9.1f}{f'{hits}/{n}':>10}")
+
+    frames = label_frames(1080, 1920, min(n, 20), seed=1080)
+    one = throughput(default, frames, 1)
+    two = throughput(default, frames, 2)
+    print(
+        f"{DEFAULT_DECODER} 1920x1080 thread pool: 1 thread {one:.0f} frames/s, "
+        f"2 threads {two:.0f} frames/s ({two / one:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Locate linear codes with OpenCV, straighten each one, then decode the crop.
+
+Whole-image linear decoding fails between about 30° and 60° of rotation (see
+shared/FACTS.md). ``cv2.barcode.BarcodeDetector.detect`` finds linear codes at any
+angle; each found quadrilateral is rotated to horizontal with a margin for the quiet
+zone and decoded by an ordinary decoder. The detector's own decode is never used: it
+cannot read Code 128 and invents EAN codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from controller.vision import GrayImage, Symbol
+
+from ._common import (
+    LINEAR_SYMBOLOGIES,
+    MATRIX_SYMBOLOGIES,
+    Found,
+    as_gray,
+    check_formats,
+    dedupe,
+)
+from .zxing import ZxingDecoder
+
+log = logging.getLogger(__name__)
+
+Quad = npt.NDArray[np.float32]
+
+
+class Finder(Protocol):
+    """A whole-image decoder that also reports code sizes (ZxingDecoder, PyzbarDecoder)."""
+
+    formats: tuple[str, ...]
+
+    def find(self, gray: GrayImage) -> list[Found]: ...
+
+
+class _PerThread(threading.local):
+    detector: cv2.barcode.BarcodeDetector | None = None
+    threshold: float = 0.0
+
+
+#: The locator shrinks images whose longer side exceeds its downsampling threshold
+#: (512 px by default). With 2 px modules it found every label in 1080p frames (3.75x
+#: shrink) but only half of them at 2448x2048 (4.8x); capping the shrink at 3.5x found
+#: all at 2448x2048 for about 20 ms a frame.
+MAX_LOCATOR_SHRINK = 3.5
+MIN_LOCATOR_THRESHOLD = 512.0
+#: At most this many located boxes are decoded per image (largest first): clutter bound.
+MAX_BOXES = 16
+#: Codes longer than this (px) have modules wide enough not to need the 2x stretch.
+MAX_STRETCHED_LENGTH = 1200.0
+
+
+def straighten(
+    gray: GrayImage, quad: Quad, stretch: float = 1.0
+) -> tuple[GrayImage, npt.NDArray[np.float64]]:
+    """Rotate the code inside ``quad`` to horizontal, with margins; return crop and inverse.
+
+    The inverse is a 2x3 affine matrix mapping crop pixels back to ``gray`` pixels.
+    The margins take in the quiet zone and any bars the locator's box cut off.
+    ``stretch`` scales the crop along the code: 2 resamples thin bars that a 45° warp
+    blurred into a width zxing-cpp reads again.
+    """
+    (cx, cy), (w, h), angle = cv2.minAreaRect(quad.reshape(-1, 1, 2))
+    box = cv2.boxPoints(((cx, cy), (w, h), angle))
+    e0 = box[1] - box[0]
+    e1 = box[2] - box[1]
+    long_edge = e0 if np.hypot(*e0) >= np.hypot(*e1) else e1
+    length = max(float(np.hypot(*long_edge)), 1.0)
+    short = max(min(w, h), 1.0)
+    ux, uy = float(long_edge[0]) / length, float(long_edge[1]) / length
+    vx, vy = -uy, ux  # (u, v) keeps the handedness: a rotation, never a mirror image
+    crop_w = round((length * 1.3 + 24) * stretch)
+    crop_h = round(short * 1.5 + 16)
+    fwd = np.array(
+        [
+            [stretch * ux, stretch * uy, crop_w / 2 - stretch * (ux * cx + uy * cy)],
+            [vx, vy, crop_h / 2 - (vx * cx + vy * cy)],
+        ],
+        dtype=np.float64,
+    )
+    crop = cv2.warpAffine(
+        gray,
+        fwd,
+        (crop_w, crop_h),
+        flags=cv2.INTER_CUBIC if stretch > 1 else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    back = np.asarray(cv2.invertAffineTransform(fwd), dtype=np.float64)
+    return np.asarray(crop, dtype=np.uint8), back
+
+
+class LocatingDecoder:
+    """Locate linear codes, decode each straightened crop with ``inner``.
+
+    ``matrix`` (zxing-cpp by default) reads the 2-D formats from the whole image, where
+    they are rotation-invariant. When no crop yields a linear read (the locator found
+    nothing or only texture), ``inner`` reads the whole image as a fallback.
+    """
+
+    name = "located"
+    #: crop stretch factors tried in turn until one reads
+    stretches: tuple[float, ...] = (1.0, 2.0)
+
+    def __init__(self, inner: Finder, matrix: Finder | None = None, *, name: str = "") -> None:
+        self.inner = inner
+        self.matrix = matrix
+        self.formats = tuple(dict.fromkeys(inner.formats + (matrix.formats if matrix else ())))
+        if name:
+            self.name = name
+        self._local = _PerThread()
+
+    def _detector(self) -> cv2.barcode.BarcodeDetector:
+        # One detector per thread: OpenCV does not document the detector as re-entrant.
+        det = self._local.detector
+        if det is None:
+            det = self._local.detector = cv2.barcode.BarcodeDetector()
+        return det
+
+    def locate(self, gray: GrayImage) -> list[Quad]:
+        """Quadrilaterals (4x2, float32) around linear codes in ``gray``; [] on failure."""
+        threshold = max(MIN_LOCATOR_THRESHOLD, max(gray.shape) / MAX_LOCATOR_SHRINK)
+        try:
+            detector = self._detector()
+            if threshold != self._local.threshold:
+                detector.setDownsamplingThreshold(threshold)
+                self._local.threshold = threshold
+            ok, points = detector.detect(gray)
+        except cv2.error:
+            log.warning("cv2.barcode detect failed on a %s image", gray.shape, exc_info=True)
+            return []
+        if not ok or points is None:
+            return []
+        quads = [np.asarray(q, dtype=np.float32).reshape(4, 2) for q in points]
+        quads.sort(key=lambda q: -abs(float(cv2.contourArea(q))))
+        return quads[:MAX_BOXES]
+
+    def decode(self, image: GrayImage) -> list[Symbol]:
+        gray = as_gray(image)
+        if gray is None:
+            return []
+        found: list[Found] = []
+        if self.inner.formats:
+            found += self._linear(gray)
+        if self.matrix is not None:
+            found += self.matrix.find(gray)
+        return dedupe(found)
+
+    def _linear(self, gray: GrayImage) -> list[Found]:
+        on_line: list[Found] = []
+        off_line: list[Found] = []
+        for quad in self.locate(gray):
+            for found, centred in self._read_located(gray, quad):
+                (on_line if centred else off_line).append(found)
+        if not on_line and not off_line:
+            return self._labels(gray) or self.inner.find(gray)
+        # A code caught in another box's margin is usually read again in its own box,
+        # with a true centre (a margin read's position is poor): prefer that one.
+        seen = {(f.symbol.text, f.symbol.symbology) for f in on_line}
+        return on_line + [f for f in off_line if (f.symbol.text, f.symbol.symbology) not in seen]
+
+    def _labels(self, gray: GrayImage) -> list[Found]:
+        """Second locator: white labels, straightened square to the image, read whole.
+
+        Marks across a code's bars defeat OpenCV's locator at most angles, while a
+        scuffed label squared up still reads; labels stand out from cardboard and belt.
+        """
+        found: list[Found] = []
+        for quad in locate_labels(gray):
+            try:
+                crop, back = straighten(gray, quad)
+            except cv2.error:
+                log.warning("straightening a located label failed", exc_info=True)
+                continue
+            for f in self.inner.find(crop):
+                s = f.symbol
+                x = back[0, 0] * s.x + back[0, 1] * s.y + back[0, 2]
+                y = back[1, 0] * s.x + back[1, 1] * s.y + back[1, 2]
+                found.append(Found(Symbol(s.text, s.symbology, float(x), float(y)), f.size))
+        return found
+
+    def _read_located(self, gray: GrayImage, quad: Quad) -> list[tuple[Found, bool]]:
+        """Reads in the box around ``quad``, each flagged True if it lies on the box's
+        centre line (the located code) rather than in its margin (a neighbour)."""
+        length = float(np.ptp(quad[:, 0]) + np.ptp(quad[:, 1]))  # coarse, enough for a cap
+        margin_only: list[tuple[Found, bool]] = []
+        for stretch in self.stretches:
+            if stretch > 1 and length > MAX_STRETCHED_LENGTH:
+                break
+            try:
+                crop, back = straighten(gray, quad, stretch)
+            except cv2.error:
+                log.warning("straightening a located code failed", exc_info=True)
+                break
+            reads = [_back_to_image(f, crop.shape[0], back) for f in self.inner.find(crop)]
+            if any(centred for _, centred in reads):
+                return reads
+            margin_only = margin_only or reads
+        return margin_only
+
+
+#: Labels are looked for on an image shrunk to this longer side (px).
+LABEL_SEARCH_SIDE = 480
+#: A label candidate's area, as a share of the searched image, must lie in this range.
+LABEL_AREA_SHARE = (0.004, 0.5)
+MAX_LABELS = 4
+
+
+def locate_labels(gray: GrayImage) -> list[Quad]:
+    """Boxes (4x2, float32, image pixels) around bright label-like regions, largest first."""
+    scale = min(1.0, LABEL_SEARCH_SIDE / max(gray.shape))
+    small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
+        if scale < 1 else gray
+    # Two-level Otsu: the first split may separate belt from cardboard; labels are the
+    # bright class of what is left.
+    t1, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    upper = small[small > t1]
+    if upper.size < 16:
+        return []
+    t2, _ = cv2.threshold(upper.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = np.asarray(small > t2, dtype=np.uint8) * 255
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (7, 7))
+    closed = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    area = float(small.shape[0] * small.shape[1])
+    lo, hi = LABEL_AREA_SHARE
+    boxes = []
+    for contour in contours:
+        rect = cv2.minAreaRect(contour)
+        (w, h) = rect[1]
+        if not lo * area <= w * h <= hi * area or min(w, h) < 0.25 * max(w, h):
+            continue
+        boxes.append(np.asarray(cv2.boxPoints(rect), dtype=np.float32) / scale)
+    boxes.sort(key=lambda q: -abs(float(cv2.contourArea(q))))
+    return boxes[:MAX_LABELS]
+
+
+def _back_to_image(found: Found, crop_h: int, back: npt.NDArray[np.float64]) -> tuple[Found, bool]:
+    """Map a read in a straightened crop back to image pixels; say if it was centred.
+
+    Along the code the decoder's extent is exact; across it zxing-cpp reports only the
+    rows it scanned, so a read on the located code takes the box's centre line. A read
+    off that line (another code caught in the margin) keeps its own.
+    """
+    s = found.symbol
+    mid = crop_h / 2
+    half_box = (crop_h - 16) / 3  # straighten() made crop_h = 1.5 * box height + 16
+    centred = abs(s.y - mid) <= half_box
+    y = mid if centred else s.y
+    x_img = back[0, 0] * s.x + back[0, 1] * y + back[0, 2]
+    y_img = back[1, 0] * s.x + back[1, 1] * y + back[1, 2]
+    return Found(Symbol(s.text, s.symbology, float(x_img), float(y_img)), found.size), centred
+
+
+def _split(formats: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    names = check_formats(formats)
+    return (
+        tuple(f for f in names if f in LINEAR_SYMBOLOGIES),
+        tuple(f for f in names if f in MATRIX_SYMBOLOGIES),
+    )
+
+
+class _EmptyFinder:
+    formats: tuple[str, ...] = ()
+
+    def find(self, gray: GrayImage) -> list[Found]:
+        return []
+
+
+class LocatedZxingDecoder(LocatingDecoder):
+    """Locate with OpenCV, decode crops with zxing-cpp; 2-D formats by zxing-cpp."""
+
+    def __init__(self, formats: Sequence[str] = ("code128", "qrcode")) -> None:
+        linear, matrix = _split(formats)
+        super().__init__(
+            ZxingDecoder(linear) if linear else _EmptyFinder(),
+            ZxingDecoder(matrix) if matrix else None,
+            name="located-zxing",
+        )
+
+
+class LocatedPyzbarDecoder(LocatingDecoder):
+    """Locate with OpenCV, decode crops with pyzbar; 2-D formats by zxing-cpp."""
+
+    def __init__(self, formats: Sequence[str] = ("code128", "qrcode")) -> None:
+        from .pyzbar import PyzbarDecoder
+
+        linear, matrix = _split(formats)
+        super().__init__(
+            PyzbarDecoder(linear) if linear else _EmptyFinder(),
+            ZxingDecoder(matrix) if matrix else None,
+            name="located-pyzbar",
+        )
