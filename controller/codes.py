@@ -44,29 +44,41 @@ class ReadVerdict(StrEnum):
 
 @dataclass
 class ParcelReads:
-    """The reads assigned to one parcel, frame by frame."""
+    """The reads assigned to one parcel, frame by frame, and how much of it was seen.
+
+    Frames of a parcel are decoded in a run (all frames wholly showing it, or every frame
+    of a parcel too long for that), so once one showed its leading edge and a later one
+    its trailing edge, every part of its top face has been in a decoded frame.
+    """
 
     min_agreeing: int
     codes: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     frames: int = 0
-    full_view_frames: int = 0
+    lead_seen: bool = False
+    trail_seen: bool = False
 
-    def add_frame(self, accepted: set[str], rejected: set[str], *, whole_parcel_seen: bool) -> None:
+    def add_frame(self, accepted: set[str], rejected: set[str], *, lead_in_view: bool,
+                  trail_in_view: bool) -> None:
         """Record one decoded frame's reads (each code counts once per frame)."""
         self.frames += 1
-        self.full_view_frames += whole_parcel_seen
+        self.lead_seen |= lead_in_view
+        self.trail_seen |= trail_in_view and self.lead_seen
         self.codes.update(accepted)
         self.rejected.update(rejected)
+
+    @property
+    def whole_parcel_seen(self) -> bool:
+        return self.lead_seen and self.trail_seen
 
     def verdict(self, *, final: bool) -> ReadVerdict:
         """Settle early only once the whole parcel was seen and the reads agree enough."""
         if len(self.codes) > 1:
-            return ReadVerdict.MULTI_READ if final or self.full_view_frames >= 2 \
+            return ReadVerdict.MULTI_READ if final or self.whole_parcel_seen \
                 else ReadVerdict.PENDING
         if len(self.codes) == 1:
             (count,) = self.codes.values()
-            if final or (count >= self.min_agreeing and self.full_view_frames >= 2):
+            if final or (count >= self.min_agreeing and self.whole_parcel_seen):
                 return ReadVerdict.ONE_CODE
             return ReadVerdict.PENDING
         return ReadVerdict.NO_READ if final else ReadVerdict.PENDING

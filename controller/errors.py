@@ -21,11 +21,12 @@ class SorterError(Exception):
 class ConfigError(SorterError):
     """A line config is invalid; ``problems`` lists ``(field path, reason)``."""
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, source: str, problems: list[tuple[str, str]],
+                 what: str = "line config") -> None:
         self.source = source
         self.problems = problems
         lines = "\n".join(f"  {path}: {reason}" for path, reason in problems)
-        super().__init__(f"invalid line config {source}:\n{lines}")
+        super().__init__(f"invalid {what} {source}:\n{lines}")
 
 
 class DriverError(SorterError):

@@ -302,8 +302,13 @@ class Sorter:
         return True
 
     def _wanted(self, cam: CameraConfig, frame: Frame) -> list[ParcelState]:
-        """Undecided parcels worth decoding in this frame: wholly in view, or never can be."""
+        """Undecided parcels worth decoding in this frame.
+
+        A parcel is decoded in the frames that show it whole; one too long to be shown
+        whole in enough frames for the reads to agree is decoded in every frame showing it.
+        """
         step_mm = self.config.belt.speed_mm_s / cam.fps
+        agree = self.config.decision.min_agreeing_reads
         wanted = []
         for window in self.tracker.in_range(cam.view_start_mm, cam.view_end_mm, frame.enc):
             parcel = self.parcels.get(window.parcel_id)
@@ -312,7 +317,7 @@ class Sorter:
             length = window.length_mm
             whole = length is not None and window.trail_mm(frame.enc) >= cam.view_start_mm \
                 and window.lead_mm(frame.enc) <= cam.view_end_mm
-            too_long = length is None or length > cam.fov_mm - step_mm
+            too_long = length is None or length > cam.fov_mm - agree * step_mm
             if whole or too_long:
                 wanted.append(parcel)
         return wanted
@@ -343,9 +348,11 @@ class Sorter:
         for parcel in wanted:
             accepted, rejected = per_parcel[parcel.parcel_id]
             w = parcel.window
-            whole = (w.cleared_enc is not None and w.trail_mm(frame.enc) >= cam.view_start_mm
-                     and w.lead_mm(frame.enc) <= cam.view_end_mm)
-            parcel.reads.add_frame(accepted, rejected, whole_parcel_seen=whole)
+            parcel.reads.add_frame(
+                accepted, rejected,
+                lead_in_view=cam.view_start_mm <= w.lead_mm(frame.enc) <= cam.view_end_mm,
+                trail_in_view=w.cleared_enc is not None
+                and cam.view_start_mm <= w.trail_mm(frame.enc) <= cam.view_end_mm)
             self._settle(parcel, final=False)
 
     # --- decisions -------------------------------------------------------------------------

@@ -93,10 +93,10 @@ def load_scenario(path: str | Path) -> ScenarioSpec:
     try:
         return ScenarioSpec.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(str(path), [("(file)", str(exc))]) from None
+        raise ConfigError(str(path), [("(file)", str(exc))], "scenario") from None
     except ValidationError as exc:
         raise ConfigError(str(path), [(".".join(map(str, e["loc"])) or "(top level)", e["msg"])
-                                      for e in exc.errors()]) from None
+                                      for e in exc.errors()], "scenario") from None
 
 
 @dataclass

@@ -27,22 +27,33 @@ def test_code_rule_checks_pattern_and_check_digit() -> None:
 
 def test_reads_settle_early_only_when_whole_parcel_seen_and_agreeing() -> None:
     reads = ParcelReads(min_agreeing=2)
-    reads.add_frame({"A"}, set(), whole_parcel_seen=False)
-    reads.add_frame({"A"}, set(), whole_parcel_seen=True)
-    assert reads.verdict(final=False) is ReadVerdict.PENDING  # one whole view only
-    reads.add_frame(set(), set(), whole_parcel_seen=True)
+    # A long parcel: its lead in view first, then the middle, then its trail.
+    reads.add_frame({"A"}, set(), lead_in_view=True, trail_in_view=False)
+    reads.add_frame({"A"}, set(), lead_in_view=False, trail_in_view=False)
+    assert reads.verdict(final=False) is ReadVerdict.PENDING  # its tail may hold a 2nd label
+    reads.add_frame(set(), set(), lead_in_view=False, trail_in_view=True)
+    assert reads.whole_parcel_seen
     assert reads.verdict(final=False) is ReadVerdict.ONE_CODE
     assert reads.code == "A"
 
 
+def test_trail_before_lead_is_not_a_whole_view() -> None:
+    reads = ParcelReads(min_agreeing=1)
+    reads.add_frame({"A"}, set(), lead_in_view=False, trail_in_view=True)
+    reads.add_frame({"A"}, set(), lead_in_view=True, trail_in_view=False)
+    assert not reads.whole_parcel_seen
+    assert reads.verdict(final=False) is ReadVerdict.PENDING
+
+
 def test_second_label_makes_multi_read_and_nothing_is_no_read() -> None:
     reads = ParcelReads(min_agreeing=2)
-    reads.add_frame({"A"}, {"junk"}, whole_parcel_seen=True)
-    reads.add_frame({"A", "B"}, set(), whole_parcel_seen=True)
+    reads.add_frame({"A"}, {"junk"}, lead_in_view=True, trail_in_view=True)
+    assert reads.verdict(final=False) is ReadVerdict.PENDING  # one read is not agreement
+    reads.add_frame({"A", "B"}, set(), lead_in_view=True, trail_in_view=True)
     assert reads.verdict(final=False) is ReadVerdict.MULTI_READ
     assert reads.code is None
     empty = ParcelReads(min_agreeing=2)
-    empty.add_frame(set(), {"junk"}, whole_parcel_seen=True)
+    empty.add_frame(set(), {"junk"}, lead_in_view=True, trail_in_view=True)
     assert empty.verdict(final=False) is ReadVerdict.PENDING
     assert empty.verdict(final=True) is ReadVerdict.NO_READ
 

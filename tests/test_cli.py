@@ -1,0 +1,89 @@
+"""The command line: a shift with its JSON report, scenarios as data, and the real clock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from controller.config import load_config
+from controller.errors import ConfigError
+from sim_hardware.scenario import load_scenario
+
+from .conftest import EXAMPLE_CONFIG, ROOT
+
+SCENARIO = ROOT / "deploy" / "scenario.example.toml"
+
+
+def test_sim_prints_summary_and_writes_report(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "out" / "report.json"
+    assert main(["sim", "--parcels", "30", "--seed", "3", "--report", str(report)]) == 0
+    out = capsys.readouterr()
+    assert "30/30 parcels finished" in out.err
+    for line in ("parcels", "read rate", "sort rate", "mis-sorts (truth)", "lost",
+                 "throughput"):
+        assert line in out.out
+    data = json.loads(report.read_text())
+    assert data["summary"]["parcels"] == 30
+    assert sum(data["summary"]["dispositions"].values()) == 30
+    assert len(data["parcels"]) == 30
+    for record in data["parcels"]:
+        assert {"parcel_id", "code", "disposition", "expected_bin", "actual_bin"} <= set(record)
+        assert record["disposition"] != "UNTRACKED"
+
+
+def test_example_scenario_runs_every_case(tmp_path: Path) -> None:
+    spec = load_scenario(SCENARIO).model_copy(update={"parcels": 220, "seed": 5})
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(SCENARIO.read_text().replace("parcels = 500", "parcels = 220")
+                        .replace("seed = 42", "seed = 5"))
+    report = tmp_path / "r.json"
+    assert main(["sim", "--scenario", str(scenario), "--report", str(report)]) == 0
+    parcels = json.loads(report.read_text())["parcels"]
+    assert len(parcels) == spec.parcels
+    wrong = [p for p in parcels if p["disposition"] != p["expected_disposition"]
+             and not (p["expected_disposition"] == "SORTED" and p["disposition"] == "DEST_FULL")]
+    assert wrong == []
+    assert len({p["case"] for p in parcels}) >= 8
+
+
+def test_bad_scenario_is_refused_with_its_field(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("spec = 1\nparcels = -5\n[mix]\nnominal = 1\nteleported = 2\n")
+    with pytest.raises(ConfigError) as info:
+        load_scenario(bad)
+    paths = [path for path, _ in info.value.problems]
+    assert "parcels" in paths
+    assert "mix.teleported.[key]" in paths
+    assert main(["sim", "--scenario", str(bad)]) == 2
+    assert "parcels: Input should be greater than or equal to 0" in capsys.readouterr().err
+
+
+def test_realtime_shift_on_a_short_line(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The real clock drives the same controller; a short line keeps this to ~3 seconds."""
+    text = EXAMPLE_CONFIG.read_text()
+    short = tmp_path / "short.toml"
+    # Keep D1 and D2 (moved close to the camera) and end the line right after them.
+    head, _, _ = text.partition("[[diverters]]\nid = \"D3\"")
+    head = head.replace("position_mm = 3000.0", "position_mm = 2500.0") \
+        .replace("position_mm = 3800.0", "position_mm = 2900.0")
+    tail = text[text.index("[end_of_line]"):].replace("position_mm = 9600.0",
+                                                      "position_mm = 3300.0")
+    rules = '[sort_plan]\noverflow = "B2"\n[[sort_plan.rules]]\nname = "all"\nbins = ["B1"]\n'
+    tail = tail[:tail.index("[sort_plan]")] + rules
+    bins = '[[bins]]\nid = "B1"\ncapacity = 50\n[[bins]]\nid = "B2"\ncapacity = 50\n'
+    short.write_text(head + bins + tail)
+    assert load_config(short).end_of_line.position_mm == 3300.0
+    report = tmp_path / "rt.json"
+    assert main(["sim", "--realtime", "--config", str(short), "--parcels", "4", "--seed", "2",
+                 "--mix", "nominal", "--report", str(report)]) == 0
+    summary = json.loads(report.read_text())["summary"]
+    assert summary["dispositions"] == {"SORTED": 4}
+    assert summary["missorts"] == 0
+    assert 1.0 < summary["line_time_s"] < 10.0  # it really took belt time
+    assert summary["wall_time_s"] >= summary["line_time_s"]
