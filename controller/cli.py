@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controller.config import LineConfig, load_config
+from controller.config import load_config
 from controller.errors import SorterError
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "line.example.toml"
@@ -94,7 +94,6 @@ def _sim(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="parcel-sorter-") as tmp:
         workdir = args.workdir or Path(tmp)
-        config = _with_paths(config, workdir)
         started = time.perf_counter()
 
         async def shift(clock: Any) -> Any:
@@ -111,14 +110,6 @@ def _sim(args: argparse.Namespace) -> int:
         write_report(args.report, summary, records)
         print(f"report written to {args.report}")
     return 0
-
-
-def _with_paths(config: LineConfig, workdir: Path) -> LineConfig:
-    return config.model_copy(update={
-        "order_store": config.order_store.model_copy(
-            update={"path": str(workdir / "orders.sqlite")}),
-        "journal": config.journal.model_copy(update={"path": str(workdir / "journal.sqlite")}),
-    })
 
 
 class _Progress:

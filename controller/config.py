@@ -36,8 +36,6 @@ class BeltConfig(_Strict):
 
 class InductionConfig(_Strict):
     photo_eye_mm: float = 0.0
-    min_parcel_mm: PositiveFloat = 50.0
-    max_parcel_mm: PositiveFloat = 1200.0
 
 
 class CameraConfig(_Strict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,3 @@ class Journal:
             await self._clock.offload(self._writer, self._db.close)
             self._db = None
         self._writer.shutdown(wait=True)
-
-
-def record_dict(record: FinalRecord) -> dict[str, Any]:
-    return asdict(record)

@@ -60,23 +60,32 @@ async def run_shift(
     decode_threads: int = 2,
     order_store_wrapper: Callable[[Any], Any] | None = None,
 ) -> ShiftResult:
-    """Run one shift to its end: every parcel physically settled and finally disposed."""
+    """Run one shift to its end: every parcel physically settled and finally disposed.
+
+    The shift's order book and journal are made afresh in ``workdir``, whatever paths the
+    config names.
+    """
     from drivers.decoders import make_decoder
+    from drivers.orders import open_order_store
     from drivers.orders.sqlite import SqliteOrderStore
     from sim_hardware.devices import SimCamera, SimLineIO
     from sim_hardware.line import PhysicalLine
     from sim_hardware.scenario import generate
 
     orders_path, journal_path = _fresh_workdir(workdir)
+    config = config.model_copy(update={
+        "order_store": config.order_store.model_copy(update={"path": str(orders_path)}),
+        "journal": config.journal.model_copy(update={"path": str(journal_path)}),
+    })
     parcels, orders = generate(scenario, config)
-    store = SqliteOrderStore(orders_path)
-    store.add(orders)
+    SqliteOrderStore(orders_path).add(orders)  # the test bench fills the order book
+    store = open_order_store(config.order_store)
     line = PhysicalLine(config, scenario, parcels, clock)
     line_io = SimLineIO(line)
     cameras: list[Camera] = [SimCamera(line, c.id) for c in config.cameras]
     decoders: dict[str, BarcodeDecoder] = {
         c.id: make_decoder(c.decoder) for c in config.cameras}
-    journal = Journal(journal_path, clock, synchronous=config.journal.synchronous)
+    journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
     sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
                     order_store=order_store_wrapper(store) if order_store_wrapper else store,
                     journal=journal, decode_threads=decode_threads)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from controller.clock import Clock
 from controller.codes import CodeRule, ParcelReads, ReadVerdict
-from controller.config import CameraConfig, DiverterConfig, LineConfig
+from controller.config import CameraConfig, LineConfig
 from controller.disposition import END_OF_LINE, Disposition
 from controller.errors import DriverError, OrderStoreError
 from controller.journal import FinalRecord, Journal
@@ -57,8 +57,6 @@ class ParcelState:
     route: str | None = None  # a bin id or END_OF_LINE, once decided
     decided_at: float | None = None
     command: DivertCommand | None = None
-    diverter: DiverterConfig | None = None
-    deciding: bool = False
     zone_exit_at: float | None = None
     booked: bool = False  # counted in its bin's in-flight parcels until confirmed or given up
 
@@ -147,10 +145,6 @@ class Sorter:
     @property
     def open_parcels(self) -> int:
         return len(self.parcels)
-
-    def set_plan(self, plan: SortPlan) -> None:
-        """Swap the sort plan (a new wave); decisions already made keep their routes."""
-        self._plan = plan
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -370,11 +364,9 @@ class Sorter:
         task.add_done_callback(self._decisions.discard)
 
     async def _decide(self, parcel: ParcelState) -> None:
-        parcel.deciding = True
         try:
             await self._decide_route(parcel)
         finally:
-            parcel.deciding = False
             parcel.decided_at = self.clock.now()
 
     async def _decide_route(self, parcel: ParcelState) -> None:
@@ -457,7 +449,7 @@ class Sorter:
             self._to_end(parcel, Disposition.LATE if late else Disposition.DIVERT_FAULT,
                          f"{diverter.id} refused the divert: {reply.reason}")
             return
-        parcel.command, parcel.diverter, parcel.route = command, diverter, bin_id
+        parcel.command, parcel.route = command, bin_id
         parcel.disposition, parcel.reason = disposition, reason
 
     def _book(self, parcel: ParcelState, bin_id: str) -> None:
