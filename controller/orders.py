@@ -35,6 +35,10 @@ class OrderStore(Protocol):
 
     async def lookup(self, code: str) -> Order | None: ...
 
+    async def released(self, limit: int) -> list[Order]:
+        """The most recently created released orders, to sort from while the store is down."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -152,6 +152,7 @@ class Sorter:
         if recovered:
             log.warning("journal: %d parcels open at the last stop closed as LOST", len(recovered))
         self._next_parcel_id = await self.journal.next_parcel_id()
+        await self._warm_order_cache()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._line_events(), name=f"sorter[{self.config.line.name}].line")
@@ -400,19 +401,35 @@ class Sorter:
         reason = planned if chosen == primary else f"{planned}: {primary} full, sent to {chosen}"
         await self._divert(parcel, chosen, disposition, reason)
 
+    async def _warm_order_cache(self) -> None:
+        """Fill the cache with released orders, so an outage of the store does not stop us."""
+        size = self.config.order_store.cache_size
+        if not size:
+            return
+        try:
+            async with asyncio.timeout(10 * self.config.order_store.timeout_ms / 1000):
+                orders = await self.order_store.released(size)
+        except (OrderStoreError, TimeoutError) as exc:
+            self.stats.order_store_errors += 1
+            log.warning("order store: cannot warm the cache: %s", exc or "timed out")
+            return
+        for order in reversed(orders):
+            self._cache.put(order)
+
     async def _lookup(self, parcel: ParcelState) -> Order | None:
+        """The store's answer (it knows of holds and cancellations); the cache while it fails."""
         assert parcel.code is not None
-        cached = self._cache.get(parcel.code)
-        if cached is not None:
-            return cached
         try:
             async with asyncio.timeout(self.config.order_store.timeout_ms / 1000):
                 order = await self.order_store.lookup(parcel.code)
         except (OrderStoreError, TimeoutError) as exc:
             self.stats.order_store_errors += 1
-            log.warning("order store: %s", exc or "timed out")
-            parcel.reason = f"order store unavailable: {exc or 'timeout'}"
-            return None
+            cached = self._cache.get(parcel.code)
+            log.warning("order store: %s%s", exc or "timed out",
+                        "; sorting from the cache" if cached else "")
+            if cached is None:
+                parcel.reason = f"order store unavailable and order not cached: {exc or 'timeout'}"
+            return cached
         if order is not None:
             self._cache.put(order)
         return order

@@ -135,3 +135,56 @@ def test_parcel_lifted_off_the_belt_is_lost(example_config: LineConfig, tmp_path
         assert r["disposition"] == "LOST", r
         assert r["actual_bin"] == "REMOVED"
         assert r["controller_bin"] == "UNKNOWN"
+
+
+class CorruptedMidShift:
+    """The real SQLite order store, whose file is overwritten with garbage mid-shift."""
+
+    def __init__(self, store: Any, after_lookups: int) -> None:
+        self.store = store
+        self.after = after_lookups
+        self.lookups = 0
+
+    async def lookup(self, code: str) -> Any:
+        self.lookups += 1
+        if self.lookups == self.after:
+            await self.store.close()  # drop the open connection's page cache
+            Path(self.store.path).write_bytes(b"not a database at all " * 512)
+        return await self.store.lookup(code)
+
+    async def released(self, limit: int) -> Any:
+        return await self.store.released(limit)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def test_order_store_failure_sorts_from_the_warmed_cache(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    spec = ScenarioSpec(parcels=30, seed=15, scuffed_share=0.0)
+    stores: list[CorruptedMidShift] = []
+
+    def corrupt(store: Any) -> CorruptedMidShift:
+        stores.append(CorruptedMidShift(store, after_lookups=10))
+        return stores[0]
+
+    summary, records, result = run_sim(example_config, spec, tmp_path,
+                                       order_store_wrapper=corrupt)
+    assert result.stats.order_store_errors == 21  # every lookup from the 10th on failed
+    assert summary["dispositions"] == {"SORTED": 30}
+    assert all(r["actual_bin"] == r["expected_bin"] for r in records)
+
+
+def test_order_store_failure_without_cache_is_no_order(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    config = example_config.model_copy(update={
+        "order_store": example_config.order_store.model_copy(update={"cache_size": 0})})
+    spec = ScenarioSpec(parcels=20, seed=16, scuffed_share=0.0)
+    _, records, _ = run_sim(config, spec, tmp_path,
+                            order_store_wrapper=lambda s: CorruptedMidShift(s, 8))
+    assert [r["disposition"] for r in records[:7]] == ["SORTED"] * 7
+    for r in records[7:]:  # the line keeps going; these go to the end, safely
+        assert r["disposition"] == "NO_ORDER", r
+        assert r["actual_bin"] == "END"
+        assert "order store unavailable" in r["reason"]
+        assert "file is not a database" in r["reason"]

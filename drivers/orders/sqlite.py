@@ -60,19 +60,28 @@ class SqliteOrderStore:
             raise OrderStoreError(f"sqlite {self.path}: {exc}") from exc
 
     async def lookup(self, code: str) -> Order | None:
+        rows = self._select("WHERE code = ?", (code,))
+        return rows[0] if rows else None
+
+    async def released(self, limit: int) -> list[Order]:
+        return self._select("WHERE status = 'released' ORDER BY created_at DESC LIMIT ?",
+                            (limit,))
+
+    def _select(self, where: str, params: tuple[object, ...]) -> list[Order]:
         try:
-            row = self._db().execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM orders WHERE code = ?", (code,)).fetchone()
+            rows = self._db().execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM orders {where}", params).fetchall()
         except sqlite3.Error as exc:
             raise OrderStoreError(f"sqlite {self.path}: {exc}") from exc
-        if row is None:
-            return None
-        values = dict(zip(_COLUMNS, row, strict=True))
-        try:
-            values["status"] = OrderStatus(values["status"])
-        except ValueError as exc:
-            raise OrderStoreError(f"order for {code}: {exc}") from exc
-        return Order(**values)
+        orders = []
+        for row in rows:
+            values = dict(zip(_COLUMNS, row, strict=True))
+            try:
+                values["status"] = OrderStatus(values["status"])
+            except ValueError as exc:
+                raise OrderStoreError(f"order for {values['code']}: {exc}") from exc
+            orders.append(Order(**values))
+        return orders
 
     async def close(self) -> None:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
