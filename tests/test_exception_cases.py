@@ -137,6 +137,10 @@ def test_parcel_lifted_off_the_belt_is_lost(example_config: LineConfig, tmp_path
         assert r["controller_bin"] == "UNKNOWN"
 
 
+def _overwrite(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
 class CorruptedMidShift:
     """The real SQLite order store, whose file is overwritten with garbage mid-shift."""
 
@@ -149,7 +153,7 @@ class CorruptedMidShift:
         self.lookups += 1
         if self.lookups == self.after:
             await self.store.close()  # drop the open connection's page cache
-            Path(self.store.path).write_bytes(b"not a database at all " * 512)
+            _overwrite(Path(self.store.path), b"not a database at all " * 512)
         return await self.store.lookup(code)
 
     async def released(self, limit: int) -> Any:
