@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -113,3 +113,9 @@ def dedupe(found: Iterable[Found]) -> list[Symbol]:
         if not duplicate:
             kept.append(item)
     return [k.symbol for k in kept]
+
+
+def decode_with(find: Callable[[GrayImage], list[Found]], image: GrayImage) -> list[Symbol]:
+    """``find`` on ``image`` made gray, de-duplicated; [] for an image that is not one."""
+    gray = as_gray(image)
+    return [] if gray is None else dedupe(find(gray))

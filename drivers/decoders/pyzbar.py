@@ -9,7 +9,7 @@ from pyzbar import pyzbar as zbar
 
 from controller.vision import GrayImage, Symbol
 
-from ._common import Found, as_gray, check_formats, decode_text, dedupe, quad_found
+from ._common import Found, check_formats, decode_text, decode_with, quad_found
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,7 @@ class PyzbarDecoder:
         self._symbols = [TO_ZBAR[f] for f in self.formats if f in TO_ZBAR]
 
     def decode(self, image: GrayImage) -> list[Symbol]:
-        gray = as_gray(image)
-        if gray is None:
-            return []
-        return dedupe(self.find(gray))
+        return decode_with(self.find, image)
 
     def find(self, gray: GrayImage) -> list[Found]:
         """Reads in ``gray`` (already 2-D uint8) with their sizes; [] on any library error."""

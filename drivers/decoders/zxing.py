@@ -9,7 +9,7 @@ import zxingcpp
 
 from controller.vision import GrayImage, Symbol
 
-from ._common import Found, as_gray, check_formats, dedupe, quad_found
+from ._common import Found, check_formats, decode_with, quad_found
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,7 @@ class ZxingDecoder:
         self._try_downscale = try_downscale
 
     def decode(self, image: GrayImage) -> list[Symbol]:
-        gray = as_gray(image)
-        if gray is None:
-            return []
-        return dedupe(self.find(gray))
+        return decode_with(self.find, image)
 
     def find(self, gray: GrayImage) -> list[Found]:
         """Reads in ``gray`` (already 2-D uint8) with their sizes; [] on any library error."""
