@@ -8,9 +8,10 @@ knows the truth for every parcel, including where it really went.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,20 +35,44 @@ log = logging.getLogger(__name__)
 
 
 class Belt:
-    """Belt travel over time at a constant speed from ``start``; an encoder on its shaft."""
+    """Belt travel over time, an encoder on its shaft.
 
-    def __init__(self, clock: Clock, speed_mm_s: float, counts_per_mm: float) -> None:
+    The speed is piecewise constant: ``speed_mm_s`` from the start, then each
+    ``(seconds after start, speed)`` of ``changes`` in turn; a speed of 0 is a stop.
+    """
+
+    def __init__(self, clock: Clock, speed_mm_s: float, counts_per_mm: float,
+                 changes: Sequence[tuple[float, float]] = ()) -> None:
         self.clock = clock
-        self.speed = speed_mm_s
         self.counts_per_mm = counts_per_mm
         self.start = clock.now()
+        # (start time, travel at that time, speed) for each stretch of constant speed
+        self._segments: list[tuple[float, float, float]] = [(self.start, 0.0, speed_mm_s)]
+        for at, speed in sorted(changes):
+            t0, d0, v0 = self._segments[-1]
+            t = self.start + at
+            self._segments.append((t, d0 + (t - t0) * v0, speed))
+        self._times = [s[0] for s in self._segments]
+        moving = [s for s in self._segments if s[2] > 0]
+        self._moving = moving
+        self._moving_travel = [s[1] for s in moving]
+
+    @property
+    def speed(self) -> float:
+        """The speed now."""
+        return self._segments[bisect.bisect_right(self._times, self.clock.now()) - 1][2]
 
     def travel(self, at: float | None = None) -> float:
         t = self.clock.now() if at is None else at
-        return max(0.0, t - self.start) * self.speed
+        if t <= self.start:
+            return 0.0
+        t0, d0, v = self._segments[bisect.bisect_right(self._times, t) - 1]
+        return d0 + (t - t0) * v
 
     def time_at(self, travel_mm: float) -> float:
-        return self.start + travel_mm / self.speed
+        """The first moment the belt has travelled ``travel_mm``."""
+        t0, d0, v = self._moving[max(0, bisect.bisect_left(self._moving_travel, travel_mm) - 1)]
+        return t0 + max(0.0, travel_mm - d0) / v
 
     def enc_at_travel(self, travel_mm: float) -> int:
         return math.floor(travel_mm * self.counts_per_mm)
@@ -89,7 +114,8 @@ class PhysicalLine:
         self.parcels = parcels
         self.clock = clock
         self.render = render
-        self.belt = Belt(clock, config.belt.speed_mm_s, config.belt.encoder_counts_per_mm)
+        self.belt = Belt(clock, config.belt.speed_mm_s, config.belt.encoder_counts_per_mm,
+                         scenario.speed_changes)
         self.bins = {b.id: BinModel(b.id, b.capacity) for b in config.bins}
         self.counters = LineCounters()
         self.on_belt: dict[int, SimParcel] = {}

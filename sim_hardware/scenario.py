@@ -14,7 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.config import LineConfig, SortRule
 from controller.errors import ConfigError
@@ -79,6 +79,15 @@ class ScenarioSpec(BaseModel):
     drop_time_s: Annotated[float, Field(ge=0)] = 0.3
     hot_bins: Annotated[float, Field(ge=0)] = 0.0
     """Skew of destinations towards the first rules (0 = even)."""
+    speed_changes: list[tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]] = \
+        Field(default_factory=list)
+    """``(seconds after the start, belt speed mm/s)``: stops (0), slowdowns, restarts."""
+
+    @model_validator(mode="after")
+    def _belt_ends_moving(self) -> ScenarioSpec:
+        if self.speed_changes and sorted(self.speed_changes)[-1][1] == 0:
+            raise ValueError("speed_changes: the belt must be moving after the last change")
+        return self
 
 
 DEMO_MIX: dict[Case, float] = {

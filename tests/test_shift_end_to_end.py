@@ -50,3 +50,21 @@ def test_same_seed_gives_the_same_shift(example_config: LineConfig, tmp_path: Pa
     keys = ("parcel_id", "code", "disposition", "actual_bin", "final_at")
     assert [tuple(r[k] for k in keys) for r in first] == [tuple(r[k] for k in keys) for r in second]
     assert a.line_time_s == b.line_time_s
+
+
+def test_belt_stops_and_speed_changes_keep_every_parcel_right(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    """Positions come from the encoder, never from time: stops and slowdowns change nothing."""
+    changes = [(8.0, 0.0), (11.0, 2000.0), (20.0, 700.0), (31.0, 1400.0), (40.0, 0.0),
+               (40.5, 2000.0), (52.0, 300.0), (60.0, 2000.0)]
+    spec = ScenarioSpec(parcels=120, seed=21, speed_changes=changes)
+    summary, records, result = run_sim(example_config, spec, tmp_path)
+    assert summary["dispositions"].get("SORTED", 0) + summary["dispositions"].get(
+        "DEST_FULL", 0) == 120
+    assert all(r["actual_bin"] == r["expected_bin"] or (
+        r["disposition"] == "DEST_FULL" and r["actual_bin"] in r["alternate_bins"])
+        for r in records)
+    assert all(r["controller_bin"] == r["actual_bin"] for r in records)
+    assert result.line_counters["empty_fires"] == 0
+    assert result.line_counters["glancing_fires"] == 0
+    assert result.line_time_s > 70  # the stops and slow stretches really happened
