@@ -68,3 +68,20 @@ def test_belt_stops_and_speed_changes_keep_every_parcel_right(
     assert result.line_counters["empty_fires"] == 0
     assert result.line_counters["glancing_fires"] == 0
     assert result.line_time_s > 70  # the stops and slow stretches really happened
+
+
+def test_two_cameras_in_the_read_zone(example_config: LineConfig, tmp_path: Path) -> None:
+    first = example_config.cameras[0]
+    second = first.model_copy(update={"id": "cam2", "position_mm": 2100.0, "fps": 12.0})
+    config = example_config.model_copy(update={"cameras": [first, second]})
+    assert config.read_zone_end_mm == 2484.0
+    spec = ScenarioSpec(parcels=80, seed=23)
+    summary, records, result = run_sim(config, spec, tmp_path)
+    assert summary["dispositions"].get("SORTED", 0) + summary["dispositions"].get(
+        "DEST_FULL", 0) == 80
+    assert all(r["controller_bin"] == r["actual_bin"] for r in records)
+    assert summary["missorts"] == 0
+    # Settled parcels are not decoded again: the second camera adds few decodes.
+    _, _, alone = run_sim(example_config, spec, tmp_path / "one-camera")
+    assert result.stats.frames > 1.5 * alone.stats.frames
+    assert result.stats.frames_decoded <= 1.1 * alone.stats.frames_decoded
