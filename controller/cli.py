@@ -13,6 +13,7 @@ from typing import Any
 
 from controller.config import load_config
 from controller.errors import SorterError
+from controller.simulate import DECODE_COST_S
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "line.example.toml"
 
@@ -36,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="where the shift's order book and journal go (default: a temp dir)")
     sim.add_argument("--realtime", action="store_true", help="run on the real clock")
     sim.add_argument("--decode-threads", type=int, default=2)
+    sim.add_argument("--decode-ms", type=float, default=DECODE_COST_S * 1000,
+                     help="a frame's modelled decode time on the virtual clock (default: "
+                          "%(default)g; the real clock takes what decoding really takes)")
 
     check = sub.add_parser("check-config", help="validate a line config and print its layout")
     check.add_argument("config", type=Path)
@@ -98,7 +102,8 @@ def _sim(args: argparse.Namespace) -> int:
 
         async def shift(clock: Any) -> Any:
             return await run_shift(config, spec, workdir, clock, on_final=progress.update,
-                                   decode_threads=args.decode_threads)
+                                   decode_threads=args.decode_threads,
+                                   decode_cost_s=args.decode_ms / 1000)
 
         result = run_real(shift) if args.realtime else run_virtual(shift)
         result.wall_time_s = time.perf_counter() - started

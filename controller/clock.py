@@ -5,13 +5,17 @@ loop's ``time()``; the virtual clock runs on :class:`VirtualTimeEventLoop`, whos
 moves when every task is blocked, and then straight to the next timer. ``asyncio.sleep``,
 ``asyncio.timeout`` and ``loop.call_at`` therefore all run on virtual time without knowing it.
 
-Work handed to threads with :meth:`Clock.offload` holds virtual time still until it returns,
-so a result never depends on how fast this machine decodes: the same seed gives the same run.
+Work handed to threads with :meth:`Clock.offload` takes a modelled virtual duration, its
+``cost``: virtual time may run on while the thread works, up to the job's virtual deadline,
+and waits there for the job if it is not done; the result is delivered exactly at that
+deadline. So a run never depends on how fast this machine decodes (the same seed gives the
+same run), and other tasks, such as an emulator rendering the next frame, overlap the work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import selectors
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
@@ -29,8 +33,13 @@ class Clock(Protocol):
 
     async def sleep_until(self, deadline: float) -> None: ...
 
-    async def offload(self, executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking ``fn(*args)`` in ``executor`` (default pool if None) and await it."""
+    async def offload(self, executor: Executor | None, fn: Callable[..., T], *args: Any,
+                      cost: float = 0.0) -> T:
+        """Run blocking ``fn(*args)`` in ``executor`` (default pool if None) and await it.
+
+        ``cost`` is the time the job is modelled to take on a virtual clock; the real clock
+        takes what it takes.
+        """
         ...
 
 
@@ -49,17 +58,19 @@ class RealClock:
     async def sleep_until(self, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - self._loop.time()))
 
-    async def offload(self, executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:
+    async def offload(self, executor: Executor | None, fn: Callable[..., T], *args: Any,
+                      cost: float = 0.0) -> T:
         return await self._loop.run_in_executor(executor, fn, *args)
 
 
 class _VirtualSelector(selectors.BaseSelector):
     """Wraps the real selector: waits for real I/O only when nothing can advance virtually."""
 
-    def __init__(self, advance: Callable[[float], None]) -> None:
+    def __init__(self, now: Callable[[], float], advance: Callable[[float], None]) -> None:
         self._real = selectors.DefaultSelector()
+        self._now = now
         self._advance = advance
-        self.busy = 0
+        self.jobs: list[float] = []  # virtual deadlines of work running in threads (a heap)
 
     def register(
         self, fileobj: Any, events: int, data: Any = None
@@ -76,10 +87,17 @@ class _VirtualSelector(selectors.BaseSelector):
         ready = self._real.select(0)
         if ready or timeout == 0:
             return ready
-        if self.busy or timeout is None:
-            # Threads are working (they wake us through the loop's self-pipe), or no timer is
-            # pending and only real I/O can move things on: wait for real.
-            return self._real.select(None)
+        if self.jobs:
+            until_job = self.jobs[0] - self._now()
+            if until_job <= 0:
+                # A thread's job is due and not done: wait for it for real (it wakes us
+                # through the loop's self-pipe).
+                return self._real.select(None)
+            if timeout is None or timeout > until_job:
+                self._advance(until_job)
+                return []
+        if timeout is None:
+            return self._real.select(None)  # no timer pending: only real I/O moves things on
         self._advance(timeout)
         return []
 
@@ -95,7 +113,7 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
 
     def __init__(self, start: float = 0.0) -> None:
         self._virtual_now = start
-        self._virtual_selector = _VirtualSelector(self._advance)
+        self._virtual_selector = _VirtualSelector(self.time, self._advance)
         super().__init__(selector=self._virtual_selector)
 
     def time(self) -> float:
@@ -104,31 +122,32 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     def _advance(self, seconds: float) -> None:
         self._virtual_now += seconds
 
-    @property
-    def busy(self) -> int:
-        return self._virtual_selector.busy
+    def hold_until(self, deadline: float) -> None:
+        """Virtual time must not pass ``deadline`` until :meth:`release` of it."""
+        heapq.heappush(self._virtual_selector.jobs, deadline)
 
-    def hold(self) -> None:
-        """Hold virtual time still while real work runs elsewhere."""
-        self._virtual_selector.busy += 1
-
-    def release(self) -> None:
-        self._virtual_selector.busy -= 1
+    def release(self, deadline: float) -> None:
+        jobs = self._virtual_selector.jobs
+        jobs.remove(deadline)
+        heapq.heapify(jobs)
 
 
 class VirtualClock(RealClock):
-    """Clock for a :class:`VirtualTimeEventLoop`; offloaded work takes no virtual time."""
+    """Clock for a :class:`VirtualTimeEventLoop`; offloaded work takes its modelled cost."""
 
     def __init__(self, loop: VirtualTimeEventLoop) -> None:
         super().__init__(loop)
         self._vloop = loop
 
-    async def offload(self, executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:
-        self._vloop.hold()
+    async def offload(self, executor: Executor | None, fn: Callable[..., T], *args: Any,
+                      cost: float = 0.0) -> T:
+        deadline = self._vloop.time() + max(0.0, cost)
+        self._vloop.hold_until(deadline)
         try:
             result = await self._vloop.run_in_executor(executor, fn, *args)
         finally:
-            self._vloop.release()
+            self._vloop.release(deadline)
+        await asyncio.sleep(deadline - self._vloop.time())
         return result
 
 

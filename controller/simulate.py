@@ -22,6 +22,9 @@ from controller.vision import BarcodeDecoder, Camera
 log = logging.getLogger(__name__)
 
 DRAIN_LIMIT_S = 60.0
+DECODE_COST_S = 0.025
+"""A frame's decode time on a virtual clock: the measured p95 of a parcel crop (~15 ms) plus
+the frame's hand-over from the camera."""
 
 
 @dataclass
@@ -58,6 +61,7 @@ async def run_shift(
     *,
     on_final: Callable[[FinalRecord], None] | None = None,
     decode_threads: int = 2,
+    decode_cost_s: float = DECODE_COST_S,
     order_store_wrapper: Callable[[Any], Any] | None = None,
 ) -> ShiftResult:
     """Run one shift to its end: every parcel physically settled and finally disposed.
@@ -88,7 +92,7 @@ async def run_shift(
     journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
     sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
                     order_store=order_store_wrapper(store) if order_store_wrapper else store,
-                    journal=journal, decode_threads=decode_threads)
+                    journal=journal, decode_threads=decode_threads, decode_cost_s=decode_cost_s)
     if on_final is not None:
         sorter.listeners.append(on_final)
 

@@ -115,6 +115,7 @@ class Sorter:
         order_store: OrderStore,
         journal: Journal,
         decode_threads: int = 2,
+        decode_cost_s: float = 0.0,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -133,6 +134,7 @@ class Sorter:
         self._plan = SortPlan(config.sort_plan)
         self._cache = OrderCache(config.order_store.cache_size)
         self._decode_threads = decode_threads
+        self._decode_cost_s = decode_cost_s
         self._executor = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self._next_parcel_id = 1
         self._next_command_id = 1
@@ -329,7 +331,8 @@ class Sorter:
             crops.append((max(0, int(lo)), min(width, int(hi) + 1)))
         self.stats.frames_decoded += 1
         symbols = await self.clock.offload(self._executor, _decode_crops, decoder,
-                                           frame.image, _merge_spans(crops))
+                                           frame.image, _merge_spans(crops),
+                                           cost=self._decode_cost_s)
         per_parcel: dict[int, tuple[set[str], set[str]]] = {
             p.parcel_id: (set(), set()) for p in wanted}
         for symbol in symbols:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from controller.clock import RealClock, VirtualClock, run_real, run_virtual
 
 
@@ -75,3 +77,49 @@ def test_real_clock_really_sleeps() -> None:
         return clock.now() - start
 
     assert run_real(main) >= 0.045
+
+
+def test_offload_cost_delivers_at_its_virtual_deadline_and_lets_others_run() -> None:
+    async def main(clock: VirtualClock) -> tuple[float, int, float]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await clock.sleep(0.010)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        start = clock.now()
+        # Real work of 0.2 s modelled as 0.035 s: others run meanwhile, up to the deadline.
+        await clock.offload(None, time.sleep, 0.2, cost=0.035)
+        done_at = clock.now() - start
+        ticks_then = ticks
+        # A job quicker than its cost still ends at its deadline.
+        start = clock.now()
+        await clock.offload(None, time.sleep, 0.0, cost=0.5)
+        task.cancel()
+        return done_at, ticks_then, clock.now() - start
+
+    done_at, ticks, second = run_virtual(main)
+    assert done_at == pytest.approx(0.035)
+    assert ticks == 3
+    assert second == pytest.approx(0.5)
+
+
+def test_virtual_time_never_passes_a_running_job() -> None:
+    async def main(clock: VirtualClock) -> list[str]:
+        order: list[str] = []
+
+        async def timer() -> None:
+            await clock.sleep(0.05)
+            order.append(f"timer at {clock.now():.2f}")
+
+        async def job() -> None:
+            await clock.offload(None, time.sleep, 0.3, cost=0.02)
+            order.append(f"job at {clock.now():.2f}")
+
+        await asyncio.gather(timer(), job())
+        return order
+
+    assert run_virtual(main) == ["job at 0.02", "timer at 0.05"]
