@@ -121,13 +121,26 @@ class DecisionConfig(_Strict):
         return self
 
 
-RuleField = Literal["carrier", "service", "route", "channel", "postcode_prefix"]
+RuleField = Literal["carrier", "service", "route", "channel", "postcode_prefix", "status"]
+ORDER_STATUSES = ("released", "held", "cancelled")
 
 
 class SortRule(_Strict):
+    """Orders matching every ``when`` field go to ``bins`` (primary first).
+
+    Held and cancelled orders match only rules that name their ``status``.
+    """
+
     name: str
     when: dict[RuleField, str] = Field(default_factory=dict)
     bins: list[Identifier] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known_status(self) -> SortRule:
+        status = self.when.get("status")
+        if status is not None and status.casefold() not in ORDER_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(ORDER_STATUSES)}")
+        return self
 
 
 class SortPlanConfig(_Strict):

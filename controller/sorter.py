@@ -389,10 +389,17 @@ class Sorter:
             self._to_end(parcel, Disposition.NO_ORDER, parcel.reason)
             return
         parcel.order = order
-        if order.status is not OrderStatus.RELEASED:
-            self._to_end(parcel, Disposition.ORDER_HELD, f"order {order.order_id} {order.status}")
-            return
         rule, ranked = self._plan.destinations(order)
+        if order.status is not OrderStatus.RELEASED:
+            held = f"order {order.order_id} {order.status}"
+            bin_id = next((b for b in ranked if self.bins[b].available), None)
+            if bin_id is None:
+                self._to_end(parcel, Disposition.ORDER_HELD,
+                             held + (f": rule {rule}: every bin full" if rule else ""))
+            else:
+                await self._divert(parcel, bin_id, Disposition.ORDER_HELD,
+                                   f"{held}: rule {rule}")
+            return
         chosen = next((b for b in ranked if self.bins[b].available), None)
         if chosen is None:
             self._to_end(parcel, Disposition.DEST_FULL,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from controller.config import SortPlanConfig, SortRule
-from controller.orders import Order
+from controller.orders import Order, OrderStatus
 
 
 def rule_matches(rule: SortRule, order: Order) -> bool:
+    if "status" not in rule.when and order.status is not OrderStatus.RELEASED:
+        return False
     for field_name, wanted in rule.when.items():
         if field_name == "postcode_prefix":
             if not order.postcode.upper().startswith(wanted.upper()):
@@ -23,12 +25,17 @@ class SortPlan:
         self.config = config
 
     def destinations(self, order: Order) -> tuple[str | None, list[str]]:
-        """``(rule name, ranked bins)`` for an order; no rule → ``(None, [overflow])``."""
+        """``(rule name, ranked bins)`` for an order; no rule → ``(None, [overflow])``.
+
+        A held or cancelled order that no rule names goes nowhere: ``(None, [])``.
+        """
+        overflow = self.config.overflow
         for rule in self.config.rules:
             if rule_matches(rule, order):
                 ranked = list(rule.bins)
-                overflow = self.config.overflow
                 if overflow is not None and overflow not in ranked:
                     ranked.append(overflow)
                 return rule.name, ranked
-        return None, [self.config.overflow] if self.config.overflow else []
+        if order.status is not OrderStatus.RELEASED:
+            return None, []
+        return None, [overflow] if overflow else []

@@ -141,13 +141,19 @@ CHANNELS = ("webshop", "store", "marketplace")
 
 
 def expected_bins(line: LineConfig, order: Order) -> list[str]:
-    """Where an order should go: the emulator's own reading of the plan, first rule wins."""
+    """Where an order should go: the emulator's own reading of the plan, first rule wins.
+
+    Held and cancelled orders go only where a rule names their status; else to the end.
+    """
+    released = order.status is OrderStatus.RELEASED
+    overflow = line.sort_plan.overflow
     for rule in line.sort_plan.rules:
+        if not released and "status" not in rule.when:
+            continue
         if all(_field_matches(order, key, value) for key, value in rule.when.items()):
             bins = list(rule.bins)
-            overflow = line.sort_plan.overflow
             return bins + ([overflow] if overflow and overflow not in bins else [])
-    return [line.sort_plan.overflow] if line.sort_plan.overflow else []
+    return [overflow] if overflow and released else []
 
 
 def _field_matches(order: Order, key: str, value: str) -> bool:
@@ -174,7 +180,8 @@ class _Generator:
         return make_code(self.serial)
 
     def order_for(self, code: str, status: OrderStatus, n: int) -> Order:
-        rules = self.line.sort_plan.rules
+        # Orders are drawn for the routing rules (those that do not name a status).
+        rules = [r for r in self.line.sort_plan.rules if "status" not in r.when]
         rule: SortRule | None = None
         if rules and self.rng.random() < 0.95:
             weights = [1.0 / (i + 1) ** self.spec.hot_bins for i in range(len(rules))]
@@ -242,13 +249,15 @@ class _Generator:
         if case is Case.CAMERA_STALL:
             # Isolated: the parcel before has left every view when the stall starts.
             gap = max(gap, max(c.fov_mm for c in self.line.cameras) + 300.0)
-        expected = expected_bins(self.line, order) if order and case in ROUTED_CASES else []
+        expected = expected_bins(self.line, order) if order and case in ROUTED_CASES | {
+            Case.HELD_ORDER, Case.CANCELLED_ORDER} else []
         disposition = EXPECTED_DISPOSITION[case]
         if case is Case.NOMINAL and not expected:
             disposition = "DEST_FULL"
         parcel = SimParcel(sim_id, case, length, width, y, rng.randrange(125, 185), gap, labels,
                            None if case is Case.NO_LABEL else code, order, disposition,
-                           expected if case in (Case.NOMINAL, Case.JAMMED_DIVERTER) else [])
+                           expected if case in (Case.NOMINAL, Case.JAMMED_DIVERTER,
+                                                Case.HELD_ORDER, Case.CANCELLED_ORDER) else [])
         if case is Case.STRAY_PUSH:
             # The faulty pusher is the one just upstream of where the parcel should go; with
             # none upstream, the parcel is one the line sends to the end (no order) instead.

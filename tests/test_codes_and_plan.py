@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from controller.codes import CodeRule, ParcelReads, ReadVerdict, gs1_check_digit, with_check_digit
 from controller.config import DecisionConfig, SortPlanConfig, SortRule
 from controller.orders import Order, OrderCache, OrderStatus
@@ -79,6 +83,23 @@ def test_first_matching_rule_wins_with_alternates_and_overflow() -> None:
     assert PLAN.destinations(_order(carrier="UPS", postcode="80331")) == (None, ["B9"])
     no_overflow = SortPlan(SortPlanConfig(rules=[]))
     assert no_overflow.destinations(_order()) == (None, [])
+
+
+def test_held_orders_match_only_rules_that_name_their_status() -> None:
+    plan = SortPlan(SortPlanConfig(overflow="B9", rules=[
+        SortRule(name="dhl", when={"carrier": "DHL"}, bins=["B2"]),
+        SortRule(name="hold", when={"status": "held"}, bins=["B5"]),
+    ]))
+    held = replace(_order(), status=OrderStatus.HELD)
+    cancelled = replace(_order(), status=OrderStatus.CANCELLED)
+    assert plan.destinations(_order()) == ("dhl", ["B2", "B9"])
+    assert plan.destinations(held) == ("hold", ["B5", "B9"])
+    assert plan.destinations(cancelled) == (None, [])  # never the overflow
+
+
+def test_unknown_status_in_a_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="status must be one of released, held, cancelled"):
+        SortRule(name="x", when={"status": "lost"}, bins=["B1"])
 
 
 def test_order_cache_evicts_least_recent() -> None:

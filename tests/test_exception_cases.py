@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from controller.config import LineConfig
+from controller.config import LineConfig, SortRule
 from sim_hardware.scenario import Case, ScenarioSpec
 
 from .shifts import only, run_sim
@@ -58,6 +58,32 @@ def test_held_and_cancelled_orders_are_held(example_config: LineConfig, tmp_path
     _, cancelled, _ = run_sim(example_config, only(Case.CANCELLED_ORDER, 16, 6), tmp_path / "c")
     _check_against_truth(cancelled, Case.CANCELLED_ORDER, "ORDER_HELD")
     assert any("cancelled" in r["reason"] for r in cancelled if r["case"] == Case.CANCELLED_ORDER)
+
+
+def test_sort_plan_rule_on_order_status_sends_held_orders_to_a_hold_bin(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    hold = SortRule(name="on-hold", when={"status": "held"}, bins=["B7"])
+    plan = example_config.sort_plan.model_copy(
+        update={"rules": [hold, *example_config.sort_plan.rules]})
+    config = example_config.model_copy(update={"sort_plan": plan})
+    spec = ScenarioSpec(parcels=40, seed=17, scuffed_share=0.0, mix={
+        Case.NOMINAL: 2.0, Case.HELD_ORDER: 1.0, Case.CANCELLED_ORDER: 1.0})
+    _, records, _ = run_sim(config, spec, tmp_path)
+    by_case = {case: [r for r in records if r["case"] == case] for case in Case}
+    assert by_case[Case.HELD_ORDER]
+    assert by_case[Case.CANCELLED_ORDER]
+    for r in by_case[Case.HELD_ORDER]:
+        assert r["disposition"] == "ORDER_HELD", r
+        assert r["actual_bin"] == r["controller_bin"] == r["expected_bin"] == "B7", r
+        assert "rule on-hold" in r["reason"]
+    for r in by_case[Case.CANCELLED_ORDER]:  # no rule names cancelled: the end of line
+        assert r["disposition"] == "ORDER_HELD", r
+        assert r["actual_bin"] == r["controller_bin"] == "END", r
+    for r in by_case[Case.NOMINAL]:  # released orders never match the status rule
+        assert r["disposition"] in ("SORTED", "DEST_FULL"), r
+        assert r["actual_bin"] != "B7" or "postnl-store" in r["reason"], r
+        assert r["actual_bin"] == r["controller_bin"]
+    assert not any(r["missort"] for r in records)
 
 
 def test_parcel_too_fast_for_its_decision_is_late(
