@@ -75,11 +75,13 @@ def summarise(result: ShiftResult, records: list[dict[str, Any]]) -> dict[str, A
     cycle = [(r["final_at"] - r["order_created_at"]) / 60 for r in records
              if r["disposition"] in ("SORTED", "DEST_FULL") and r["order_created_at"] is not None
              and r["final_at"] is not None]
+    # A perfect order: every parcel of it in a bin its plan allows (primary, or an
+    # alternate while the primary was full), none mis-sorted, none missing.
     orders: dict[str, bool] = {}
     for r in records:
         if r["order_id"]:
-            perfect = r["disposition"] == "SORTED" and not r["missort"] \
-                and r["actual_bin"] == r["expected_bin"]
+            perfect = r["disposition"] in ("SORTED", "DEST_FULL") and not r["missort"] \
+                and r["actual_bin"] in [r["expected_bin"], *r["alternate_bins"]]
             orders[r["order_id"]] = orders.get(r["order_id"], True) and perfect
     truth_mismatch = sum(1 for r in records if r["expected_disposition"] is not None
                          and r["disposition"] != r["expected_disposition"]
@@ -95,6 +97,7 @@ def summarise(result: ShiftResult, records: list[dict[str, Any]]) -> dict[str, A
         "lost": counts.get("LOST", 0) + counts.get(UNTRACKED, 0),
         "order_information_errors": counts.get("NO_ORDER", 0) / n if n else 0.0,
         "order_cycle_time_min_median": statistics.median(cycle) if cycle else None,
+        "orders": len(orders),
         "perfect_order_share": sum(orders.values()) / len(orders) if orders else 0.0,
         "outcome_differs_from_truth": truth_mismatch,
         "line_time_s": round(result.line_time_s, 3),

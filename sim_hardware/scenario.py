@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -79,6 +79,8 @@ class ScenarioSpec(BaseModel):
     drop_time_s: Annotated[float, Field(ge=0)] = 0.3
     hot_bins: Annotated[float, Field(ge=0)] = 0.0
     """Skew of destinations towards the first rules (0 = even)."""
+    multi_parcel_share: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Share of orders shipped as two or three parcels (each parcel has its own code)."""
     speed_changes: list[tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]] = \
         Field(default_factory=list)
     """``(seconds after the start, belt speed mm/s)``: stops (0), slowdowns, restarts."""
@@ -275,6 +277,7 @@ def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], lis
     """The parcel stream and the order book (unknown-order parcels have no order in it)."""
     gen = _Generator(spec, line)
     parcels = [gen.parcel(i + 1) for i in range(spec.parcels)]
+    _group_into_orders(parcels, spec, line, random.Random(spec.seed + 1))
     offset = 0.0
     room_after = 0.0
     for parcel in parcels:
@@ -286,3 +289,26 @@ def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], lis
                       if parcel.case is Case.CAMERA_STALL else 0.0)
     orders = [p.order for p in parcels if p.order is not None]
     return parcels, orders
+
+
+def _group_into_orders(parcels: list[SimParcel], spec: ScenarioSpec, line: LineConfig,
+                       rng: random.Random) -> None:
+    """Make some runs of consecutive nominal parcels the parcels of one order."""
+    i = 0
+    while i < len(parcels):
+        first = parcels[i]
+        if first.case is not Case.NOMINAL or first.order is None \
+                or rng.random() >= spec.multi_parcel_share:
+            i += 1
+            continue
+        group = [first]
+        for parcel in parcels[i + 1:i + rng.choice((2, 3))]:
+            if parcel.case is not Case.NOMINAL or parcel.order is None:
+                break
+            group.append(parcel)
+        head = first.order
+        for parcel in group:
+            assert parcel.order is not None
+            parcel.order = replace(head, code=parcel.order.code, parcels_in_order=len(group))
+            parcel.expected_bins = expected_bins(line, parcel.order)
+        i += len(group)

@@ -27,8 +27,14 @@ def _check_against_truth(records: list[dict[str, Any]], case: Case, disposition:
 
 
 def test_no_label_is_no_read(example_config: LineConfig, tmp_path: Path) -> None:
-    _, records, _ = run_sim(example_config, only(Case.NO_LABEL, 24, 1), tmp_path)
+    summary, records, _ = run_sim(example_config, only(Case.NO_LABEL, 24, 1), tmp_path)
     _check_against_truth(records, Case.NO_LABEL, "NO_READ")
+    # An order with a parcel at the end of the line is not a perfect order.
+    orders = {r["order_id"] for r in records}
+    good = {r["order_id"] for r in records if r["case"] == Case.NOMINAL} - {
+        r["order_id"] for r in records if r["case"] == Case.NO_LABEL}
+    assert summary["orders"] == len(orders)
+    assert summary["perfect_order_share"] == len(good) / len(orders) < 1.0
 
 
 def test_damaged_label_is_no_read(example_config: LineConfig, tmp_path: Path) -> None:
