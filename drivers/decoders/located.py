@@ -212,6 +212,9 @@ class LocatingDecoder:
 LABEL_SEARCH_SIDE = 480
 #: A label candidate's area, as a share of the searched image, must lie in this range.
 LABEL_AREA_SHARE = (0.004, 0.5)
+#: Labels are rectangles: a candidate must fill this much of its rotated bounding box
+#: (blobs of bright cardboard texture fill far less).
+LABEL_RECTANGULARITY = 0.8
 MAX_LABELS = 4
 
 
@@ -238,6 +241,8 @@ def locate_labels(gray: GrayImage) -> list[Quad]:
         rect = cv2.minAreaRect(contour)
         (w, h) = rect[1]
         if not lo * area <= w * h <= hi * area or min(w, h) < 0.25 * max(w, h):
+            continue
+        if cv2.contourArea(contour) < LABEL_RECTANGULARITY * w * h:
             continue
         boxes.append(np.asarray(cv2.boxPoints(rect), dtype=np.float32) / scale)
     boxes.sort(key=lambda q: -abs(float(cv2.contourArea(q))))
