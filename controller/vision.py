@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 import numpy as np
@@ -40,9 +41,24 @@ class Frame:
     captured_at: float
 
 
+class CameraState(StrEnum):
+    """How a camera link is doing, as diagnostics show it."""
+
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    DOWN = "down"  # lost; reconnecting with backoff
+
+
 class Camera(Protocol):
-    """A source of frames."""
+    """A source of frames; ``frames()`` runs until cancelled, reconnecting by itself."""
 
     camera_id: str
 
+    @property
+    def state(self) -> CameraState: ...
+
     def frames(self) -> AsyncIterator[Frame]: ...
+
+
+EncoderAt = Callable[[float], int]
+"""The encoder count at a moment of the controller's clock (interpolated from history)."""

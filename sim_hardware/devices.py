@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from controller.lineio import DivertCommand, DivertReply, LineEvent
-from controller.vision import Frame
+from controller.vision import CameraState, Frame
 from sim_hardware.line import PhysicalLine
 
 
@@ -34,6 +34,7 @@ class SimCamera:
 
     def __init__(self, line: PhysicalLine, camera_id: str, buffer: int = 4) -> None:
         self.camera_id = camera_id
+        self.state = CameraState.STREAMING
         self.dropped = 0
         self._frames: asyncio.Queue[Frame] = asyncio.Queue(buffer)
         line.frame_sinks[camera_id].append(self._put)
