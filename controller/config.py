@@ -102,23 +102,41 @@ class JournalConfig(_Strict):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
+class LabelType(_Strict):
+    """A kind of label whose code the line knows: a carrier's shipment label, a licence plate.
+
+    When a parcel carries valid codes of several types, the lowest ``priority`` wins; two
+    different codes of the winning priority are a MULTI_READ. A type that does not ``sort``
+    is recognised (so it cannot be mistaken for a conflict) but never routed on.
+    """
+
+    name: Identifier
+    pattern: str
+    check_digit: Literal["none", "gs1-mod10"] = "none"
+    symbologies: list[str] = Field(default_factory=list, description="empty: any")
+    priority: int = 1
+    sorts: bool = True
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> LabelType:
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ValueError(f"pattern is not a regular expression: {exc}") from None
+        return self
+
+
+SHIPMENT_LABEL = LabelType(name="shipment", pattern=r"^[0-9]{12}$", check_digit="gs1-mod10")
+
+
 class DecisionConfig(_Strict):
-    code_pattern: str = r"^[0-9]{12}$"
-    check_digit: Literal["none", "gs1-mod10"] = "gs1-mod10"
+    label_types: list[LabelType] = Field(default_factory=lambda: [SHIPMENT_LABEL], min_length=1)
     min_agreeing_reads: Annotated[int, Field(ge=1, le=10)] = 2
     margin_mm: Annotated[float, Field(ge=0)] = 50.0
     assign_tolerance_mm: Annotated[float, Field(ge=0)] = 15.0
     frame_wait_ms: PositiveFloat = Field(
         default=5000.0,
         description="how long a parcel's reads wait for a lagging camera after the read zone")
-
-    @model_validator(mode="after")
-    def _pattern_compiles(self) -> DecisionConfig:
-        try:
-            re.compile(self.code_pattern)
-        except re.error as exc:
-            raise ValueError(f"code_pattern is not a regular expression: {exc}") from None
-        return self
 
 
 RuleField = Literal["carrier", "service", "route", "channel", "postcode_prefix", "status"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from controller.clock import Clock
 from controller.codes import CodeRule, ParcelReads, ReadVerdict
-from controller.config import CameraConfig, LineConfig
+from controller.config import CameraConfig, DiverterConfig, LabelType, LineConfig
 from controller.disposition import END_OF_LINE, Disposition
 from controller.errors import DriverError, OrderStoreError
 from controller.journal import FinalRecord, Journal
@@ -59,16 +59,11 @@ class ParcelState:
     command: DivertCommand | None = None
     zone_exit_at: float | None = None
     booked: bool = False  # counted in its bin's in-flight parcels until confirmed or given up
+    strayed_into: str | None = None  # a bin that took a parcel unbidden while it was in front
 
     @property
     def parcel_id(self) -> int:
         return self.window.parcel_id
-
-
-@dataclass
-class UnexpectedEntry:
-    bin_id: str
-    enc: int
 
 
 @dataclass
@@ -138,7 +133,6 @@ class Sorter:
         self._executor = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self._next_parcel_id = 1
         self._next_command_id = 1
-        self._unexpected: list[UnexpectedEntry] = []
         self._decisions: set[asyncio.Task[None]] = set()
         self._finalising: set[int] = set()
         self._cpm = config.belt.encoder_counts_per_mm
@@ -225,13 +219,28 @@ class Sorter:
                 and p.command.fire_enc <= enc <= p.command.fire_enc + window]
         if not fits:
             self.stats.unexpected_bin_entries += 1
-            self._unexpected.append(UnexpectedEntry(bin_id, enc))
-            log.warning("bin %s: a parcel fell in that no divert was sent for", bin_id)
+            suspect = self._in_front_of(self.config.diverter_for_bin(bin_id), enc - round(drop))
+            log.warning("bin %s: a parcel fell in that no divert was sent for%s", bin_id,
+                        f" (parcel {suspect.parcel_id} was in front of it)" if suspect else "")
+            if suspect is not None:
+                suspect.strayed_into = bin_id
             return
         _, parcel = min(fits, key=lambda fit: fit[0])
         self._unbook(parcel, bin_id)
         self.bins[bin_id].confirmed += 1
         await self._finalise(parcel, parcel.disposition or Disposition.SORTED, bin_id)
+
+    def _in_front_of(self, diverter: DiverterConfig, enc: int) -> ParcelState | None:
+        """The tracked parcel whose centre was nearest the diverter's arm at ``enc``."""
+        best: tuple[float, ParcelState] | None = None
+        for parcel in self.parcels.values():
+            length = parcel.window.length_mm
+            if length is None or parcel.parcel_id in self._finalising:
+                continue
+            off = abs(parcel.window.lead_mm(enc) - length / 2 - diverter.position_mm)
+            if off <= diverter.window_mm and (best is None or off < best[0]):
+                best = (off, parcel)
+        return best[1] if best else None
 
     async def _end_arrival(self, enc: int) -> None:
         x_end = self.config.end_of_line.position_mm
@@ -333,8 +342,8 @@ class Sorter:
         symbols = await self.clock.offload(self._executor, _decode_crops, decoder,
                                            frame.image, _merge_spans(crops),
                                            cost=self._decode_cost_s)
-        per_parcel: dict[int, tuple[set[str], set[str]]] = {
-            p.parcel_id: (set(), set()) for p in wanted}
+        per_parcel: dict[int, tuple[dict[str, LabelType], set[str]]] = {
+            p.parcel_id: ({}, set()) for p in wanted}
         for symbol in symbols:
             x_mm = cam.view_start_mm + (symbol.x + 0.5) * mmpp
             window = self.tracker.at(x_mm, frame.enc, tol)
@@ -342,7 +351,11 @@ class Sorter:
                 self.stats.reads_unassigned += 1
                 continue
             accepted, rejected = per_parcel[window.parcel_id]
-            (accepted if self._code_rule.accepts(symbol.text) else rejected).add(symbol.text)
+            label = self._code_rule.classify(symbol.text, symbol.symbology)
+            if label is None:
+                rejected.add(symbol.text)
+            else:
+                accepted[symbol.text] = label
         for parcel in wanted:
             accepted, rejected = per_parcel[parcel.parcel_id]
             w = parcel.window
@@ -375,7 +388,8 @@ class Sorter:
 
     async def _decide_route(self, parcel: ParcelState) -> None:
         if parcel.verdict is ReadVerdict.NO_READ:
-            self._to_end(parcel, Disposition.NO_READ, "no acceptable code read")
+            self._to_end(parcel, Disposition.NO_READ,
+                         parcel.reads.why or "no acceptable code read")
             return
         if parcel.verdict is ReadVerdict.MULTI_READ:
             codes = ", ".join(sorted(parcel.reads.codes))
@@ -514,20 +528,11 @@ class Sorter:
                     await self._missing(parcel)
 
     async def _missing(self, parcel: ParcelState) -> None:
-        """A parcel not seen where it was sent: mis-sorted if a bin on its way took it unbidden."""
-        window = parcel.window
-        for entry in self._unexpected:
-            diverter = self.config.diverter_for_bin(entry.bin_id)
-            timeout_mm = self.config.bin(entry.bin_id).confirm_timeout_ms / 1000 \
-                * self.config.belt.speed_mm_s
-            start = window.enc_when_lead_at(diverter.position_mm)
-            end = window.enc_when_lead_at(diverter.position_mm + (window.length_mm or 0)
-                                          + timeout_mm)
-            if start <= entry.enc <= end:
-                self._unexpected.remove(entry)
-                parcel.reason = f"sent to {parcel.route}, fell into {entry.bin_id}"
-                await self._finalise(parcel, Disposition.MISSORT, entry.bin_id)
-                return
+        """A parcel not seen where it was sent: mis-sorted if a bin took it unbidden."""
+        if parcel.strayed_into is not None:
+            parcel.reason = f"sent to {parcel.route}, fell into {parcel.strayed_into}"
+            await self._finalise(parcel, Disposition.MISSORT, parcel.strayed_into)
+            return
         if parcel.command is not None:
             parcel.reason = f"fired at {parcel.route}: not confirmed there, not seen at the end"
         elif parcel.route is not None:

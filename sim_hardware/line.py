@@ -197,21 +197,26 @@ class PhysicalLine:
     # --- faults ----------------------------------------------------------------------------
 
     async def _faults(self) -> None:
-        """Stray pushes and parcels lifted off the belt, each at its moment on the belt."""
+        """Stray pushes and parcels lifted off the belt, each at its own moment on the belt."""
         diverters = {d.id: d for d in self.config.diverters}
-        picked_off_at = self.config.read_zone_end_mm + 300.0
-        for parcel in self.parcels:
-            if parcel.stray_diverter is not None and parcel.case is Case.STRAY_PUSH:
-                diverter = diverters[parcel.stray_diverter]
-                await self._sleep_until_centre(parcel, diverter.position_mm)
-                if parcel.sim_id in self.on_belt:
-                    parcel.events.append(f"stray push by {diverter.id}")
-                    await self._push(parcel, diverter)
-            elif parcel.case is Case.PICKED_OFF:
-                await self._sleep_until_centre(parcel, picked_off_at)
-                if self.on_belt.pop(parcel.sim_id, None) is not None:
-                    parcel.events.append("lifted off the belt")
-                    self._settle(parcel, "REMOVED")
+        async with asyncio.TaskGroup() as tg:
+            for parcel in self.parcels:
+                if parcel.stray_diverter is not None and parcel.case is Case.STRAY_PUSH:
+                    tg.create_task(self._stray_push(parcel, diverters[parcel.stray_diverter]))
+                elif parcel.case is Case.PICKED_OFF:
+                    tg.create_task(self._lift_off(parcel))
+
+    async def _stray_push(self, parcel: SimParcel, diverter: DiverterConfig) -> None:
+        await self._sleep_until_centre(parcel, diverter.position_mm)
+        if parcel.sim_id in self.on_belt:
+            parcel.events.append(f"stray push by {diverter.id}")
+            await self._push(parcel, diverter)
+
+    async def _lift_off(self, parcel: SimParcel) -> None:
+        await self._sleep_until_centre(parcel, self.config.read_zone_end_mm + 300.0)
+        if self.on_belt.pop(parcel.sim_id, None) is not None:
+            parcel.events.append("lifted off the belt")
+            self._settle(parcel, "REMOVED")
 
     async def _sleep_until_centre(self, parcel: SimParcel, x_mm: float) -> None:
         await self.clock.sleep_until(

@@ -37,6 +37,7 @@ class Case(StrEnum):
     JAMMED_DIVERTER = "jammed_diverter"  # its diverter's arm jams: it rides on to the end
     STRAY_PUSH = "stray_push"  # a faulty pusher upstream shoves it into the wrong bin
     PICKED_OFF = "picked_off"  # someone lifts it off the belt after the read zone
+    LICENCE_PLATE = "licence_plate"  # a warehouse licence-plate label beside the shipment one
 
 
 EXPECTED_DISPOSITION = {
@@ -51,9 +52,10 @@ EXPECTED_DISPOSITION = {
     Case.JAMMED_DIVERTER: "DIVERT_FAULT",
     Case.STRAY_PUSH: "MISSORT",
     Case.PICKED_OFF: "LOST",
+    Case.LICENCE_PLATE: "SORTED",
 }
 ROUTED_CASES = frozenset({Case.NOMINAL, Case.CAMERA_STALL, Case.JAMMED_DIVERTER,
-                          Case.STRAY_PUSH, Case.PICKED_OFF})
+                          Case.STRAY_PUSH, Case.PICKED_OFF, Case.LICENCE_PLATE})
 """Cases whose order is released and routed by the plan; the rest belong at the end."""
 
 Range = tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
@@ -238,11 +240,13 @@ class _Generator:
             pass  # its label fell off: the order exists, nothing on the box says which
         elif case is Case.DAMAGED_LABEL:
             labels = (self.label(code, length, width, qr=qr, damage="destroyed"),)
-        elif case is Case.TWO_LABELS:
-            # Two shipping labels on one box: both halves of the top face, both readable.
+        elif case in (Case.TWO_LABELS, Case.LICENCE_PLATE):
+            # Two labels on one box: both halves of the top face, both readable.
             length = max(length, 2 * 140.0)
+            other = self.next_code() if case is Case.TWO_LABELS \
+                else f"LP{rng.randrange(10**8):08d}"
             first = self.label(code, length / 2, width, qr=False, damage="none")
-            second = self.label(self.next_code(), length / 2, width, qr=False, damage="none")
+            second = self.label(other, length / 2, width, qr=False, damage="none")
             labels = (PlacedLabel(first.spec, first.u_mm + length / 4, first.v_mm, first.angle_deg),
                       PlacedLabel(second.spec, second.u_mm - length / 4, second.v_mm,
                                   second.angle_deg))
@@ -259,7 +263,8 @@ class _Generator:
         parcel = SimParcel(sim_id, case, length, width, y, rng.randrange(125, 185), gap, labels,
                            None if case is Case.NO_LABEL else code, order, disposition,
                            expected if case in (Case.NOMINAL, Case.JAMMED_DIVERTER,
-                                                Case.HELD_ORDER, Case.CANCELLED_ORDER) else [])
+                                                Case.HELD_ORDER, Case.CANCELLED_ORDER,
+                                                Case.LICENCE_PLATE) else [])
         if case is Case.STRAY_PUSH:
             # The faulty pusher is the one just upstream of where the parcel should go; with
             # none upstream, the parcel is one the line sends to the end (no order) instead.

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from controller.codes import CodeRule, ParcelReads, ReadVerdict, gs1_check_digit, with_check_digit
-from controller.config import DecisionConfig, SortPlanConfig, SortRule
+from controller.config import DecisionConfig, LabelType, SortPlanConfig, SortRule
 from controller.orders import Order, OrderCache, OrderStatus
 from controller.sortplan import SortPlan
 
@@ -25,17 +25,55 @@ def test_code_rule_checks_pattern_and_check_digit() -> None:
     assert not rule.accepts("001442827148")  # wrong check digit
     assert not rule.accepts("00144282714")  # too short
     assert not rule.accepts("ABC442827149")
-    loose = CodeRule(DecisionConfig(code_pattern=r"^1Z[0-9A-Z]{16}$", check_digit="none"))
-    assert loose.accepts("1Z999AA10123456784")
+    assert rule.why_rejected("001442827148", "code128") == "shipment: bad check digit"
+    assert rule.why_rejected("ABC", "code128") == "shipment: does not match ^[0-9]{12}$"
+    ups = LabelType(name="ups", pattern=r"^1Z[0-9A-Z]{16}$", symbologies=["code128"])
+    loose = CodeRule(DecisionConfig(label_types=[ups]))
+    assert loose.classify("1Z999AA10123456784", "code128") == ups
+    assert loose.classify("1Z999AA10123456784", "qrcode") is None
+    assert loose.why_rejected("1Z999AA10123456784", "qrcode") == "ups: not printed as qrcode"
+
+
+SHIPMENT = LabelType(name="shipment", pattern=r"^[0-9]{12}$", check_digit="gs1-mod10")
+PLATE = LabelType(name="plate", pattern=r"^LP[0-9]{8}$", priority=2, sorts=False)
+LOOSE = LabelType(name="loose", pattern=r"^X[0-9]+$")
+
+
+def test_best_priority_label_wins_over_another_type() -> None:
+    reads = ParcelReads(min_agreeing=2)
+    both = {"001442827149": SHIPMENT, "LP12345678": PLATE}
+    reads.add_frame(both, set(), lead_in_view=True, trail_in_view=True)
+    reads.add_frame(both, set(), lead_in_view=True, trail_in_view=True)
+    assert reads.verdict(final=False) is ReadVerdict.ONE_CODE
+    assert (reads.code, reads.label_type) == ("001442827149", "shipment")
+
+
+def test_a_label_that_does_not_sort_alone_is_no_read() -> None:
+    reads = ParcelReads(min_agreeing=2)
+    for _ in range(2):
+        reads.add_frame({"LP12345678": PLATE}, set(), lead_in_view=True, trail_in_view=True)
+    assert reads.verdict(final=False) is ReadVerdict.NO_READ
+    assert reads.code is None
+    assert "not routed on" in reads.why
+
+
+def test_one_unconfirmed_read_without_check_digit_is_no_sort_decision() -> None:
+    reads = ParcelReads(min_agreeing=2)
+    reads.add_frame({"X123": LOOSE}, set(), lead_in_view=True, trail_in_view=True)
+    assert reads.verdict(final=True) is ReadVerdict.NO_READ
+    assert "one unconfirmed read" in reads.why
+    checked = ParcelReads(min_agreeing=2)
+    checked.add_frame({"001442827149": SHIPMENT}, set(), lead_in_view=True, trail_in_view=True)
+    assert checked.verdict(final=True) is ReadVerdict.ONE_CODE  # the check digit vouches
 
 
 def test_reads_settle_early_only_when_whole_parcel_seen_and_agreeing() -> None:
     reads = ParcelReads(min_agreeing=2)
     # A long parcel: its lead in view first, then the middle, then its trail.
-    reads.add_frame({"A"}, set(), lead_in_view=True, trail_in_view=False)
-    reads.add_frame({"A"}, set(), lead_in_view=False, trail_in_view=False)
+    reads.add_frame({"A": SHIPMENT}, set(), lead_in_view=True, trail_in_view=False)
+    reads.add_frame({"A": SHIPMENT}, set(), lead_in_view=False, trail_in_view=False)
     assert reads.verdict(final=False) is ReadVerdict.PENDING  # its tail may hold a 2nd label
-    reads.add_frame(set(), set(), lead_in_view=False, trail_in_view=True)
+    reads.add_frame({}, set(), lead_in_view=False, trail_in_view=True)
     assert reads.whole_parcel_seen
     assert reads.verdict(final=False) is ReadVerdict.ONE_CODE
     assert reads.code == "A"
@@ -43,21 +81,21 @@ def test_reads_settle_early_only_when_whole_parcel_seen_and_agreeing() -> None:
 
 def test_trail_before_lead_is_not_a_whole_view() -> None:
     reads = ParcelReads(min_agreeing=1)
-    reads.add_frame({"A"}, set(), lead_in_view=False, trail_in_view=True)
-    reads.add_frame({"A"}, set(), lead_in_view=True, trail_in_view=False)
+    reads.add_frame({"A": SHIPMENT}, set(), lead_in_view=False, trail_in_view=True)
+    reads.add_frame({"A": SHIPMENT}, set(), lead_in_view=True, trail_in_view=False)
     assert not reads.whole_parcel_seen
     assert reads.verdict(final=False) is ReadVerdict.PENDING
 
 
 def test_second_label_makes_multi_read_and_nothing_is_no_read() -> None:
     reads = ParcelReads(min_agreeing=2)
-    reads.add_frame({"A"}, {"junk"}, lead_in_view=True, trail_in_view=True)
+    reads.add_frame({"A": SHIPMENT}, {"junk"}, lead_in_view=True, trail_in_view=True)
     assert reads.verdict(final=False) is ReadVerdict.PENDING  # one read is not agreement
-    reads.add_frame({"A", "B"}, set(), lead_in_view=True, trail_in_view=True)
+    reads.add_frame({"A": SHIPMENT, "B": SHIPMENT}, set(), lead_in_view=True, trail_in_view=True)
     assert reads.verdict(final=False) is ReadVerdict.MULTI_READ
     assert reads.code is None
     empty = ParcelReads(min_agreeing=2)
-    empty.add_frame(set(), {"junk"}, lead_in_view=True, trail_in_view=True)
+    empty.add_frame({}, {"junk"}, lead_in_view=True, trail_in_view=True)
     assert empty.verdict(final=False) is ReadVerdict.PENDING
     assert empty.verdict(final=True) is ReadVerdict.NO_READ
 

@@ -74,9 +74,9 @@ def test_inconsistent_layout_is_explained() -> None:
 
 def test_bad_regex_is_refused() -> None:
     data = _example()
-    data["decision"]["code_pattern"] = "([0-9"
+    data["decision"]["label_types"][1]["pattern"] = "([0-9"
     (path, reason), = _problems(data)
-    assert path == "decision"
+    assert path == "decision.label_types[1]"
     assert "not a regular expression" in reason
 
 

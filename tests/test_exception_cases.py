@@ -50,6 +50,28 @@ def test_two_different_labels_are_multi_read(example_config: LineConfig, tmp_pat
             assert "different codes" in r["reason"]
 
 
+def test_label_type_priority_decides_between_two_labels(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    """A licence plate beside the shipment label: the plan says the shipment label wins."""
+    _, records, _ = run_sim(example_config, only(Case.LICENCE_PLATE, 16, 19), tmp_path / "a")
+    plated = [r for r in records if r["case"] == Case.LICENCE_PLATE]
+    assert plated
+    for r in plated:
+        assert r["disposition"] == "SORTED", r
+        assert r["read_code"] == r["code"]
+        assert r["actual_bin"] == r["expected_bin"] == r["controller_bin"]
+    # Without that priority both are codes of equal standing: the parcel is a MULTI_READ.
+    types = [t.model_copy(update={"priority": 1})
+             for t in example_config.decision.label_types]
+    equal = example_config.model_copy(update={"decision": example_config.decision.model_copy(
+        update={"label_types": types})})
+    _, records, _ = run_sim(equal, only(Case.LICENCE_PLATE, 16, 19), tmp_path / "b")
+    for r in records:
+        if r["case"] == Case.LICENCE_PLATE:
+            assert r["disposition"] == "MULTI_READ", r
+            assert r["actual_bin"] == "END"
+
+
 def test_unknown_order_is_no_order(example_config: LineConfig, tmp_path: Path) -> None:
     _, records, _ = run_sim(example_config, only(Case.UNKNOWN_ORDER, 24, 4), tmp_path)
     _check_against_truth(records, Case.UNKNOWN_ORDER, "NO_ORDER")
