@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import load_config
-from controller.errors import SorterError
+from controller.errors import ConfigError, SorterError
 from controller.simulate import DECODE_COST_S
+from controller.tools import TOOL_COMMANDS, add_archive_command, add_decode_command, run_tool
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "line.example.toml"
 
@@ -36,13 +37,20 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--workdir", type=Path, default=None,
                      help="where the shift's order book and journal go (default: a temp dir)")
     sim.add_argument("--realtime", action="store_true", help="run on the real clock")
-    sim.add_argument("--decode-threads", type=int, default=2)
+    sim.add_argument("--cameras", choices=("inprocess", "mjpeg", "opencv"), default="inprocess",
+                     help="how frames reach the controller: in-process, or the emulator's "
+                          "MJPEG-over-HTTP streams read by the MJPEG driver or by OpenCV "
+                          "(those two need --realtime)")
+    sim.add_argument("--decode-threads", type=int, default=None,
+                     help="decoding threads (default: one per core, at most 4)")
     sim.add_argument("--decode-ms", type=float, default=DECODE_COST_S * 1000,
                      help="a frame's modelled decode time on the virtual clock (default: "
                           "%(default)g; the real clock takes what decoding really takes)")
 
     check = sub.add_parser("check-config", help="validate a line config and print its layout")
     check.add_argument("config", type=Path)
+    add_decode_command(sub)
+    add_archive_command(sub)
     return parser
 
 
@@ -55,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sim(args)
         if args.command == "check-config":
             return _check_config(args.config)
+        if args.command in TOOL_COMMANDS:
+            return run_tool(args)
     except SorterError as exc:
         print(f"parcel-sorter: {exc}", file=sys.stderr)
         return 2
@@ -85,6 +95,9 @@ def _sim(args: argparse.Namespace) -> int:
     from controller.simulate import run_shift
     from sim_hardware.scenario import DEMO_MIX, ScenarioSpec, load_scenario
 
+    if args.cameras != "inprocess" and not args.realtime:
+        raise ConfigError("--cameras", [("--cameras", f"{args.cameras} streams run on the real "
+                                                      "clock: add --realtime")], "option")
     config = load_config(args.config)
     spec = load_scenario(args.scenario) if args.scenario else ScenarioSpec(
         mix=DEMO_MIX if args.mix == "demo" else ScenarioSpec().mix)
@@ -103,7 +116,8 @@ def _sim(args: argparse.Namespace) -> int:
         async def shift(clock: Any) -> Any:
             return await run_shift(config, spec, workdir, clock, on_final=progress.update,
                                    decode_threads=args.decode_threads,
-                                   decode_cost_s=args.decode_ms / 1000)
+                                   decode_cost_s=args.decode_ms / 1000,
+                                   camera_link=args.cameras)
 
         result = run_real(shift) if args.realtime else run_virtual(shift)
         result.wall_time_s = time.perf_counter() - started

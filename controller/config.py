@@ -129,6 +129,15 @@ class LabelType(_Strict):
 SHIPMENT_LABEL = LabelType(name="shipment", pattern=r"^[0-9]{12}$", check_digit="gs1-mod10")
 
 
+class ArchiveConfig(_Strict):
+    """Where the frames of NO_READ and MULTI_READ parcels are kept for keying by hand."""
+
+    path: str | None = Field(default=None, description="none: no archive")
+    max_parcels: Annotated[int, Field(ge=1)] = 1000
+    max_mb: PositiveFloat = 500.0
+    frames_per_parcel: Annotated[int, Field(ge=1, le=20)] = 3
+
+
 class DecisionConfig(_Strict):
     label_types: list[LabelType] = Field(default_factory=lambda: [SHIPMENT_LABEL], min_length=1)
     min_agreeing_reads: Annotated[int, Field(ge=1, le=10)] = 2
@@ -179,6 +188,7 @@ class LineConfig(_Strict):
     order_store: OrderStoreConfig = OrderStoreConfig()
     journal: JournalConfig = JournalConfig()
     decision: DecisionConfig = DecisionConfig()
+    archive: ArchiveConfig = ArchiveConfig()
     sort_plan: SortPlanConfig
 
     @model_validator(mode="after")
@@ -252,11 +262,14 @@ def load_config(path: str | Path) -> LineConfig:
         raise ConfigError(str(path), [("(syntax)", str(exc))]) from None
     config = parse_config(data, str(path))
     base = path.parent
+    archive = config.archive.path
     return config.model_copy(update={
         "order_store": config.order_store.model_copy(
             update={"path": str(_resolve(base, config.order_store.path))}),
         "journal": config.journal.model_copy(
             update={"path": str(_resolve(base, config.journal.path))}),
+        "archive": config.archive.model_copy(
+            update={"path": str(_resolve(base, archive)) if archive else None}),
     })
 
 

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from controller.archive import NoReadArchive
 from controller.clock import Clock
 from controller.config import LineConfig
+from controller.encoder import EncoderHistory
 from controller.journal import FinalRecord, Journal
 from controller.sorter import Sorter, SorterStats
 from controller.vision import BarcodeDecoder, Camera
 
+if TYPE_CHECKING:
+    from sim_hardware.mjpeg import MjpegServer
+
 log = logging.getLogger(__name__)
 
+CameraLink = Literal["inprocess", "mjpeg", "opencv"]
 DRAIN_LIMIT_S = 60.0
 DECODE_COST_S = 0.025
 """A frame's decode time on a virtual clock: the measured p95 of a parcel crop (~15 ms) plus
@@ -50,6 +57,7 @@ def _fresh_workdir(workdir: Path) -> tuple[Path, Path]:
     for path in (orders_path, journal_path):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(workdir / "noread", ignore_errors=True)
     return orders_path, journal_path
 
 
@@ -60,39 +68,59 @@ async def run_shift(
     clock: Clock,
     *,
     on_final: Callable[[FinalRecord], None] | None = None,
-    decode_threads: int = 2,
+    decode_threads: int | None = None,
     decode_cost_s: float = DECODE_COST_S,
     order_store_wrapper: Callable[[Any], Any] | None = None,
+    camera_link: CameraLink = "inprocess",
 ) -> ShiftResult:
     """Run one shift to its end: every parcel physically settled and finally disposed.
 
-    The shift's order book and journal are made afresh in ``workdir``, whatever paths the
-    config names.
+    The shift's order book, journal and no-read archive are made afresh in ``workdir``,
+    whatever paths the config names.
     """
+    from drivers.cameras import open_camera
     from drivers.decoders import make_decoder
     from drivers.orders import open_order_store
     from drivers.orders.sqlite import SqliteOrderStore
     from sim_hardware.devices import SimCamera, SimLineIO
     from sim_hardware.line import PhysicalLine
+    from sim_hardware.mjpeg import MjpegServer
     from sim_hardware.scenario import generate
 
     orders_path, journal_path = _fresh_workdir(workdir)
     config = config.model_copy(update={
         "order_store": config.order_store.model_copy(update={"path": str(orders_path)}),
         "journal": config.journal.model_copy(update={"path": str(journal_path)}),
+        "archive": config.archive.model_copy(update={"path": str(workdir / "noread")}),
     })
     parcels, orders = generate(scenario, config)
     SqliteOrderStore(orders_path).add(orders)  # the test bench fills the order book
     store = open_order_store(config.order_store)
-    line = PhysicalLine(config, scenario, parcels, clock)
+    line = PhysicalLine(config, scenario, parcels, clock,
+                        free_running=camera_link != "inprocess")
     line_io = SimLineIO(line)
-    cameras: list[Camera] = [SimCamera(line, c.id) for c in config.cameras]
+    history = EncoderHistory()
+    server: MjpegServer | None = None
+    if camera_link == "inprocess":
+        cameras: list[Camera] = [SimCamera(line, c.id) for c in config.cameras]
+    else:
+        # The emulator's cameras as IP cameras: MJPEG over HTTP on loopback, read by the
+        # controller's real camera drivers (the real clock only).
+        server = MjpegServer(line)
+        await server.start()
+        prefix = "mjpeg+" if camera_link == "mjpeg" else ""
+        cameras = [open_camera(c.model_copy(update={"source": prefix + server.url(c.id)}),
+                               clock=clock, encoder_at=history.at) for c in config.cameras]
     decoders: dict[str, BarcodeDecoder] = {
         c.id: make_decoder(c.decoder) for c in config.cameras}
     journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
+    archive = NoReadArchive(Path(str(config.archive.path)),
+                            max_parcels=config.archive.max_parcels,
+                            max_bytes=int(config.archive.max_mb * 1e6))
     sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
                     order_store=order_store_wrapper(store) if order_store_wrapper else store,
-                    journal=journal, decode_threads=decode_threads, decode_cost_s=decode_cost_s)
+                    journal=journal, archive=archive, encoder_history=history,
+                    decode_threads=decode_threads, decode_cost_s=decode_cost_s)
     if on_final is not None:
         sorter.listeners.append(on_final)
 
@@ -110,6 +138,8 @@ async def run_shift(
         sorter_task.cancel()
         await asyncio.gather(sorter_task, return_exceptions=True)
         await sorter.aclose()
+        if server is not None:
+            await server.close()
     if crashed:
         raise RuntimeError("the controller stopped during the shift") from sorter_task.exception()
     return ShiftResult(

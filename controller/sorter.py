@@ -11,15 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from controller.archive import ArchivedFrame, ArchivedParcel, ArchiveError, NoReadArchive
 from controller.clock import Clock
 from controller.codes import CodeRule, ParcelReads, ReadVerdict
 from controller.config import CameraConfig, DiverterConfig, LabelType, LineConfig
 from controller.disposition import END_OF_LINE, Disposition
+from controller.encoder import EncoderHistory
 from controller.errors import DriverError, OrderStoreError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import (
@@ -35,7 +39,7 @@ from controller.lineio import (
 from controller.orders import Order, OrderCache, OrderStatus, OrderStore
 from controller.sortplan import SortPlan
 from controller.tracking import Tracker, TrackingWindow
-from controller.vision import BarcodeDecoder, Camera, Frame, GrayImage, Symbol
+from controller.vision import BarcodeDecoder, Camera, CameraState, Frame, GrayImage, Symbol
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,14 @@ class ParcelState:
     zone_exit_at: float | None = None
     booked: bool = False  # counted in its bin's in-flight parcels until confirmed or given up
     strayed_into: str | None = None  # a bin that took a parcel unbidden while it was in front
+    frames: list[tuple[bool, ArchivedFrame]] = field(default_factory=list)  # (whole, crop)
+
+    def keep_frame(self, frame: ArchivedFrame, *, whole: bool, limit: int) -> None:
+        """Keep the latest frames, those showing the whole parcel before the others."""
+        self.frames.append((whole, frame))
+        if len(self.frames) > limit:
+            partial = next((i for i, (w, _) in enumerate(self.frames) if not w), 0)
+            del self.frames[partial]
 
     @property
     def parcel_id(self) -> int:
@@ -91,6 +103,7 @@ class SorterStats:
     spurious_edges: int = 0
     device_faults: int = 0
     order_store_errors: int = 0
+    archive_errors: int = 0
 
 
 FinalListener = Callable[[FinalRecord], None]
@@ -109,7 +122,9 @@ class Sorter:
         decoders: dict[str, BarcodeDecoder],
         order_store: OrderStore,
         journal: Journal,
-        decode_threads: int = 2,
+        archive: NoReadArchive | None = None,
+        encoder_history: EncoderHistory | None = None,
+        decode_threads: int | None = None,
         decode_cost_s: float = 0.0,
     ) -> None:
         self.config = config
@@ -119,15 +134,21 @@ class Sorter:
         self.decoders = decoders
         self.order_store = order_store
         self.journal = journal
+        self.archive = archive
+        self._archive_writer = ThreadPoolExecutor(1, thread_name_prefix="archive")
+        self._archiving: set[asyncio.Task[None]] = set()
         self.stats = SorterStats()
         self.tracker = Tracker(config.induction.photo_eye_mm, config.belt.encoder_counts_per_mm)
         self.parcels: dict[int, ParcelState] = {}
         self.bins = {b.id: BinState(b.capacity) for b in config.bins}
         self.listeners: list[FinalListener] = []
         self._camera_configs = {c.id: c for c in config.cameras}
+        self._cameras_by_id = {c.camera_id: c for c in cameras}
         self._code_rule = CodeRule(config.decision)
         self._plan = SortPlan(config.sort_plan)
         self._cache = OrderCache(config.order_store.cache_size)
+        # All three decoders release the GIL: a thread per core (bench/decode.py measures it).
+        decode_threads = decode_threads or min(4, os.cpu_count() or 2)
         self._decode_threads = decode_threads
         self._decode_cost_s = decode_cost_s
         self._executor = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
@@ -137,6 +158,7 @@ class Sorter:
         self._finalising: set[int] = set()
         self._cpm = config.belt.encoder_counts_per_mm
         self._camera_progress: dict[str, int] = {c.id: -1 << 62 for c in config.cameras}
+        self.encoder_history = encoder_history or EncoderHistory()
 
     @property
     def open_parcels(self) -> int:
@@ -301,11 +323,17 @@ class Sorter:
         assert cleared is not None
         pe = self.config.induction.photo_eye_mm
         for cam in self.config.cameras:
+            camera = self._cameras_by_id.get(cam.id)
+            if camera is None or camera.state is CameraState.DOWN:
+                continue  # its frames are not coming: the other cameras decide
             last_in_view = cleared + (cam.view_end_mm - pe - self.config.belt.speed_mm_s
                                       / cam.fps) * self._cpm
             if self._camera_progress[cam.id] < last_in_view:
                 return False
         return True
+
+    def camera_states(self) -> dict[str, CameraState]:
+        return {camera_id: camera.state for camera_id, camera in self._cameras_by_id.items()}
 
     def _wanted(self, cam: CameraConfig, frame: Frame) -> list[ParcelState]:
         """Undecided parcels worth decoding in this frame.
@@ -356,9 +384,14 @@ class Sorter:
                 rejected.add(symbol.text)
             else:
                 accepted[symbol.text] = label
-        for parcel in wanted:
+        for parcel, (lo, hi) in zip(wanted, crops, strict=True):
             accepted, rejected = per_parcel[parcel.parcel_id]
             w = parcel.window
+            if self.archive is not None:
+                whole = cam.view_start_mm <= w.trail_mm(frame.enc) \
+                    and w.lead_mm(frame.enc) <= cam.view_end_mm
+                parcel.keep_frame(ArchivedFrame(cam.id, frame.enc, frame.image[:, lo:hi]),
+                                  whole=whole, limit=self.config.archive.frames_per_parcel)
             parcel.reads.add_frame(
                 accepted, rejected,
                 lead_in_view=cam.view_start_mm <= w.lead_mm(frame.enc) <= cam.view_end_mm,
@@ -512,6 +545,7 @@ class Sorter:
         while True:
             await self.clock.sleep(WATCH_INTERVAL_S)
             enc = self.line_io.encoder()
+            self.encoder_history.record(self.clock.now(), enc)
             for parcel in list(self.parcels.values()):
                 if parcel.parcel_id in self._finalising:
                     continue
@@ -560,12 +594,38 @@ class Sorter:
                 self.stats.dispositions[disposition.value] += 1
                 for listener in self.listeners:
                     listener(record)
+                if disposition in (Disposition.NO_READ, Disposition.MULTI_READ):
+                    self._to_archive(parcel, record)
         finally:
             self.parcels.pop(parcel.parcel_id, None)
             self.tracker.forget(parcel.parcel_id)
             self._finalising.discard(parcel.parcel_id)
 
+    def _to_archive(self, parcel: ParcelState, record: FinalRecord) -> None:
+        """Keep the parcel's best frames for a person to key its code; never blocks the line."""
+        if self.archive is None:
+            return
+        entry = ArchivedParcel(
+            parcel_id=record.parcel_id, disposition=record.disposition.value,
+            reason=record.reason, codes=sorted(parcel.reads.codes), at=record.final_at,
+            wall_time=datetime.now(UTC).isoformat(timespec="seconds"),
+            frames=[frame for _, frame in parcel.frames])
+        task = asyncio.create_task(self._store(self.archive, entry),
+                                   name=f"archive[{record.parcel_id}]")
+        self._archiving.add(task)
+        task.add_done_callback(self._archiving.discard)
+
+    async def _store(self, archive: NoReadArchive, entry: ArchivedParcel) -> None:
+        try:
+            await self.clock.offload(self._archive_writer, archive.store, entry)
+        except (OSError, ArchiveError) as exc:
+            self.stats.archive_errors += 1
+            log.warning("no-read archive: parcel %d not kept: %s", entry.parcel_id, exc)
+
     async def aclose(self) -> None:
+        if self._archiving:
+            await asyncio.gather(*self._archiving, return_exceptions=True)
+        self._archive_writer.shutdown(wait=True)
         with contextlib.suppress(Exception):
             await self.order_store.close()
         await self.journal.close()

@@ -108,12 +108,15 @@ class PhysicalLine:
     """Runs a scenario's parcels down a configured line and records where each one went."""
 
     def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: list[SimParcel],
-                 clock: Clock, *, render: bool = True) -> None:
+                 clock: Clock, *, render: bool = True, free_running: bool = False) -> None:
         self.config = config
         self.scenario = scenario
         self.parcels = parcels
         self.clock = clock
         self.render = render
+        # Triggered cameras capture only while a parcel is in view (cheap to simulate);
+        # free-running ones, like IP cameras streaming to a controller, capture always.
+        self.free_running = free_running
         self.belt = Belt(clock, config.belt.speed_mm_s, config.belt.encoder_counts_per_mm,
                          scenario.speed_changes)
         self.bins = {b.id: BinModel(b.id, b.capacity) for b in config.bins}
@@ -238,7 +241,7 @@ class PhysicalLine:
             await self.clock.sleep_until(t)
             travel = self.belt.travel()
             in_view = self._in_view(camera, travel)
-            if in_view:
+            if in_view or self.free_running:
                 self._capture(camera, renderer, travel, in_view)
             t += period
 
@@ -247,9 +250,11 @@ class PhysicalLine:
 
     def _next_trigger(self, camera: CameraConfig, first: int, t: float,
                       period: float) -> float | None:
-        """The next frame time at which a parcel is in view: the camera is triggered."""
+        """The next frame time: the next period, or for a triggered camera, a parcel in view."""
         if first >= len(self.parcels):
             return None
+        if self.free_running:
+            return t
         enter = self.belt.time_at(self.parcels[first].offset_mm + camera.view_start_mm)
         if enter <= t:
             return t
@@ -307,8 +312,10 @@ class PhysicalLine:
         return DivertReply(command.command_id, True)
 
     async def _fire(self, diverter: DiverterConfig, command: DivertCommand) -> None:
-        await self.clock.sleep_until(self.belt.time_at(command.fire_enc / self.belt.counts_per_mm))
-        travel = self.belt.travel()
+        # A board fires on an encoder compare, in hardware: the push happens at the commanded
+        # count whenever this task wakes (on the real clock it may wake late under load).
+        travel = command.fire_enc / self.belt.counts_per_mm
+        await self.clock.sleep_until(self.belt.time_at(travel))
         hit: SimParcel | None = None
         for parcel in self.on_belt.values():
             lead = self.lead_mm(parcel, travel)

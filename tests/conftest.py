@@ -26,7 +26,7 @@ def _no_leaked_threads() -> Iterator[None]:
     before = set(threading.enumerate())
     yield
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()
-              and t.name.startswith(("decode", "journal"))]
+              and t.name.startswith(("decode", "journal", "archive", "camera"))]
     for t in leaked:
         t.join(timeout=2)
     still = [t.name for t in leaked if t.is_alive()]

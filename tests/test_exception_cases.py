@@ -246,3 +246,24 @@ def test_order_store_failure_without_cache_is_no_order(
         assert r["actual_bin"] == "END"
         assert "order store unavailable" in r["reason"]
         assert "file is not a database" in r["reason"]
+
+
+def test_no_read_and_multi_read_parcels_are_archived_for_keying(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    from controller.archive import NoReadArchive
+
+    spec = ScenarioSpec(parcels=30, seed=24, scuffed_share=0.0, mix={
+        Case.NOMINAL: 2.0, Case.DAMAGED_LABEL: 1.0, Case.TWO_LABELS: 1.0})
+    _, records, _ = run_sim(example_config, spec, tmp_path)
+    archived = {e.parcel_id: e for e in NoReadArchive(
+        tmp_path / "noread", max_parcels=1000, max_bytes=10**9).entries()}
+    expected = {r["parcel_id"]: r for r in records
+                if r["disposition"] in ("NO_READ", "MULTI_READ")}
+    assert expected
+    assert set(archived) == set(expected)  # exactly those, none of the sorted ones
+    for parcel_id, entry in archived.items():
+        assert entry.disposition == expected[parcel_id]["disposition"]
+        assert 1 <= len(entry.frame_files) <= example_config.archive.frames_per_parcel
+        if entry.disposition == "MULTI_READ":
+            assert len(entry.codes) == 2
+            assert expected[parcel_id]["code"] in entry.codes

@@ -1,0 +1,182 @@
+"""Camera drivers, chosen by a camera's ``source`` in the line config.
+
+=============================  ===============================================================
+``mjpeg+http://HOST:PORT/P``   our asyncio MJPEG client (:mod:`drivers.cameras.mjpeg`); the
+                               encoder count and capture time come from the part headers
+                               ``X-Encoder-Count`` / ``X-Capture-Time`` when present
+``http://…``, ``rtsp://…``     OpenCV ``VideoCapture`` on the stream (FFmpeg)
+``v4l2:N``, ``/dev/videoN``    OpenCV on a USB/V4L2 device
+``file:PATH``                  a video file replayed at its own fps (else the config's fps)
+``folder:PATH``                the images of a folder in name order at the config's fps
+``file+loop:``/``folder+loop:`` the same, starting over at the end
+``emulator``                   not a driver: the simulator wires its own cameras
+=============================  ===============================================================
+
+Drivers are imported only when asked for, so OpenCV is never loaded for an MJPEG-only line.
+This module also holds what every driver shares: the link state, counters, a drop-oldest
+frame hand-over and reconnect backoff with jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from controller.errors import DriverUnavailable
+from controller.vision import Camera, CameraState, EncoderAt, Frame, GrayImage
+
+if TYPE_CHECKING:
+    from controller.clock import Clock
+    from controller.config import CameraConfig
+
+__all__ = ["Backoff", "CameraLink", "CameraStats", "open_camera"]
+
+log = logging.getLogger(__name__)
+
+_DEVICE = re.compile(r"^(?:v4l2:(\d+)|/dev/video(\d+))$")
+
+
+@dataclass
+class CameraStats:
+    """Counters a camera driver keeps for diagnostics."""
+
+    frames: int = 0
+    dropped: int = 0  # frames thrown away because the controller lagged
+    reconnects: int = 0  # links re-established after an outage
+    outages: int = 0
+    errors: int = 0  # failed opens, reads and protocol errors
+    bad_frames: int = 0  # frames that arrived but did not decode
+    last_error: str | None = None
+
+
+class Backoff:
+    """Exponential backoff with jitter: ``initial``, doubling, capped at ``cap`` seconds."""
+
+    def __init__(self, initial: float = 0.2, cap: float = 5.0, jitter: float = 0.2,
+                 rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.jitter = jitter
+        self._rng = rng or random.Random()
+        self._next = initial
+
+    def reset(self) -> None:
+        """Start again from ``initial`` (after a success)."""
+        self._next = self.initial
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call doubles the base up to the cap."""
+        base = self._next
+        self._next = min(self.cap, base * 2)
+        return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
+
+
+class CameraLink:
+    """State, counters and the drop-oldest hand-over shared by the camera drivers.
+
+    All methods run on the event loop; threads reach them through ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, camera_id: str, *, clock: Clock, encoder_at: EncoderAt,
+                 latency_s: float = 0.0, queue_size: int = 2) -> None:
+        self.camera_id = camera_id
+        self.clock = clock
+        self.encoder_at = encoder_at
+        self.latency_s = latency_s
+        self.stats = CameraStats()
+        self._state = CameraState.CONNECTING
+        self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(max(1, queue_size))
+        self._down_since: float | None = None
+        self._log = logging.getLogger(type(self).__module__)
+
+    @property
+    def state(self) -> CameraState:
+        """How the link is doing now."""
+        return self._state
+
+    def _offer(self, frame: Frame) -> None:
+        """Queue a frame for the controller, dropping the oldest if it lags."""
+        if self._state is not CameraState.STREAMING:
+            self._mark_streaming()
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.stats.dropped += 1
+        self._queue.put_nowait(frame)
+        self.stats.frames += 1
+
+    def _mark_streaming(self) -> None:
+        """The link delivers frames (again)."""
+        if self._state is CameraState.DOWN and self._down_since is not None:
+            self.stats.reconnects += 1
+            self._log.info("camera %s: streaming again after %.1f s down", self.camera_id,
+                           self.clock.now() - self._down_since)
+        elif self._state is CameraState.CONNECTING:
+            self._log.info("camera %s: streaming", self.camera_id)
+        self._down_since = None
+        self._state = CameraState.STREAMING
+
+    def _mark_failed(self, reason: str) -> None:
+        """An open or a read failed: count it; warn once per outage."""
+        self.stats.errors += 1
+        self.stats.last_error = reason
+        if self._state is CameraState.DOWN:
+            self._log.debug("camera %s: still down: %s", self.camera_id, reason)
+            return
+        self.stats.outages += 1
+        self._down_since = self.clock.now()
+        self._state = CameraState.DOWN
+        self._log.warning("camera %s: down, reconnecting with backoff: %s", self.camera_id,
+                          reason)
+
+    def _frame(self, image: GrayImage, arrived_at: float, enc: int | None = None,
+               captured_at: float | None = None) -> Frame:
+        """A frame; capture time and count default to arrival less the link's latency."""
+        at = arrived_at - self.latency_s if captured_at is None else captured_at
+        count = self.encoder_at(at) if enc is None else enc
+        return Frame(self.camera_id, image, count, at)
+
+
+def _file_source(camera: str, rest: str) -> str:
+    if not rest:
+        raise DriverUnavailable(camera, "empty path in camera source")
+    return rest
+
+
+def open_camera(config: CameraConfig, *, clock: Clock, encoder_at: EncoderAt,
+                latency_s: float = 0.0) -> Camera:
+    """The driver for ``config.source``; raises DriverUnavailable for an unknown source."""
+    source = config.source.strip()
+    device = f"camera {config.id}"
+    scheme, sep, rest = source.partition(":")
+    if source == "emulator":
+        raise DriverUnavailable(device, "the emulator's cameras are wired by the simulator "
+                                        "(sim_hardware.devices.SimCamera), not opened here")
+    if source.startswith("mjpeg+http://"):
+        from drivers.cameras.mjpeg import MjpegCamera
+        return MjpegCamera(config.id, source.removeprefix("mjpeg+"), clock=clock,
+                           encoder_at=encoder_at, latency_s=latency_s)
+    match = _DEVICE.match(source)
+    if match is None and not (sep and scheme in ("http", "https", "rtsp", "rtsps", "file",
+                                                 "file+loop", "folder", "folder+loop")):
+        raise DriverUnavailable(device, f"unknown camera source {source!r}; expected "
+                                "mjpeg+http://, http://, rtsp://, v4l2:N, /dev/videoN, "
+                                "file:PATH, folder:PATH or emulator")
+    try:
+        from drivers.cameras.opencv import OpenCVCamera
+    except ImportError as exc:  # pragma: no cover - OpenCV is a dependency
+        raise DriverUnavailable(device, f"OpenCV is not available: {exc}") from exc
+    if match is not None:
+        index = int(match.group(1) or match.group(2))
+        return OpenCVCamera(config.id, index, kind="device", clock=clock, encoder_at=encoder_at,
+                            latency_s=latency_s, fps=config.fps)
+    if scheme in ("file", "file+loop", "folder", "folder+loop"):
+        return OpenCVCamera(config.id, _file_source(device, rest),
+                            kind="file" if scheme.startswith("file") else "folder",
+                            clock=clock, encoder_at=encoder_at, latency_s=latency_s,
+                            fps=config.fps, loop=scheme.endswith("+loop"))
+    return OpenCVCamera(config.id, source, kind="stream", clock=clock, encoder_at=encoder_at,
+                        latency_s=latency_s, fps=config.fps)
