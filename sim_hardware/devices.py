@@ -34,10 +34,16 @@ class SimCamera:
 
     def __init__(self, line: PhysicalLine, camera_id: str, buffer: int = 4) -> None:
         self.camera_id = camera_id
-        self.state = CameraState.STREAMING
         self.dropped = 0
+        self._line = line
         self._frames: asyncio.Queue[Frame] = asyncio.Queue(buffer)
         line.frame_sinks[camera_id].append(self._put)
+
+    @property
+    def state(self) -> CameraState:
+        """Down while the scenario has it out, as a driver would report it."""
+        return CameraState.DOWN if self._line.camera_down(self.camera_id) \
+            else CameraState.STREAMING
 
     def _put(self, frame: Frame) -> None:
         if self._frames.full():

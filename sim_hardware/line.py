@@ -98,6 +98,7 @@ class LineCounters:
     late_commands: int = 0
     jammed_fires: int = 0
     frames: int = 0
+    frames_lost_in_outages: int = 0
 
 
 EventSink = Callable[[LineEvent], None]
@@ -287,7 +288,16 @@ class PhysicalLine:
         else:
             self._deliver(camera.id, frame)
 
+    def camera_down(self, camera_id: str) -> bool:
+        """Whether the camera is in one of the scenario's outages now."""
+        t = self.clock.now() - self.belt.start
+        return any(cam == camera_id and start <= t < end
+                   for cam, start, end in self.scenario.camera_outages)
+
     def _deliver(self, camera_id: str, frame: Frame) -> None:
+        if self.camera_down(camera_id):
+            self.counters.frames_lost_in_outages += 1
+            return
         for sink in self.frame_sinks[camera_id]:
             sink(frame)
 

@@ -87,6 +87,10 @@ class ScenarioSpec(BaseModel):
         Field(default_factory=list)
     """``(seconds after the start, belt speed mm/s)``: stops (0), slowdowns, restarts."""
 
+    camera_outages: list[tuple[str, Annotated[float, Field(ge=0)],
+                               Annotated[float, Field(ge=0)]]] = Field(default_factory=list)
+    """``(camera id, from s, to s)``: the camera delivers nothing and its link is down."""
+
     @model_validator(mode="after")
     def _belt_ends_moving(self) -> ScenarioSpec:
         if self.speed_changes and sorted(self.speed_changes)[-1][1] == 0:

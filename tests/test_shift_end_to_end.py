@@ -87,3 +87,30 @@ def test_two_cameras_in_the_read_zone(example_config: LineConfig, tmp_path: Path
     _, _, alone = run_sim(example_config, spec, tmp_path / "one-camera")
     assert result.stats.frames > 1.5 * alone.stats.frames
     assert result.stats.frames_decoded <= 1.1 * alone.stats.frames_decoded
+
+
+def test_a_camera_down_leaves_the_line_sorting_with_the_other(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    first = example_config.cameras[0]
+    second = first.model_copy(update={"id": "cam2", "position_mm": 2100.0})
+    config = example_config.model_copy(update={"cameras": [first, second]})
+    spec = ScenarioSpec(parcels=60, seed=25, camera_outages=[("cam1", 5.0, 20.0)])
+    summary, records, result = run_sim(config, spec, tmp_path)
+    assert result.line_counters["frames_lost_in_outages"] > 0
+    assert summary["dispositions"].get("SORTED", 0) + summary["dispositions"].get(
+        "DEST_FULL", 0) == 60
+    assert all(r["controller_bin"] == r["actual_bin"] for r in records)
+
+
+def test_the_only_camera_down_makes_no_reads_and_nothing_worse(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    spec = ScenarioSpec(parcels=40, seed=26, camera_outages=[("cam1", 6.0, 12.0)])
+    summary, records, _ = run_sim(example_config, spec, tmp_path)
+    no_reads = [r for r in records if r["disposition"] == "NO_READ"]
+    assert no_reads  # the parcels that passed while it was down
+    # No LATE: waiting for frames of a camera that is down would have let them reach the
+    # end of the line undecided.
+    assert set(summary["dispositions"]) <= {"SORTED", "DEST_FULL", "NO_READ"}
+    assert all(r["actual_bin"] == "END" for r in no_reads)
+    assert all(r["reason"] == "no acceptable code read" for r in no_reads)
+    assert summary["missorts"] == 0
