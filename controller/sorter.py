@@ -157,7 +157,8 @@ class Sorter:
         self._decisions: set[asyncio.Task[None]] = set()
         self._finalising: set[int] = set()
         self._cpm = config.belt.encoder_counts_per_mm
-        self._camera_progress: dict[str, int] = {c.id: -1 << 62 for c in config.cameras}
+        self._camera_seen: dict[str, int] = {c.id: -1 << 62 for c in config.cameras}
+        self._in_flight: dict[str, Counter[int]] = {c.id: Counter() for c in config.cameras}
         self.encoder_history = encoder_history or EncoderHistory()
 
     @property
@@ -293,11 +294,12 @@ class Sorter:
         async with asyncio.TaskGroup() as tg:
             async for frame in camera.frames():
                 self.stats.frames += 1
+                self._camera_seen[cam.id] = max(self._camera_seen[cam.id], frame.enc)
                 wanted = self._wanted(cam, frame)
                 if not wanted:
-                    self._camera_caught_up(cam.id, frame.enc)
                     continue
                 await slots.acquire()
+                self._in_flight[cam.id][frame.enc] += 1
                 tg.create_task(self._decode_frame(slots, cam, decoder, frame, wanted))
 
     async def _decode_frame(self, slots: asyncio.Semaphore, cam: CameraConfig,
@@ -307,10 +309,15 @@ class Sorter:
             await self._frame(cam, decoder, frame, wanted)
         finally:
             slots.release()
-            self._camera_caught_up(cam.id, frame.enc)
+            self._in_flight[cam.id][frame.enc] -= 1
+            if not self._in_flight[cam.id][frame.enc]:
+                del self._in_flight[cam.id][frame.enc]
 
-    def _camera_caught_up(self, camera_id: str, enc: int) -> None:
-        self._camera_progress[camera_id] = max(self._camera_progress[camera_id], enc)
+    def _camera_progress(self, camera_id: str) -> int:
+        """The encoder count up to which this camera's frames are all in and decoded."""
+        in_flight = self._in_flight[camera_id]
+        seen = self._camera_seen[camera_id]
+        return min(seen, min(in_flight) - 1) if in_flight else seen
 
     def _reads_complete(self, parcel: ParcelState) -> bool:
         """Every camera has handed in its frames of this parcel, or waiting is over."""
@@ -328,9 +335,17 @@ class Sorter:
                 continue  # its frames are not coming: the other cameras decide
             last_in_view = cleared + (cam.view_end_mm - pe - self.config.belt.speed_mm_s
                                       / cam.fps) * self._cpm
-            if self._camera_progress[cam.id] < last_in_view:
+            if self._camera_progress(cam.id) < last_in_view:
                 return False
         return True
+
+    @staticmethod
+    def _edges_in_view(cam: CameraConfig, window: TrackingWindow, enc: int) -> tuple[bool, bool]:
+        """Whether the parcel's leading and its trailing edge are in the camera's view."""
+        lead_in = cam.view_start_mm <= window.lead_mm(enc) <= cam.view_end_mm
+        trail_in = window.cleared_enc is not None \
+            and cam.view_start_mm <= window.trail_mm(enc) <= cam.view_end_mm
+        return lead_in, trail_in
 
     def camera_states(self) -> dict[str, CameraState]:
         return {camera_id: camera.state for camera_id, camera in self._cameras_by_id.items()}
@@ -349,10 +364,8 @@ class Sorter:
             if parcel is None or parcel.verdict is not ReadVerdict.PENDING:
                 continue
             length = window.length_mm
-            whole = length is not None and window.trail_mm(frame.enc) >= cam.view_start_mm \
-                and window.lead_mm(frame.enc) <= cam.view_end_mm
             too_long = length is None or length > cam.fov_mm - agree * step_mm
-            if whole or too_long:
+            if too_long or all(self._edges_in_view(cam, window, frame.enc)):
                 wanted.append(parcel)
         return wanted
 
@@ -386,17 +399,13 @@ class Sorter:
                 accepted[symbol.text] = label
         for parcel, (lo, hi) in zip(wanted, crops, strict=True):
             accepted, rejected = per_parcel[parcel.parcel_id]
-            w = parcel.window
+            lead_in, trail_in = self._edges_in_view(cam, parcel.window, frame.enc)
             if self.archive is not None:
-                whole = cam.view_start_mm <= w.trail_mm(frame.enc) \
-                    and w.lead_mm(frame.enc) <= cam.view_end_mm
                 parcel.keep_frame(ArchivedFrame(cam.id, frame.enc, frame.image[:, lo:hi]),
-                                  whole=whole, limit=self.config.archive.frames_per_parcel)
-            parcel.reads.add_frame(
-                accepted, rejected,
-                lead_in_view=cam.view_start_mm <= w.lead_mm(frame.enc) <= cam.view_end_mm,
-                trail_in_view=w.cleared_enc is not None
-                and cam.view_start_mm <= w.trail_mm(frame.enc) <= cam.view_end_mm)
+                                  whole=lead_in and trail_in,
+                                  limit=self.config.archive.frames_per_parcel)
+            parcel.reads.add_frame(accepted, rejected, lead_in_view=lead_in,
+                                   trail_in_view=trail_in)
             self._settle(parcel, final=False)
 
     # --- decisions -------------------------------------------------------------------------
