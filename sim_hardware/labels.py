@@ -15,14 +15,21 @@ from controller.vision import GrayImage
 __all__ = [
     "DAMAGE_KINDS",
     "LabelSpec",
+    "label_alpha",
     "label_size_mm",
     "render_label",
     "validate_code",
 ]
 
-DAMAGE_KINDS = ("none", "scuffed", "destroyed")
+DAMAGE_KINDS = ("none", "scuffed", "destroyed", "covered", "torn_edge")
 PAPER = 235
 INK = 25
+STICKER = 212
+TORN_AWAY = 150
+#: A sticker over the bars hides this share of their height (the upper part).
+COVERED_SHARE = (0.35, 0.45)
+#: A tear reaches at most this share of the bars' height into them.
+TORN_SHARE = (0.15, 0.35)
 MAX_CODE_LEN = 48
 QUIET_MODULES = 12
 QR_QUIET_MODULES = 4
@@ -41,7 +48,13 @@ _TOWNS = ("LEEDS LS1 4AP", "LYON 69002", "DALLAS TX 75201", "OSAKA 530-0001", "G
 
 @dataclass(frozen=True)
 class LabelSpec:
-    """What is printed on one label and how damaged it is; sizes in millimetres."""
+    """What is printed on one label and how damaged it is; sizes in millimetres.
+
+    ``contrast`` scales the ink's darkness (1.0 = fresh print, 0.25 = badly faded).
+    Damage: ``scuffed`` (scratches, reads), ``destroyed`` (smeared across the whole bar
+    height, must never read), ``covered`` (a sticker over the upper ~40 % of the bars),
+    ``torn_edge`` (a corner or top strip torn off, reaching at most ~35 % into the bars).
+    """
 
     code: str
     qr_text: str | None = None
@@ -50,6 +63,7 @@ class LabelSpec:
     width_mm: float = 110.0
     height_mm: float = 75.0
     seed: int = 0
+    contrast: float = 1.0
 
 
 def validate_code(code: str) -> None:
@@ -70,6 +84,8 @@ def _validate(spec: LabelSpec) -> None:
         raise ValueError(f"damage must be one of {DAMAGE_KINDS}, not {spec.damage!r}")
     if not spec.module_mm > 0 or not spec.width_mm > 0 or not spec.height_mm > 0:
         raise ValueError("module_mm, width_mm and height_mm must be positive")
+    if not 0 < spec.contrast <= 1:
+        raise ValueError(f"contrast must be in (0, 1], not {spec.contrast!r}")
     if spec.qr_text is not None and not spec.qr_text:
         raise ValueError("qr_text must be None or non-empty")
 
@@ -237,6 +253,65 @@ def _destroy(
         smear(lay.qr_x + 0.15 * q, lay.qr_y - 1.0, lay.qr_x + 0.85 * q, lay.qr_y + q + 1.0)
 
 
+def _cover(
+    img: FloatImage, lay: _Layout, rng: np.random.Generator, ppm: float
+) -> None:
+    """An opaque sticker across the upper part of the bars; the rest of them stays clear."""
+    share = rng.uniform(*COVERED_SHARE)
+    x0 = lay.bar_x - rng.uniform(3.0, 8.0)
+    x1 = lay.bar_x + lay.bar_w + rng.uniform(3.0, 8.0)
+    top = lay.bar_y - rng.uniform(2.0, 6.0)
+    bottom = lay.bar_y + share * BAR_HEIGHT_MM
+    slope = rng.uniform(-0.5, 0.5)  # mm over the sticker's length: it is stuck on a bit askew
+    corners = [(x0, top), (x1, top), (x1, bottom + slope / 2), (x0, bottom - slope / 2)]
+    poly = np.array([(x * ppm, y * ppm) for x, y in corners])
+    mask8 = np.zeros(img.shape, dtype=np.uint8)
+    cv2.fillPoly(mask8, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+    mask = mask8.astype(np.float32) / 255.0
+    img[...] = img * (1.0 - mask) + STICKER * mask
+
+
+def _torn_mask(shape: tuple[int, int], lay: _Layout, spec: LabelSpec, ppm: float) -> FloatImage:
+    """1.0 where paper is left, 0.0 where a corner or the top strip was torn away."""
+    rng = np.random.default_rng((spec.seed, 0x7EA2))
+    deepest = lay.bar_y + rng.uniform(*TORN_SHARE) * BAR_HEIGHT_MM
+    if rng.random() < 0.5:  # the top strip, down into the bars' upper part
+        xs = np.linspace(-1.0, lay.width + 1.0, 40)
+        ys = deepest - rng.uniform(0.0, 0.3, size=len(xs)) * (deepest - lay.bar_y) \
+            - rng.uniform(0.0, 0.8, size=len(xs))
+        line = list(zip(xs, ys, strict=True))
+        poly = [(-1.0, -1.0), *line, (lay.width + 1.0, -1.0)]
+    else:  # a corner: from the top edge down to ``deepest`` at the bars' end, and on
+        right = rng.random() < 0.5
+        start = lay.bar_x + lay.bar_w * rng.uniform(0.55, 0.8)
+        end = lay.bar_x + lay.bar_w
+        if not right:
+            start, end = lay.width - start, lay.width - end
+        edge = lay.width + 1.0 if right else -1.0
+        ts = np.linspace(0.0, (edge - start) / (end - start), 30)
+        xs = start + (end - start) * ts
+        ys = -1.0 + (deepest + 1.0) * ts - rng.uniform(0.0, 0.8, size=len(ts))
+        poly = [*zip(xs, ys, strict=True), (edge, -1.0)]
+    pts = np.array([(x * ppm, y * ppm) for x, y in poly])
+    mask8 = np.full(shape, 255, dtype=np.uint8)
+    cv2.fillPoly(mask8, [np.round(pts * 16).astype(np.int32)], 0, cv2.LINE_AA, shift=4)
+    return np.asarray(mask8, dtype=np.float32) / 255.0
+
+
+@lru_cache(maxsize=128)
+def label_alpha(spec: LabelSpec, px_per_mm: float) -> GrayImage | None:
+    """How much of each label pixel is there (uint8, 255 = all); None for a whole label."""
+    if spec.damage != "torn_edge":
+        return None
+    _validate(spec)
+    lay = _layout(spec)
+    shape = (max(1, round(lay.height * px_per_mm)), max(1, round(lay.width * px_per_mm)))
+    out: GrayImage = np.clip(np.rint(_torn_mask(shape, lay, spec, px_per_mm) * 255), 0, 255) \
+        .astype(np.uint8)
+    out.setflags(write=False)
+    return out
+
+
 @lru_cache(maxsize=512)
 def render_label(spec: LabelSpec, px_per_mm: float) -> GrayImage:
     """Render a label (uint8, paper ~235, ink ~25) at px_per_mm; cached, treat as read-only."""
@@ -262,12 +337,17 @@ def render_label(spec: LabelSpec, px_per_mm: float) -> GrayImage:
     _clutter(text, lay, spec, ppm)
     ink = np.maximum(ink, text.astype(np.float32) / 255.0)
 
-    img = PAPER - np.clip(ink, 0.0, 1.0) * (PAPER - INK)
+    img = PAPER - np.clip(ink, 0.0, 1.0) * ((PAPER - INK) * spec.contrast)
     rng = np.random.default_rng((spec.seed, 0x5CAFF))
     if spec.damage == "scuffed":
         _scuff(img, lay, rng, ppm)
     elif spec.damage == "destroyed":
         _destroy(img, lay, spec, rng, ppm)
+    elif spec.damage == "covered":
+        _cover(img, lay, rng, ppm)
+    elif spec.damage == "torn_edge":
+        kept = _torn_mask((h_px, w_px), lay, spec, ppm)
+        img[...] = img * kept + TORN_AWAY * (1.0 - kept)
     out: GrayImage = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     out.setflags(write=False)
     return out

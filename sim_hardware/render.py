@@ -22,23 +22,32 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.vision import GrayImage
-from sim_hardware.labels import LabelSpec, render_label
+from sim_hardware.labels import LabelSpec, label_alpha, render_label
 
 __all__ = ["FrameRenderer", "ParcelTop", "PlacedLabel"]
 
 BELT_GRAY = 60
 NOISE_PAD = 128
+#: Camera height above a label, for the perspective of a tilted label.
+CAMERA_DISTANCE_MM = 1200.0
 Mask = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True)
 class PlacedLabel:
-    """A label stuck on a parcel's top face: centre offset (mm) from the face centre, angle."""
+    """A label stuck on a parcel's top face: centre offset (mm) from the face centre, angle.
+
+    ``tilt_deg`` tilts the label's plane out of the belt plane about an axis through its
+    centre (a sloping or bulging face), seen in perspective; ``tilt_axis_deg`` is that
+    axis from the label's reading direction: 90 runs along the bars and narrows them.
+    """
 
     spec: LabelSpec
     u_mm: float
     v_mm: float
     angle_deg: float
+    tilt_deg: float = 0.0
+    tilt_axis_deg: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,18 @@ def _axes(angle_deg: float) -> tuple[float, float, float, float]:
     a = math.radians(angle_deg)
     c, s = math.cos(a), math.sin(a)
     return c, -s, s, c
+
+
+def _tilted(a_mm: float, b_mm: float, label: PlacedLabel) -> tuple[float, float]:
+    """A label point (mm from its centre: along, down) seen from above once tilted."""
+    t = math.radians(label.tilt_deg)
+    phi = math.radians(label.tilt_axis_deg)
+    ea, eb = math.cos(phi), math.sin(phi)
+    on_axis = a_mm * ea + b_mm * eb
+    off_axis = -a_mm * eb + b_mm * ea
+    scale = CAMERA_DISTANCE_MM / (CAMERA_DISTANCE_MM - off_axis * math.sin(t))
+    off_axis *= math.cos(t)
+    return (scale * (on_axis * ea - off_axis * eb), scale * (on_axis * eb + off_axis * ea))
 
 
 def _texture(
@@ -85,8 +106,15 @@ class FrameRenderer:
         noise_sigma: float = 4.0,
         blur_px: float = 0.0,
         motion_blur_px: float = 0.0,
+        glare_px: float = 0.0,
+        glare_at: tuple[float, float] | None = None,
     ) -> None:
-        """Pre-generate belt, cardboard and noise tiles for a width x height camera."""
+        """Pre-generate belt, cardboard and noise tiles for a width x height camera.
+
+        ``glare_px`` is the radius of a lamp's reflection that saturates glossy labels
+        (cardboard is matte) around ``glare_at`` (col, row; the frame's centre if None),
+        fading out over another radius.
+        """
         if width_px <= 0 or height_px <= 0 or not mm_per_px > 0:
             raise ValueError("frame size and mm_per_px must be positive")
         self.width_px = width_px
@@ -94,6 +122,8 @@ class FrameRenderer:
         self.mm_per_px = mm_per_px
         self.blur_px = blur_px
         self.motion_blur_px = motion_blur_px
+        self.glare_px = glare_px
+        self.glare_at = glare_at if glare_at is not None else (width_px / 2, height_px / 2)
         self._rng = np.random.default_rng(seed)
         rng = np.random.default_rng((seed, 1))
         h, w = height_px, width_px
@@ -192,6 +222,7 @@ class FrameRenderer:
     ) -> None:
         """Warp the cached label image into the frame over its bounding box only."""
         img = render_label(label.spec, 1.0 / self.mm_per_px)
+        alpha = label_alpha(label.spec, 1.0 / self.mm_per_px)
         hl, wl = img.shape
         ccol, crow = self.label_centre_px(view_x0_mm, parcel, label)
         ux, uy, dx, dy = _axes(label.angle_deg + parcel.skew_deg)
@@ -200,15 +231,22 @@ class FrameRenderer:
             [
                 [ux, dx, ccol - (wl / 2 - 0.5) * ux - (hl / 2 - 0.5) * dx],
                 [uy, dy, crow - (wl / 2 - 0.5) * uy - (hl / 2 - 0.5) * dy],
+                [0.0, 0.0, 1.0],
             ]
         )
-        corners = m @ np.array(
-            [
-                [-0.5, -0.5, wl - 0.5, wl - 0.5],
-                [-0.5, hl - 0.5, -0.5, hl - 0.5],
-                [1.0, 1.0, 1.0, 1.0],
-            ]
-        )
+        src = np.array([[-0.5, -0.5], [wl - 0.5, -0.5], [wl - 0.5, hl - 0.5], [-0.5, hl - 0.5]])
+        if label.tilt_deg % 360.0 != 0.0:
+            ppm = 1.0 / self.mm_per_px
+            centre = np.array([(wl - 1) / 2, (hl - 1) / 2])
+            seen = np.array(
+                [_tilted(float(a), float(b), label) for a, b in (src - centre) / ppm],
+                dtype=np.float64,
+            ) * ppm + centre
+            m = m @ cv2.getPerspectiveTransform(
+                src.astype(np.float32), seen.astype(np.float32)
+            )
+        corners = m @ np.vstack([src.T, np.ones(4)])
+        corners = corners[:2] / corners[2]
         pr0, pr1, pc0, pc1, mask = region
         c0 = max(math.floor(corners[0].min()), pc0)
         c1 = min(math.ceil(corners[0].max()) + 1, pc1)
@@ -216,22 +254,44 @@ class FrameRenderer:
         r1 = min(math.ceil(corners[1].max()) + 1, pr1)
         if c0 >= c1 or r0 >= r1:
             return
-        m[0, 2] -= c0
-        m[1, 2] -= r0
+        m = np.array([[1.0, 0.0, -c0], [0.0, 1.0, -r0], [0.0, 0.0, 1.0]]) @ m
+        size = (c1 - c0, r1 - r0)
         roi = frame[r0:r1, c0:c1]
         out = roi.copy()
-        cv2.warpAffine(
-            img,
-            m,
-            (c1 - c0, r1 - r0),
-            dst=out,
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_TRANSPARENT,
-        )
+        affine = label.tilt_deg % 360.0 == 0.0
+
+        def warp(src_img: GrayImage, dst: GrayImage | None, border: int) -> GrayImage:
+            if affine:
+                return np.asarray(cv2.warpAffine(
+                    src_img, m[:2], size, dst=dst, flags=cv2.INTER_LINEAR, borderMode=border))
+            return np.asarray(cv2.warpPerspective(
+                src_img, m, size, dst=dst, flags=cv2.INTER_LINEAR, borderMode=border))
+
+        cover: npt.NDArray[np.float32] | None = None
+        if alpha is not None or self.glare_px > 0:
+            cover = warp(alpha if alpha is not None else np.full_like(img, 255), None,
+                         cv2.BORDER_CONSTANT).astype(np.float32) * (1.0 / 255.0)
+        warp(img, out, cv2.BORDER_TRANSPARENT)
+        if cover is not None:
+            shade = out.astype(np.float32)
+            if alpha is not None:
+                shade = roi.astype(np.float32) * (1.0 - cover) + shade * cover
+            if self.glare_px > 0:
+                shade += (255.0 - shade) * cover * self._glare(r0, r1, c0, c1)
+            out = np.clip(np.rint(shade), 0, 255).astype(np.uint8)
         if mask is None:
             roi[...] = out
         else:
             np.copyto(roi, out, where=mask[r0 - pr0 : r1 - pr0, c0 - pc0 : c1 - pc0])
+
+    def _glare(self, r0: int, r1: int, c0: int, c1: int) -> npt.NDArray[np.float32]:
+        """Glare strength (1 = saturated) over frame rows r0:r1 and columns c0:c1."""
+        gc, gr = self.glare_at
+        cols = np.arange(c0, c1, dtype=np.float32) - gc
+        rows = np.arange(r0, r1, dtype=np.float32) - gr
+        dist = np.sqrt(rows[:, None] ** 2 + cols[None, :] ** 2)
+        beyond = np.maximum(dist - self.glare_px, 0.0) / (0.5 * self.glare_px)
+        return np.asarray(np.exp(-beyond * beyond), dtype=np.float32)
 
     def render(self, view_x0_mm: float, parcels: Sequence[ParcelTop]) -> GrayImage:
         """A (height_px, width_px) uint8 frame of the belt and the parcels in view."""
