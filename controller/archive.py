@@ -53,8 +53,8 @@ class ArchivedFrame:
 
 
 @dataclass(frozen=True, slots=True)
-class ArchivedParcel:
-    """What the controller hands the archive for one parcel; frames best first."""
+class ArchivedFacts:
+    """What is known of an archived parcel: its id, outcome, why, and what was read."""
 
     parcel_id: int
     disposition: str
@@ -62,19 +62,19 @@ class ArchivedParcel:
     codes: list[str]
     at: float
     wall_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedParcel(ArchivedFacts):
+    """What the controller hands the archive for one parcel; frames best first."""
+
     frames: list[ArchivedFrame]
 
 
 @dataclass(frozen=True, slots=True)
-class ArchiveEntry:
+class ArchiveEntry(ArchivedFacts):
     """One stored parcel as read back from disk."""
 
-    parcel_id: int
-    disposition: str
-    reason: str
-    codes: list[str]
-    at: float
-    wall_time: str
     frame_files: list[str]
     size_bytes: int
     path: Path
