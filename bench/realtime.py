@@ -71,9 +71,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="belt time of parcels")
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--link", choices=("mjpeg", "opencv", "inprocess"), default="mjpeg")
+    parser.add_argument("--latency-ms", type=float, default=None,
+                        help="the cameras' configured hand-over latency (opencv link)")
     args = parser.parse_args()
 
     config = fast_line(args.cameras)
+    if args.latency_ms is not None:
+        config = config.model_copy(update={"cameras": [
+            c.model_copy(update={"latency_ms": args.latency_ms}) for c in config.cameras]})
     mean_pitch = (150 + 260) / 2 + (40 + 90) / 2
     parcels = int(args.seconds * SPEED_MM_S / mean_pitch)
     spec = ScenarioSpec(parcels=parcels, seed=40, length_mm=(150.0, 260.0),

@@ -79,7 +79,15 @@ def _check_config(path: Path) -> int:
     for cam in config.cameras:
         print(f"  camera {cam.id}: {cam.view_start_mm:.0f}-{cam.view_end_mm:.0f} mm, "
               f"{cam.resolution[0]}x{cam.resolution[1]} @ {cam.fps:g} fps, "
-              f"{cam.mm_per_px:.3f} mm/px, decoder {cam.decoder}")
+              f"{cam.mm_per_px:.3f} mm/px, decoder {cam.decoder}, source {cam.source}")
+        unstamped = cam.source != "emulator" and not cam.source.startswith(
+            ("mjpeg+", "file:", "file+loop:", "folder:", "folder+loop:"))
+        if unstamped and cam.latency_ms == 0:
+            offset = config.belt.speed_mm_s * 0.016
+            print(f"  WARNING camera {cam.id}: its frames carry no encoder count, and "
+                  f"latency_ms is 0: measure its capture-to-arrival delay and set it (each "
+                  f"16 ms uncorrected puts reads {offset:.0f} mm off at full belt speed, "
+                  f"onto the neighbouring parcel when gaps are small)")
     for d in config.diverters:
         print(f"  diverter {d.id} at {d.position_mm:.0f} mm -> bin {d.bin} "
               f"(capacity {config.bin(d.bin).capacity})")

@@ -46,6 +46,9 @@ class CameraConfig(_Strict):
     fps: Annotated[float, Field(gt=0, le=200)] = 30.0
     decoder: str = "located-zxing"
     source: str = Field(default="emulator", description="emulator, or an OpenCV source")
+    latency_ms: Annotated[float, Field(ge=0, le=2000)] = Field(
+        default=0.0, description="capture to hand-over, for sources whose frames carry no "
+                                 "encoder count: a frame is stamped this much before it arrived")
 
     @property
     def mm_per_px(self) -> float:

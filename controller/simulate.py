@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CameraLink = Literal["inprocess", "mjpeg", "opencv"]
+LOOPBACK_HANDOVER_MS = 16.0
+"""Capture to hand-over of the emulator's 1080p MJPEG stream read by OpenCV on loopback,
+median of bench/cameras.py (15.3 ms at 15 fps, 16.9 ms at 30 fps). OpenCV cannot read the
+parts' encoder counts, so its frames are stamped this much before they arrive."""
 DRAIN_LIMIT_S = 60.0
 DECODE_COST_S = 0.025
 """A frame's decode time on a virtual clock: the measured p95 of a parcel crop (~15 ms) plus
@@ -110,7 +114,9 @@ async def run_shift(
         await server.start()
         prefix = "mjpeg+" if camera_link == "mjpeg" else ""
         cameras = [open_camera(c.model_copy(update={"source": prefix + server.url(c.id)}),
-                               clock=clock, encoder_at=history.at) for c in config.cameras]
+                               clock=clock, encoder_at=history.at,
+                               latency_s=(c.latency_ms or LOOPBACK_HANDOVER_MS) / 1000)
+                   for c in config.cameras]
     decoders: dict[str, BarcodeDecoder] = {
         c.id: make_decoder(c.decoder) for c in config.cameras}
     journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)

@@ -98,6 +98,8 @@ class SorterStats:
     frames: int = 0
     frames_decoded: int = 0
     reads_unassigned: int = 0
+    reads_ambiguous: int = 0  # within reach of two parcels: given to neither
+    duplicate_codes: int = 0
     unexpected_bin_entries: int = 0
     unknown_end_arrivals: int = 0
     spurious_edges: int = 0
@@ -389,7 +391,10 @@ class Sorter:
             x_mm = cam.view_start_mm + (symbol.x + 0.5) * mmpp
             window = self.tracker.at(x_mm, frame.enc, tol)
             if window is None or window.parcel_id not in per_parcel:
-                self.stats.reads_unassigned += 1
+                if self.tracker.ambiguous(x_mm, frame.enc, tol):
+                    self.stats.reads_ambiguous += 1
+                else:
+                    self.stats.reads_unassigned += 1
                 continue
             accepted, rejected = per_parcel[window.parcel_id]
             label = self._code_rule.classify(symbol.text, symbol.symbology)
@@ -418,6 +423,16 @@ class Sorter:
             return
         parcel.verdict = verdict
         parcel.code = parcel.reads.code
+        if parcel.code is not None:
+            twins = [p.parcel_id for p in self.parcels.values()
+                     if p is not parcel and parcel.code in p.reads.codes]
+            if twins:
+                # The same code on two parcels: which one carries it is uncertain, so neither
+                # is sorted on it (the other is caught the same way when it settles).
+                self.stats.duplicate_codes += 1
+                parcel.verdict, parcel.code = ReadVerdict.MULTI_READ, None
+                parcel.reads.why = (f"code also read on parcel {', '.join(map(str, twins))}:"
+                                    " which parcel carries it is uncertain")
         task = asyncio.create_task(self._decide(parcel), name=f"decide[{parcel.parcel_id}]")
         self._decisions.add(task)
         task.add_done_callback(self._decisions.discard)
@@ -435,7 +450,8 @@ class Sorter:
             return
         if parcel.verdict is ReadVerdict.MULTI_READ:
             codes = ", ".join(sorted(parcel.reads.codes))
-            self._to_end(parcel, Disposition.MULTI_READ, f"different codes: {codes}")
+            self._to_end(parcel, Disposition.MULTI_READ,
+                         parcel.reads.why or f"different codes: {codes}")
             return
         assert parcel.code is not None
         order = await self._lookup(parcel)

@@ -90,17 +90,17 @@ class Tracker:
         return len(self._windows)
 
     def at(self, x_mm: float, enc: int, tolerance_mm: float = 0.0) -> TrackingWindow | None:
-        """The parcel whose window covers ``x_mm`` at ``enc``; the nearest if windows touch."""
-        best: TrackingWindow | None = None
-        best_distance = float("inf")
-        for window in self._windows.values():
-            if not window.covers(x_mm, enc, tolerance_mm):
-                continue
-            lead, trail = window.lead_mm(enc), window.trail_mm(enc)
-            distance = 0.0 if trail <= x_mm <= lead else min(abs(x_mm - lead), abs(x_mm - trail))
-            if distance < best_distance:
-                best, best_distance = window, distance
-        return best
+        """The one parcel whose window, widened by the tolerance, covers ``x_mm`` at ``enc``.
+
+        None if no window does, or if two do: a read that could belong to either of two
+        parcels belongs to neither.
+        """
+        found = [w for w in self._windows.values() if w.covers(x_mm, enc, tolerance_mm)]
+        return found[0] if len(found) == 1 else None
+
+    def ambiguous(self, x_mm: float, enc: int, tolerance_mm: float) -> bool:
+        """Whether ``x_mm`` lies within the tolerance of two parcels' windows."""
+        return sum(w.covers(x_mm, enc, tolerance_mm) for w in self._windows.values()) > 1
 
     def in_range(self, start_mm: float, end_mm: float, enc: int) -> list[TrackingWindow]:
         """Parcels overlapping the stretch ``[start_mm, end_mm]`` at ``enc``."""

@@ -101,6 +101,19 @@ def test_cli_check_config_reports_bad_field(tmp_path: Path,
     assert "valid line 'line1'" in capsys.readouterr().out
 
 
+def test_check_config_warns_of_an_uncalibrated_ip_camera(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = EXAMPLE_CONFIG.read_text().replace(
+        'decoder = "located-zxing"', 'decoder = "located-zxing"\nsource = "rtsp://10.0.0.5/s1"')
+    path = tmp_path / "line.toml"
+    path.write_text(text)
+    assert main(["check-config", str(path)]) == 0
+    assert "WARNING camera cam1: its frames carry no encoder count" in capsys.readouterr().out
+    path.write_text(text.replace('source = "rtsp', 'latency_ms = 40.0\nsource = "rtsp'))
+    assert main(["check-config", str(path)]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+
+
 def test_relative_store_paths_resolve_beside_the_config(tmp_path: Path) -> None:
     text = EXAMPLE_CONFIG.read_text().replace(
         'path = "/var/lib/parcel-sorter/orders.sqlite"', 'path = "data/orders.sqlite"')

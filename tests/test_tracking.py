@@ -47,12 +47,15 @@ def test_two_parcels_in_view_are_never_swapped() -> None:
     assert tracker.at(1600.0, enc) is None
 
 
-def test_tolerance_picks_the_nearer_parcel_when_windows_touch() -> None:
+def test_a_read_within_reach_of_two_parcels_belongs_to_neither() -> None:
     tracker = _two_parcels_in_view()
-    enc = 3000
-    # With 60 mm tolerance both windows reach 1040 mm; parcel 2's lead (1000) is nearer.
-    assert tracker.at(1040.0, enc, tolerance_mm=60).parcel_id == 2  # type: ignore[union-attr]
-    assert tracker.at(1070.0, enc, tolerance_mm=60).parcel_id == 1  # type: ignore[union-attr]
+    enc = 3000  # parcel 1 spans [1100, 1500] mm, parcel 2 spans [700, 1000] mm
+    # With 60 mm tolerance both windows reach 1040-1060 mm: nobody's read.
+    assert tracker.at(1050.0, enc, tolerance_mm=60) is None
+    assert tracker.ambiguous(1050.0, enc, tolerance_mm=60)
+    assert tracker.at(1170.0, enc, tolerance_mm=60).parcel_id == 1  # type: ignore[union-attr]
+    assert tracker.at(930.0, enc, tolerance_mm=60).parcel_id == 2  # type: ignore[union-attr]
+    assert not tracker.ambiguous(1170.0, enc, tolerance_mm=60)
 
 
 def test_in_range_lists_parcels_overlapping_a_stretch() -> None:
