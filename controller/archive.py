@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from controller.config import ArchiveConfig
 from controller.errors import SorterError
 from controller.vision import GrayImage
 
@@ -335,3 +336,11 @@ def entry_as_json(entry: ArchiveEntry) -> dict[str, object]:
 
 __all__ = ["ArchiveEntry", "ArchiveError", "ArchivedFrame", "ArchivedParcel", "NoReadArchive",
            "entry_as_json"]
+
+
+def open_archive(config: ArchiveConfig) -> NoReadArchive | None:
+    """The archive a line's ``[archive]`` section names (its path already resolved), if any."""
+    if not config.path:
+        return None
+    return NoReadArchive(Path(config.path), max_parcels=config.max_parcels,
+                         max_bytes=int(config.max_mb * 1024 * 1024))

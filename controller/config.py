@@ -137,7 +137,7 @@ class ArchiveConfig(_Strict):
 
     path: str | None = Field(default=None, description="none: no archive")
     max_parcels: Annotated[int, Field(ge=1)] = 1000
-    max_mb: PositiveFloat = 500.0
+    max_mb: PositiveFloat = Field(default=500.0, description="MiB")
     frames_per_parcel: Annotated[int, Field(ge=1, le=20)] = 3
 
 

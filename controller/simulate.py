@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from controller.archive import NoReadArchive
+from controller.archive import open_archive
 from controller.clock import Clock
 from controller.config import LineConfig
 from controller.encoder import EncoderHistory
@@ -120,9 +120,7 @@ async def run_shift(
     decoders: dict[str, BarcodeDecoder] = {
         c.id: make_decoder(c.decoder) for c in config.cameras}
     journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
-    archive = NoReadArchive(Path(str(config.archive.path)),
-                            max_parcels=config.archive.max_parcels,
-                            max_bytes=int(config.archive.max_mb * 1e6))
+    archive = open_archive(config.archive)
     sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
                     order_store=order_store_wrapper(store) if order_store_wrapper else store,
                     journal=journal, archive=archive, encoder_history=history,

@@ -9,48 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import sys
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.archive import ArchiveError, NoReadArchive, entry_as_json
-from controller.codes import CodeRule, gs1_check_digit
-from controller.config import DecisionConfig, LineConfig, load_config
+from controller.archive import ArchiveError, NoReadArchive, entry_as_json, open_archive
+from controller.codes import CodeRule
+from controller.config import ArchiveConfig, LineConfig, load_config
 from controller.errors import ConfigError, SorterError
 from controller.vision import BarcodeDecoder, GrayImage, Symbol
 
 TOOL_COMMANDS = ("decode", "archive")
-DEFAULT_ARCHIVE_MAX_PARCELS = 1000
-DEFAULT_ARCHIVE_MAX_MB = 500.0
-NOT_PATTERN = "does not match the code pattern"
-BAD_CHECK_DIGIT = "bad check digit"
-
-
-def why_rejected(rule_config: DecisionConfig, text: str,
-                 symbology: str = "code128") -> str | None:
-    """Why the line's code rule refuses a read (None if it accepts it)."""
-    return _judge(rule_config, text, symbology)[0]
-
-
-def _judge(rule_config: DecisionConfig, text: str, symbology: str) -> tuple[str | None, str | None]:
-    """(why refused or None, accepting label type's name or None), as the line judges reads."""
-    rule = CodeRule(rule_config)
-    explain = getattr(rule, "why_rejected", None)
-    if explain is not None:  # a CodeRule that explains itself (label types): its own words
-        why: str | None = explain(text, symbology)
-        label = None if why is not None else getattr(rule.classify(text, symbology), "name", None)
-        return why, label
-    # A CodeRule with one code pattern and check digit: the same test, told apart.
-    if not re.fullmatch(str(getattr(rule_config, "code_pattern", "")), text):
-        return NOT_PATTERN, None
-    if getattr(rule_config, "check_digit", "none") == "gs1-mod10" and not (
-            text.isdigit() and len(text) > 1 and gs1_check_digit(text[:-1]) == int(text[-1])):
-        return BAD_CHECK_DIGIT, None
-    return None, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +40,7 @@ class ImageReads:
     accepted: list[Symbol] = field(default_factory=list)
     rejected: list[RejectedRead] = field(default_factory=list)
     error: str | None = None
-    label_types: list[str | None] = field(default_factory=list)  # of each accepted read
+    label_types: list[str] = field(default_factory=list)  # of each accepted read
 
     def as_json(self) -> dict[str, Any]:
         """This result as a JSON-ready mapping."""
@@ -105,7 +75,7 @@ def read_gray(path: Path) -> GrayImage:
     return np.ascontiguousarray(image, dtype=np.uint8)
 
 
-def decode_image(path: Path, decoder: BarcodeDecoder, rule: DecisionConfig) -> ImageReads:
+def decode_image(path: Path, decoder: BarcodeDecoder, rule: CodeRule) -> ImageReads:
     """Read, decode and judge one image file; errors go into the result, never raise."""
     import cv2
 
@@ -116,11 +86,12 @@ def decode_image(path: Path, decoder: BarcodeDecoder, rule: DecisionConfig) -> I
         result.error = str(exc)
         return result
     for symbol in symbols:
-        why, label = _judge(rule, symbol.text, symbol.symbology)
-        if why is None:
+        label = rule.classify(symbol.text, symbol.symbology)
+        if label is not None:
             result.accepted.append(symbol)
-            result.label_types.append(label)
+            result.label_types.append(label.name)
         else:
+            why = rule.why_rejected(symbol.text, symbol.symbology) or ""
             result.rejected.append(RejectedRead(symbol.text, symbol.symbology, why))
     return result
 
@@ -183,12 +154,10 @@ def _decoder_for(config: LineConfig, camera: str | None, name: str | None,
             raise ConfigError("--camera", [("camera", f"no camera {camera!r}; known: {known}")],
                               what="option")
         cam = found[0]
-    chosen: Sequence[str] | None = getattr(cam, "formats", None)
-    if formats is not None:
-        chosen = [f for f in (part.strip() for part in formats.split(",")) if f]
-    if chosen is None:
+    if formats is None:
         return make_decoder(name or cam.decoder)
-    return make_decoder(name or cam.decoder, chosen)
+    return make_decoder(name or cam.decoder,
+                        [f for f in (part.strip() for part in formats.split(",")) if f])
 
 
 def run_decode(args: argparse.Namespace) -> int:
@@ -197,7 +166,8 @@ def run_decode(args: argparse.Namespace) -> int:
 
     config = load_config(args.config or EXAMPLE_CONFIG)
     decoder = _decoder_for(config, args.camera, args.decoder, args.formats)
-    results = [decode_image(path, decoder, config.decision) for path in args.images]
+    rule = CodeRule(config.decision)
+    results = [decode_image(path, decoder, rule) for path in args.images]
     if args.json:
         print(json.dumps([r.as_json() for r in results], indent=2, ensure_ascii=False))
     else:
@@ -232,32 +202,13 @@ def add_archive_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     export.set_defaults(tool_handler=run_archive_export)
 
 
-def archive_from_config(config: LineConfig, config_path: Path) -> NoReadArchive | None:
-    """The archive a line config names in its ``[archive]`` section, if it has one."""
-    section = getattr(config, "archive", None)
-    path = getattr(section, "path", None)
-    if section is None or not path:
-        return None
-    root = Path(path)
-    if not root.is_absolute():
-        root = config_path.resolve().parent / root
-    max_parcels = getattr(section, "max_parcels", None) or DEFAULT_ARCHIVE_MAX_PARCELS
-    max_mb = getattr(section, "max_mb", None) or DEFAULT_ARCHIVE_MAX_MB
-    return NoReadArchive(root, max_parcels=int(max_parcels),
-                         max_bytes=max(1, int(float(max_mb) * 1024 * 1024)))
-
-
 def _open_archive(args: argparse.Namespace) -> NoReadArchive:
-    if args.archive is not None:
-        archive = NoReadArchive(args.archive, max_parcels=DEFAULT_ARCHIVE_MAX_PARCELS,
-                                max_bytes=int(DEFAULT_ARCHIVE_MAX_MB * 1024 * 1024))
-    else:
-        # Absolute, so that paths the config loader resolved are not resolved twice.
-        found = archive_from_config(load_config(args.config.resolve()), args.config)
-        if found is None:
-            raise ArchiveError(f"{args.config} has no [archive] section with a path: "
-                               "give --archive DIR")
-        archive = found
+    section = ArchiveConfig(path=str(args.archive)) if args.archive is not None \
+        else load_config(args.config).archive
+    archive = open_archive(section)
+    if archive is None:
+        raise ArchiveError(f"{args.config} has no [archive] section with a path: "
+                           "give --archive DIR")
     if not archive.root.is_dir():
         raise ArchiveError(f"no archive at {archive.root}")
     return archive
@@ -292,21 +243,3 @@ def run_tool(args: argparse.Namespace) -> int:
     handler = args.tool_handler
     result: int = handler(args)
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run just these tools (for tests and until cli.py wires them): exit 2 on SorterError."""
-    parser = argparse.ArgumentParser(prog="parcel-sorter")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_decode_command(sub)
-    add_archive_command(sub)
-    args = parser.parse_args(argv)
-    try:
-        return run_tool(args)
-    except SorterError as exc:
-        print(f"parcel-sorter: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,16 +9,20 @@ import logging
 import threading
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
-from typing import cast
 
 import cv2
 import numpy as np
 import pytest
 
-from controller.archive import ArchivedFrame, ArchivedParcel, ArchiveError, NoReadArchive
-from controller.config import LineConfig
-from controller.tools import archive_from_config, main
+from controller.archive import (
+    ArchivedFrame,
+    ArchivedParcel,
+    ArchiveError,
+    NoReadArchive,
+    open_archive,
+)
+from controller.cli import main
+from controller.config import load_config
 
 MB = 1024 * 1024
 
@@ -266,17 +270,21 @@ def test_archive_command_errors_exit_2(tmp_path: Path,
 
 
 def test_archive_location_from_the_config(tmp_path: Path) -> None:
-    section = SimpleNamespace(path="var/no-reads", max_parcels=25, max_mb=1.5)
-    config = cast("LineConfig", SimpleNamespace(archive=section))
-    found = archive_from_config(config, tmp_path / "line.toml")
+    from .conftest import EXAMPLE_CONFIG
+
+    line = tmp_path / "line.toml"
+    text = EXAMPLE_CONFIG.read_text()
+    line.write_text(text + '\n[archive]\npath = "var/no-reads"\nmax_parcels = 25\nmax_mb = 1.5\n')
+    found = open_archive(load_config(line).archive)
     assert found is not None
-    assert found.root == tmp_path.resolve() / "var" / "no-reads"  # beside the config
+    assert found.root == tmp_path / "var" / "no-reads"  # beside the config
     assert (found.max_parcels, found.max_bytes) == (25, int(1.5 * MB))
-    absolute = SimpleNamespace(archive=SimpleNamespace(path=str(tmp_path / "abs")))
-    found = archive_from_config(cast("LineConfig", absolute), Path("elsewhere/line.toml"))
+    line.write_text(text + f'\n[archive]\npath = "{tmp_path / "abs"}"\n')
+    found = open_archive(load_config(line).archive)
     assert found is not None
     assert found.root == tmp_path / "abs"
-    assert archive_from_config(cast("LineConfig", SimpleNamespace()), tmp_path / "x") is None
+    line.write_text(text)
+    assert open_archive(load_config(line).archive) is None
 
 
 def test_a_config_without_an_archive_section_is_exit_2(

@@ -8,9 +8,10 @@ from pathlib import Path
 import cv2
 import pytest
 
+from controller.cli import main
 from controller.codes import CodeRule
 from controller.config import LineConfig
-from controller.tools import main, printable, why_rejected
+from controller.tools import printable
 from sim_hardware.labels import LabelSpec
 from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel
 from sim_hardware.scenario import make_code
@@ -52,10 +53,10 @@ def test_why_rejected_agrees_with_the_line_rule(example_config: LineConfig) -> N
                                                  for n in range(50)]
     texts += ["", "12345", "abcdefghijkl", "0012345678901", "http://example.com"]
     for text in texts:
-        assert (why_rejected(example_config.decision, text) is None) == rule.accepts(text), text
-    assert "bad check digit" in (why_rejected(example_config.decision,
-                                              _bad_check_digit(make_code(5))) or "")
-    assert "does not match" in (why_rejected(example_config.decision, "hello") or "")
+        assert (rule.why_rejected(text, "code128") is None) == rule.accepts(text), text
+    assert "bad check digit" in (rule.why_rejected(_bad_check_digit(make_code(5)), "code128")
+                                 or "")
+    assert "does not match" in (rule.why_rejected("hello", "code128") or "")
 
 
 def test_accepted_codes_one_line_per_image(labels: dict[str, tuple[Path, str]],
