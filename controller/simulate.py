@@ -113,10 +113,10 @@ async def run_shift(
         server = MjpegServer(line)
         await server.start()
         prefix = "mjpeg+" if camera_link == "mjpeg" else ""
-        cameras = [open_camera(c.model_copy(update={"source": prefix + server.url(c.id)}),
-                               clock=clock, encoder_at=history.at,
-                               latency_s=(c.latency_ms or LOOPBACK_HANDOVER_MS) / 1000)
-                   for c in config.cameras]
+        cameras = [open_camera(c.model_copy(update={
+            "source": prefix + server.url(c.id),
+            "latency_ms": c.latency_ms or LOOPBACK_HANDOVER_MS}),
+            clock=clock, encoder_at=history.at) for c in config.cameras]
     decoders: dict[str, BarcodeDecoder] = {
         c.id: make_decoder(c.decoder) for c in config.cameras}
     journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)

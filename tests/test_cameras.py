@@ -17,7 +17,7 @@ from controller.clock import RealClock
 from controller.config import CameraConfig, LineConfig
 from controller.errors import DriverUnavailable
 from controller.vision import Camera, CameraState, Frame
-from drivers.cameras import Backoff, open_camera
+from drivers.cameras import Backoff, CameraLink, open_camera
 from drivers.cameras.mjpeg import MjpegCamera
 from drivers.cameras.opencv import OpenCVCamera
 from drivers.decoders import make_decoder
@@ -447,3 +447,21 @@ async def test_opencv_on_a_bad_stream_is_down_and_stops_promptly(case: str) -> N
         assert frames == []
         assert camera.state is CameraState.DOWN
         assert "cannot open" in (camera.stats.last_error or "")
+
+
+def test_the_configured_latency_reaches_the_driver(example_config: LineConfig,
+                                                   tmp_path: Path) -> None:
+    """Unstamped frames are only placed right with the camera's measured latency."""
+    config = _camera_config(example_config, f"folder:{tmp_path}").model_copy(
+        update={"latency_ms": 40.0})
+    loop = asyncio.new_event_loop()
+    try:
+        camera = open_camera(config, clock=RealClock(loop), encoder_at=lambda _t: 0)
+        override = open_camera(config, clock=RealClock(loop), encoder_at=lambda _t: 0,
+                               latency_s=0.0)
+    finally:
+        loop.close()
+    assert isinstance(camera, CameraLink)
+    assert camera.latency_s == 0.04
+    assert isinstance(override, CameraLink)
+    assert override.latency_s == 0.0

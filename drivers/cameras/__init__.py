@@ -147,8 +147,13 @@ def _file_source(camera: str, rest: str) -> str:
 
 
 def open_camera(config: CameraConfig, *, clock: Clock, encoder_at: EncoderAt,
-                latency_s: float = 0.0) -> Camera:
-    """The driver for ``config.source``; raises DriverUnavailable for an unknown source."""
+                latency_s: float | None = None) -> Camera:
+    """The driver for ``config.source``; raises DriverUnavailable for an unknown source.
+
+    ``latency_s`` (capture to arrival) defaults to the camera's configured ``latency_ms``.
+    """
+    if latency_s is None:
+        latency_s = config.latency_ms / 1000
     source = config.source.strip()
     device = f"camera {config.id}"
     scheme, sep, rest = source.partition(":")
