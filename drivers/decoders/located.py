@@ -195,44 +195,50 @@ class LocatingDecoder:
                 per_label = [self._read_label(gray, quad) for quad in labels]
                 if all(per_label):
                     return [f for reads in per_label for f in reads], label_boxes
-        on_line: list[Found] = []
-        off_line: list[Found] = []
         quads = self.locate(gray)
-        for quad in quads:
-            for found, centred in self._read_located(gray, quad):
-                (on_line if centred else off_line).append(found)
+        reads = self._located_reads(gray, quads)
         # a small image is searched whole for 2-D codes: that costs little
         boxes = _reach(quads, MATRIX_REACH) + label_boxes if big else []
-        if not on_line and not off_line:
+        if not reads:
             if labels is None:
                 labels = locate_labels(gray)
             return self._labels(gray, labels) or self.inner.find(gray), boxes
-        # A code caught in another box's margin is usually read again in its own box,
-        # with a true centre (a margin read's position is poor): prefer that one.
-        seen = {(f.symbol.text, f.symbol.symbology) for f in on_line}
-        off = [f for f in off_line if (f.symbol.text, f.symbol.symbology) not in seen]
-        return on_line + off, boxes
+        return reads, boxes
 
-    def _read_label(self, gray: GrayImage, quad: Quad) -> list[Found]:
-        """Codes on one label, located in its straightened crop or else read whole."""
+    def _located_reads(self, gray: GrayImage, quads: list[Quad]) -> list[Found]:
+        """Reads of the located boxes; a code also caught in another box's margin is kept
+        only from its own box, where its centre is true (a margin read's position is poor)."""
+        on_line: list[Found] = []
+        off_line: list[Found] = []
+        for quad in quads:
+            for found, centred in self._read_located(gray, quad):
+                (on_line if centred else off_line).append(found)
+        seen = {(f.symbol.text, f.symbol.symbology) for f in on_line}
+        return on_line + [f for f in off_line if (f.symbol.text, f.symbol.symbology) not in seen]
+
+    @staticmethod
+    def _squared_label(
+            gray: GrayImage, quad: Quad) -> tuple[GrayImage, npt.NDArray[np.float64]] | None:
+        """A label straightened square to the image, its contrast stretched; and the inverse."""
         try:
             crop, back = straighten(gray, quad)
         except cv2.error:
             log.warning("straightening a located label failed", exc_info=True)
+            return None
+        return stretch_contrast(crop), back
+
+    def _whole_reads(self, crop: GrayImage) -> list[Found]:
+        """The inner decoder on a whole label crop, linear reads centred across their bars."""
+        return [Found(centre_across(crop, f) if f.symbol.symbology in LINEAR_SYMBOLOGIES
+                      else f.symbol, f.size) for f in self.inner.find(crop)]
+
+    def _read_label(self, gray: GrayImage, quad: Quad) -> list[Found]:
+        """Codes on one label, located in its straightened crop or else read whole."""
+        squared = self._squared_label(gray, quad)
+        if squared is None:
             return []
-        crop = stretch_contrast(crop)
-        on_line: list[Found] = []
-        off_line: list[Found] = []
-        for box in self.locate(crop):
-            for found, centred in self._read_located(crop, box):
-                (on_line if centred else off_line).append(found)
-        if on_line or off_line:
-            seen = {(f.symbol.text, f.symbol.symbology) for f in on_line}
-            reads = on_line + [f for f in off_line
-                               if (f.symbol.text, f.symbol.symbology) not in seen]
-        else:
-            reads = [Found(centre_across(crop, f) if f.symbol.symbology in LINEAR_SYMBOLOGIES
-                           else f.symbol, f.size) for f in self.inner.find(crop)]
+        crop, back = squared
+        reads = self._located_reads(crop, self.locate(crop)) or self._whole_reads(crop)
         return [_mapped(f, back) for f in reads]
 
     def _labels(self, gray: GrayImage, labels: list[Quad]) -> list[Found]:
@@ -243,15 +249,10 @@ class LocatingDecoder:
         """
         found: list[Found] = []
         for quad in labels:
-            try:
-                crop, back = straighten(gray, quad)
-            except cv2.error:
-                log.warning("straightening a located label failed", exc_info=True)
-                continue
-            crop = stretch_contrast(crop)
-            for f in self.inner.find(crop):
-                linear = f.symbol.symbology in LINEAR_SYMBOLOGIES
-                found.append(_mapped(Found(centre_across(crop, f), f.size) if linear else f, back))
+            squared = self._squared_label(gray, quad)
+            if squared is not None:
+                crop, back = squared
+                found += [_mapped(f, back) for f in self._whole_reads(crop)]
         return found
 
     def _read_located(self, gray: GrayImage, quad: Quad) -> list[tuple[Found, bool]]:
