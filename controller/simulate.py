@@ -152,5 +152,5 @@ async def run_shift(
         bins={b.bin_id: {"fill": b.fill, "received": len(b.parcels), "overfilled": b.overfilled}
               for b in line.bins.values()},
         line_time_s=clock.now() - started,
-        frames_dropped=sum(getattr(c, "dropped", 0) for c in cameras),
+        frames_dropped=sum(c.dropped for c in cameras),
     )

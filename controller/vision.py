@@ -57,6 +57,11 @@ class Camera(Protocol):
     @property
     def state(self) -> CameraState: ...
 
+    @property
+    def dropped(self) -> int:
+        """Frames thrown away because the controller lagged."""
+        ...
+
     def frames(self) -> AsyncIterator[Frame]: ...
 
 

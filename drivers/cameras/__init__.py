@@ -98,6 +98,10 @@ class CameraLink:
         """How the link is doing now."""
         return self._state
 
+    @property
+    def dropped(self) -> int:
+        return self.stats.dropped
+
     def _offer(self, frame: Frame) -> None:
         """Queue a frame for the controller, dropping the oldest if it lags."""
         if self._state is not CameraState.STREAMING:
