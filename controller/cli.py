@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(path: Path) -> int:
+    from drivers.cameras import needs_latency
+
     config = load_config(path)
     print(f"{path}: valid line {config.line.name!r}")
     print(f"  belt {config.belt.speed_mm_s:.0f} mm/s, {config.belt.encoder_counts_per_mm} "
@@ -80,9 +82,7 @@ def _check_config(path: Path) -> int:
         print(f"  camera {cam.id}: {cam.view_start_mm:.0f}-{cam.view_end_mm:.0f} mm, "
               f"{cam.resolution[0]}x{cam.resolution[1]} @ {cam.fps:g} fps, "
               f"{cam.mm_per_px:.3f} mm/px, decoder {cam.decoder}, source {cam.source}")
-        unstamped = cam.source != "emulator" and not cam.source.startswith(
-            ("mjpeg+", "file:", "file+loop:", "folder:", "folder+loop:"))
-        if unstamped and cam.latency_ms == 0:
+        if needs_latency(cam.source) and cam.latency_ms == 0:
             offset = config.belt.speed_mm_s * 0.016
             print(f"  WARNING camera {cam.id}: its frames carry no encoder count, and "
                   f"latency_ms is 0: measure its capture-to-arrival delay and set it (each "

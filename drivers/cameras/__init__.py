@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from controller.clock import Clock
     from controller.config import CameraConfig
 
-__all__ = ["Backoff", "CameraLink", "CameraStats", "open_camera"]
+__all__ = ["Backoff", "CameraLink", "CameraStats", "needs_latency", "open_camera"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,13 @@ class CameraLink:
         at = arrived_at - self.latency_s if captured_at is None else captured_at
         count = self.encoder_at(at) if enc is None else enc
         return Frame(self.camera_id, image, count, at)
+
+
+def needs_latency(source: str) -> bool:
+    """Whether frames from ``source`` reach the controller without an encoder count, so
+    their placement on the belt rests on the camera's measured ``latency_ms``."""
+    return source.strip() != "emulator" and not source.strip().startswith(
+        ("mjpeg+", "file:", "file+loop:", "folder:", "folder+loop:"))
 
 
 def _file_source(camera: str, rest: str) -> str:
