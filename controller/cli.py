@@ -47,6 +47,45 @@ def _parser() -> argparse.ArgumentParser:
                      help="a frame's modelled decode time on the virtual clock (default: "
                           "%(default)g; the real clock takes what decoding really takes)")
 
+    run = sub.add_parser("run", help="run the controller on the line a config names, until "
+                                      "SIGINT or SIGTERM")
+    run.add_argument("--config", type=Path, required=True, help="line config TOML")
+
+    emu = sub.add_parser("emulate", help="run the emulated line as hardware (a pty I/O board, "
+                                         "MQTT diverter nodes, MJPEG cameras) for a controller "
+                                         "in another process, and report the shift")
+    emu.add_argument("--config", type=Path, default=EXAMPLE_CONFIG,
+                     help="the line to emulate (default: deploy/line.example.toml)")
+    emu.add_argument("--parcels", type=int, default=None, help="parcels in the shift")
+    emu.add_argument("--seed", type=int, default=None, help="seed of the parcel stream")
+    emu.add_argument("--scenario", type=Path, default=None, help="scenario TOML (spec = 1)")
+    emu.add_argument("--mix", choices=("demo", "nominal"), default="nominal",
+                     help="parcel mix when no scenario is given (default: nominal)")
+    emu.add_argument("--report", type=Path, required=True, help="write the JSON report here")
+    emu.add_argument("--write-config", type=Path, required=True,
+                     help="write the line config a controller uses to reach the emulator here")
+    emu.add_argument("--workdir", type=Path, default=None,
+                     help="the shift's order book, journal and port link (default: a folder "
+                          "beside --write-config)")
+    emu.add_argument("--mqtt", type=_host_port, default=None, metavar="HOST:PORT",
+                     help="serve the diverters as MQTT nodes through this broker")
+    emu.add_argument("--baud", type=int, default=115200,
+                     help="pace the serial wire like this baud rate (0: as fast as the pty)")
+    emu.add_argument("--garble", type=float, default=0.0,
+                     help="share of bytes with a bit flipped, both directions")
+    emu.add_argument("--drop-bytes", type=float, default=0.0, help="share of bytes lost")
+    emu.add_argument("--drop-acks", type=float, default=0.0, help="share of board ACKs lost")
+    emu.add_argument("--ack-delay-ms", type=float, default=0.0, help="delay every board ACK")
+    emu.add_argument("--unplug", type=_unplug, action="append", default=[],
+                     metavar="AT:SECONDS", help="pull the serial cable AT s into the shift "
+                                                "for SECONDS (repeatable)")
+    emu.add_argument("--jam", action="append", default=[], metavar="DIVERTER",
+                     help="this diverter's arm is stuck: it fires, nothing moves (repeatable)")
+    emu.add_argument("--wait-controller", type=float, default=120.0,
+                     help="seconds to wait for a controller before giving up")
+    emu.add_argument("--drain", type=float, default=30.0,
+                     help="seconds to wait after the last parcel for the controller's journal")
+
     check = sub.add_parser("check-config", help="validate a line config and print its layout")
     check.add_argument("config", type=Path)
     add_decode_command(sub)
@@ -61,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sim":
             return _sim(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "emulate":
+            return _emulate(args)
         if args.command == "check-config":
             return _check_config(args.config)
         if args.command in TOOL_COMMANDS:
@@ -101,20 +144,12 @@ def _sim(args: argparse.Namespace) -> int:
     from controller.clock import run_real, run_virtual
     from controller.report import format_summary, parcel_records, summarise, write_report
     from controller.simulate import run_shift
-    from sim_hardware.scenario import DEMO_MIX, ScenarioSpec, load_scenario
 
     if args.cameras != "inprocess" and not args.realtime:
         raise ConfigError("--cameras", [("--cameras", f"{args.cameras} streams run on the real "
                                                       "clock: add --realtime")], "option")
     config = load_config(args.config)
-    spec = load_scenario(args.scenario) if args.scenario else ScenarioSpec(
-        mix=DEMO_MIX if args.mix == "demo" else ScenarioSpec().mix)
-    updates: dict[str, Any] = {}
-    if args.parcels is not None:
-        updates["parcels"] = args.parcels
-    if args.seed is not None:
-        updates["seed"] = args.seed
-    spec = spec.model_copy(update=updates)
+    spec = _scenario(args)
     progress = _Progress(spec.parcels)
 
     with tempfile.TemporaryDirectory(prefix="parcel-sorter-") as tmp:
@@ -136,6 +171,93 @@ def _sim(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, summary, records)
         print(f"report written to {args.report}")
+    return 0
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _unplug(text: str) -> tuple[float, float]:
+    try:
+        at, length = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AT:SECONDS, got {text!r}") from None
+    if at < 0 or length <= 0:
+        raise argparse.ArgumentTypeError(f"AT must be >= 0 and SECONDS > 0: {text!r}")
+    return at, length
+
+
+def _scenario(args: argparse.Namespace) -> Any:
+    from sim_hardware.scenario import DEMO_MIX, ScenarioSpec, load_scenario
+
+    spec = load_scenario(args.scenario) if args.scenario else ScenarioSpec(
+        mix=DEMO_MIX if args.mix == "demo" else ScenarioSpec().mix)
+    updates: dict[str, Any] = {}
+    if args.parcels is not None:
+        updates["parcels"] = args.parcels
+    if args.seed is not None:
+        updates["seed"] = args.seed
+    return spec.model_copy(update=updates)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from controller.app import run_line
+    from controller.clock import RealClock
+
+    config = load_config(args.config)
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        print(f"parcel-sorter: running line {config.line.name!r}; SIGINT or SIGTERM stops",
+              file=sys.stderr, flush=True)
+        return await run_line(config, RealClock(), stop)
+
+    stats = asyncio.run(main())
+    finished = ", ".join(f"{k} {v}" for k, v in sorted(stats.dispositions.items()))
+    print(f"parcel-sorter: stopped; parcels finished: {finished or 'none'}", flush=True)
+    return 0
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    from controller.clock import run_real
+    from controller.emulate import EmulateOptions, emulate
+    from controller.report import format_summary, parcel_records, summarise, write_report
+
+    config = load_config(args.config)
+    spec = _scenario(args)
+    workdir = args.workdir or args.write_config.with_name(args.write_config.stem + ".d")
+    options = EmulateOptions(
+        config_path=args.config, write_config=args.write_config, workdir=workdir.resolve(),
+        mqtt=args.mqtt, baudrate=args.baud or None, garble=args.garble, drop=args.drop_bytes,
+        drop_acks=args.drop_acks, ack_delay_ms=args.ack_delay_ms, unplug=args.unplug,
+        jam=args.jam, wait_controller_s=args.wait_controller, drain_s=args.drain)
+    started = time.perf_counter()
+
+    async def shift(clock: Any) -> Any:
+        return await emulate(config, spec, options, clock, lambda line: print(line, flush=True))
+
+    result = run_real(shift)
+    result.wall_time_s = time.perf_counter() - started
+    records = parcel_records(result)
+    summary = summarise(result, records)
+    # The controller ran in another process: its own counters are in its log, not here.
+    summary["frames"]["seen"] = summary["frames"]["decoded"] = None
+    summary["frames"]["dropped"] = None
+    summary.pop("controller", None)
+    summary["board"] = result.extra.get("board", {})
+    print(format_summary(summary), flush=True)
+    write_report(args.report, summary, records)
+    print(f"report written to {args.report}", flush=True)
     return 0
 
 

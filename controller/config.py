@@ -72,6 +72,8 @@ class DiverterConfig(_Strict):
     window_mm: PositiveFloat = Field(
         default=160.0, description="a parcel is pushed if its centre is this close to the arm"
     )
+    link: Literal["serial", "mqtt"] | None = Field(
+        default=None, description="the link its commands go over (default: line_io.diverters)")
 
 
 class BinConfig(_Strict):
@@ -178,6 +180,52 @@ class SortPlanConfig(_Strict):
     overflow: Identifier | None = None
 
 
+class SerialLinkConfig(_Strict):
+    """The line's I/O board on a serial port (docs/serial-protocol.md)."""
+
+    port: str = Field(description="device path, e.g. /dev/serial/by-id/usb-... or /dev/ttyUSB0")
+    baudrate: Annotated[int, Field(ge=1200)] = 115200
+    heartbeat_ms: Annotated[float, Field(ge=10, le=1000)] = 100.0
+    ack_timeout_ms: Annotated[float, Field(ge=1, le=2000)] = 40.0
+    max_resends: Annotated[int, Field(ge=1, le=100)] = 8
+    reply_timeout_ms: Annotated[float, Field(ge=1, le=5000)] = 150.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
+class MqttLinkConfig(_Strict):
+    """Diverter nodes (and optionally the sensors) behind an MQTT broker."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password_file: str | None = Field(default=None, description="file holding the password")
+    client_id: str | None = Field(default=None, description="default: parcel-sorter-<line>")
+    topic_prefix: str = Field(default="sorter", pattern=r"^[A-Za-z0-9_/-]{1,64}$")
+    qos: Literal[0, 1] = 1
+    keepalive_s: Annotated[int, Field(ge=1, le=600)] = 10
+    heartbeat_ms: Annotated[float, Field(ge=10, le=1000)] = 100.0
+    reply_timeout_ms: Annotated[float, Field(ge=1, le=5000)] = 150.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
+class LineIOConfig(_Strict):
+    """Which links reach the line's sensors and diverters. Absent: no real I/O (``sim`` only)."""
+
+    sensors: Literal["serial", "mqtt"] = Field(
+        default="serial", description="the link carrying photo-eyes, encoder and bin sensors")
+    diverters: Literal["serial", "mqtt"] = Field(
+        default="serial", description="the default link of diverter commands")
+    serial: SerialLinkConfig | None = None
+    mqtt: MqttLinkConfig | None = None
+
+    @model_validator(mode="after")
+    def _links_configured(self) -> LineIOConfig:
+        for role, link in (("sensors", self.sensors), ("diverters", self.diverters)):
+            if getattr(self, link) is None:
+                raise ValueError(f"{role} = {link!r} but there is no [line_io.{link}] section")
+        return self
+
+
 class LineConfig(_Strict):
     """A whole sorting line."""
 
@@ -193,6 +241,7 @@ class LineConfig(_Strict):
     decision: DecisionConfig = DecisionConfig()
     archive: ArchiveConfig = ArchiveConfig()
     sort_plan: SortPlanConfig
+    line_io: LineIOConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> LineConfig:
@@ -223,9 +272,20 @@ class LineConfig(_Strict):
                      for d in self.diverters if d.position_mm <= last_view]
         problems += [f"end_of_line: position must be downstream of diverter {d.id}"
                      for d in self.diverters if d.position_mm >= self.end_of_line.position_mm]
+        if self.line_io is not None:
+            problems += [f"diverters: {d.id} is on link {d.link!r} but there is no "
+                         f"[line_io.{d.link}] section"
+                         for d in self.diverters
+                         if d.link is not None and getattr(self.line_io, d.link) is None]
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def diverter_link(self, diverter: DiverterConfig) -> Literal["serial", "mqtt"]:
+        """The link a diverter's commands go over."""
+        if diverter.link is not None:
+            return diverter.link
+        return self.line_io.diverters if self.line_io is not None else "serial"
 
     @property
     def read_zone_end_mm(self) -> float:
@@ -266,7 +326,12 @@ def load_config(path: str | Path) -> LineConfig:
     config = parse_config(data, str(path))
     base = path.parent
     archive = config.archive.path
+    line_io = config.line_io
+    if line_io is not None and line_io.mqtt is not None and line_io.mqtt.password_file:
+        line_io = line_io.model_copy(update={"mqtt": line_io.mqtt.model_copy(update={
+            "password_file": str(_resolve(base, line_io.mqtt.password_file))})})
     return config.model_copy(update={
+        "line_io": line_io,
         "order_store": config.order_store.model_copy(
             update={"path": str(_resolve(base, config.order_store.path))}),
         "journal": config.journal.model_copy(

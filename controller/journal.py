@@ -129,3 +129,19 @@ class Journal:
             await self._clock.offload(self._writer, self._db.close)
             self._db = None
         self._writer.shutdown(wait=True)
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Another process's journal, read-only (the emulator reading the controller's outcome)."""
+    try:
+        db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return []
+    try:
+        cursor = db.execute("SELECT * FROM parcels ORDER BY parcel_id")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()

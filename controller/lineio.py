@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal, Protocol
 
 INDUCTION_EYE = "induct"
@@ -64,6 +65,14 @@ class DivertReply:
     command_id: int
     accepted: bool
     reason: Literal["", "late", "busy", "unknown_diverter", "fault"] = ""
+
+
+class LinkState(StrEnum):
+    """A link to line devices, as diagnostics show it."""
+
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"  # lost; reconnecting with backoff
 
 
 class LineIO(Protocol):

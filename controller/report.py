@@ -52,6 +52,14 @@ def parcel_records(result: ShiftResult) -> list[dict[str, Any]]:
     return records
 
 
+def wrong_parcel_fires(result: ShiftResult) -> int:
+    """Pushes that moved another parcel than the one the command named (the emulator's truth)."""
+    sim_by_enc = {p.induct_enc: p.sim_id for p in result.truth if p.induct_enc is not None}
+    sim_of = {row["parcel_id"]: sim_by_enc.get(row["inducted_enc"]) for row in result.journal}
+    return sum(1 for fire in result.fires
+               if fire.pushed is not None and sim_of.get(fire.parcel_id) != fire.pushed)
+
+
 def _wrong_place(expected_bins: list[str], actual: str, disposition: str) -> bool:
     """Physically in a bin it should not be in (ship accuracy), whatever the controller says."""
     if actual in (END_OF_LINE, "UNKNOWN"):
@@ -94,6 +102,7 @@ def summarise(result: ShiftResult, records: list[dict[str, Any]]) -> dict[str, A
         "read_rate": read / n if n else 0.0,
         "sort_rate": in_bin / n if n else 0.0,
         "missorts": missorts,
+        "wrong_parcel_fires": wrong_parcel_fires(result),
         "lost": counts.get("LOST", 0) + counts.get(UNTRACKED, 0),
         "order_information_errors": counts.get("NO_ORDER", 0) / n if n else 0.0,
         "order_cycle_time_min_median": statistics.median(cycle) if cycle else None,
@@ -129,6 +138,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("read rate", f"{summary['read_rate']:.2%}"),
         ("sort rate", f"{summary['sort_rate']:.2%}"),
         ("mis-sorts (truth)", str(summary["missorts"])),
+        ("diverter fired at a wrong parcel", str(summary["wrong_parcel_fires"])),
         ("lost", str(summary["lost"])),
         ("outcome differs from truth", str(summary["outcome_differs_from_truth"])),
         ("order-information errors", f"{summary['order_information_errors']:.2%}"),
@@ -140,7 +150,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("throughput", f"{summary['throughput_per_hour']:.0f} parcels/h of line time"),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
         ("frames rendered / decoded", f"{summary['frames']['rendered']} / "
-                                      f"{summary['frames']['decoded']}"),
+                                      f"{_or_dash(summary['frames']['decoded'])}"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)

@@ -7,9 +7,11 @@ interfaces); nothing of the controller knows it is not steel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,15 +21,20 @@ from controller.clock import Clock
 from controller.config import LineConfig
 from controller.encoder import EncoderHistory
 from controller.journal import FinalRecord, Journal
+from controller.lineio import LineIO
 from controller.sorter import Sorter, SorterStats
 from controller.vision import BarcodeDecoder, Camera
 
 if TYPE_CHECKING:
-    from sim_hardware.mjpeg import MjpegServer
+    pass
 
 log = logging.getLogger(__name__)
 
 CameraLink = Literal["inprocess", "mjpeg", "opencv"]
+LineLink = Literal["inprocess", "serial", "mqtt", "serial+mqtt"]
+"""How the controller reaches the emulated line's I/O: in-process, or the real drivers over a
+pty (the I/O board), a broker (diverter and sensor nodes), or both (sensors on the board,
+diverters on the network). The last three need the real clock."""
 LOOPBACK_HANDOVER_MS = 16.0
 """Capture to hand-over of the emulator's 1080p MJPEG stream read by OpenCV on loopback,
 median of bench/cameras.py (15.3 ms at 15 fps, 16.9 ms at 30 fps). OpenCV cannot read the
@@ -51,7 +58,29 @@ class ShiftResult:
     line_time_s: float
     wall_time_s: float = 0.0
     frames_dropped: int = 0
+    fires: list[Any] = field(default_factory=list)  # sim_hardware.line.Fire
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rig:
+    """The emulated hardware of a running shift, for fault injection while it runs."""
+
+    line: Any  # sim_hardware.line.PhysicalLine
+    board: Any = None  # sim_hardware.board.IoBoard
+    nodes: Any = None  # sim_hardware.mqtt_nodes.MqttNodes
+    line_io: Any = None  # the controller's LineIO
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """The emulated wire between controller and line, for ``line_link`` other than in-process."""
+
+    baudrate: int | None = None  # pace the pty like a serial line at this rate
+    wire_faults: Any = None  # sim_hardware.board.WireFaults
+    broker: tuple[str, int] | None = None  # the MQTT broker (host, port)
+    serial: dict[str, Any] = field(default_factory=dict)  # SerialLinkConfig overrides
+    mqtt: dict[str, Any] = field(default_factory=dict)  # MqttLinkConfig overrides
 
 
 def _fresh_workdir(workdir: Path) -> tuple[Path, Path]:
@@ -76,19 +105,65 @@ async def run_shift(
     decode_cost_s: float = DECODE_COST_S,
     order_store_wrapper: Callable[[Any], Any] | None = None,
     camera_link: CameraLink = "inprocess",
+    line_link: LineLink = "inprocess",
+    link_options: LinkOptions = LinkOptions(),
+    during: Callable[[Rig], Coroutine[Any, Any, None]] | None = None,
 ) -> ShiftResult:
     """Run one shift to its end: every parcel physically settled and finally disposed.
 
     The shift's order book, journal and no-read archive are made afresh in ``workdir``,
     whatever paths the config names.
     """
-    from drivers.cameras import open_camera
     from drivers.decoders import make_decoder
+    from sim_hardware.devices import SimLineIO
+    from sim_hardware.line import PhysicalLine
+
+    config, parcels, store = fresh_books(config, scenario, workdir)
+    line = PhysicalLine(config, scenario, parcels, clock,
+                        free_running=camera_link != "inprocess")
+    rig = Rig(line)
+    async with contextlib.AsyncExitStack() as stack:
+        if line_link == "inprocess":
+            line_io: LineIO = SimLineIO(line)
+        else:
+            config, line_io = await wire_up(config, rig, stack, workdir=workdir, clock=clock,
+                                             line_link=line_link, options=link_options)
+        rig.line_io = line_io
+        history = EncoderHistory()
+        cameras = await _cameras(config, line, camera_link, clock=clock, history=history,
+                                 stack=stack)
+        decoders: dict[str, BarcodeDecoder] = {
+            c.id: make_decoder(c.decoder) for c in config.cameras}
+        journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
+        sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
+                        order_store=order_store_wrapper(store) if order_store_wrapper else store,
+                        journal=journal, archive=open_archive(config.archive),
+                        encoder_history=history, decode_threads=decode_threads,
+                        decode_cost_s=decode_cost_s)
+        if on_final is not None:
+            sorter.listeners.append(on_final)
+        if line_link != "inprocess":
+            await line_io.wait_up(10.0)  # type: ignore[attr-defined]
+            line.start_belt()
+        started = clock.now()
+        records = await _run_to_end(sorter, rig, clock, during)
+        return ShiftResult(
+            config=config, truth=parcels, journal=records, stats=sorter.stats,
+            line_counters=vars(line.counters).copy(),
+            bins={b.bin_id: {"fill": b.fill, "received": len(b.parcels),
+                             "overfilled": b.overfilled} for b in line.bins.values()},
+            line_time_s=clock.now() - started,
+            frames_dropped=sum(c.dropped for c in cameras),
+            fires=list(line.fires),
+            extra=_link_figures(rig),
+        )
+
+
+def fresh_books(config: LineConfig, scenario: Any,
+                 workdir: Path) -> tuple[LineConfig, list[Any], Any]:
+    """The config pointed at a fresh order book, journal and archive; the parcels; the store."""
     from drivers.orders import open_order_store
     from drivers.orders.sqlite import SqliteOrderStore
-    from sim_hardware.devices import SimCamera, SimLineIO
-    from sim_hardware.line import PhysicalLine
-    from sim_hardware.mjpeg import MjpegServer
     from sim_hardware.scenario import generate
 
     orders_path, journal_path = _fresh_workdir(workdir)
@@ -99,58 +174,102 @@ async def run_shift(
     })
     parcels, orders = generate(scenario, config)
     SqliteOrderStore(orders_path).add(orders)  # the test bench fills the order book
-    store = open_order_store(config.order_store)
-    line = PhysicalLine(config, scenario, parcels, clock,
-                        free_running=camera_link != "inprocess")
-    line_io = SimLineIO(line)
-    history = EncoderHistory()
-    server: MjpegServer | None = None
-    if camera_link == "inprocess":
-        cameras: list[Camera] = [SimCamera(line, c.id) for c in config.cameras]
-    else:
-        # The emulator's cameras as IP cameras: MJPEG over HTTP on loopback, read by the
-        # controller's real camera drivers (the real clock only).
-        server = MjpegServer(line)
-        await server.start()
-        prefix = "mjpeg+" if camera_link == "mjpeg" else ""
-        cameras = [open_camera(c.model_copy(update={
-            "source": prefix + server.url(c.id),
-            "latency_ms": c.latency_ms or LOOPBACK_HANDOVER_MS}),
-            clock=clock, encoder_at=history.at) for c in config.cameras]
-    decoders: dict[str, BarcodeDecoder] = {
-        c.id: make_decoder(c.decoder) for c in config.cameras}
-    journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
-    archive = open_archive(config.archive)
-    sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
-                    order_store=order_store_wrapper(store) if order_store_wrapper else store,
-                    journal=journal, archive=archive, encoder_history=history,
-                    decode_threads=decode_threads, decode_cost_s=decode_cost_s)
-    if on_final is not None:
-        sorter.listeners.append(on_final)
+    return config, parcels, open_order_store(config.order_store)
 
-    started = clock.now()
-    sorter_task = asyncio.create_task(sorter.run(), name=f"sorter[{config.line.name}]")
+
+async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
+                      during: Callable[[Rig], Coroutine[Any, Any, None]] | None,
+                      ) -> list[dict[str, Any]]:
+    """Run the line until every parcel settled and the controller disposed of them all."""
+    sorter_task = asyncio.create_task(sorter.run(), name=f"sorter[{sorter.config.line.name}]")
+    tasks = [sorter_task]
+    if during is not None:
+        tasks.append(asyncio.create_task(during(rig), name="sim.injected-faults"))
     try:
-        await line.run()
+        await rig.line.run()
         drain_until = clock.now() + DRAIN_LIMIT_S
         while sorter.open_parcels and clock.now() < drain_until:
             await clock.sleep(0.05)
-        records = await journal.records()
+        records = await sorter.journal.records()
     finally:
         crashed = sorter_task.done() and not sorter_task.cancelled() \
             and sorter_task.exception() is not None
-        sorter_task.cancel()
-        await asyncio.gather(sorter_task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await sorter.aclose()
-        if server is not None:
-            await server.close()
     if crashed:
         raise RuntimeError("the controller stopped during the shift") from sorter_task.exception()
-    return ShiftResult(
-        config=config, truth=parcels, journal=records, stats=sorter.stats,
-        line_counters=vars(line.counters).copy(),
-        bins={b.bin_id: {"fill": b.fill, "received": len(b.parcels), "overfilled": b.overfilled}
-              for b in line.bins.values()},
-        line_time_s=clock.now() - started,
-        frames_dropped=sum(c.dropped for c in cameras),
-    )
+    return records
+
+
+async def _cameras(config: LineConfig, line: Any, camera_link: CameraLink, *, clock: Clock,
+                   history: EncoderHistory, stack: contextlib.AsyncExitStack) -> list[Camera]:
+    from drivers.cameras import open_camera
+    from sim_hardware.devices import SimCamera
+    from sim_hardware.mjpeg import MjpegServer
+
+    if camera_link == "inprocess":
+        return [SimCamera(line, c.id) for c in config.cameras]
+    # The emulator's cameras as IP cameras: MJPEG over HTTP on loopback, read by the
+    # controller's real camera drivers (the real clock only).
+    server = MjpegServer(line)
+    await server.start()
+    stack.push_async_callback(server.close)
+    prefix = "mjpeg+" if camera_link == "mjpeg" else ""
+    return [open_camera(c.model_copy(update={
+        "source": prefix + server.url(c.id),
+        "latency_ms": c.latency_ms or LOOPBACK_HANDOVER_MS}),
+        clock=clock, encoder_at=history.at) for c in config.cameras]
+
+
+async def wire_up(config: LineConfig, rig: Rig, stack: contextlib.AsyncExitStack, *,
+                   workdir: Path, clock: Clock, line_link: LineLink,
+                   options: LinkOptions) -> tuple[LineConfig, LineIO]:
+    """Put the emulator's devices behind real links and open the controller's drivers."""
+    from controller.config import LineIOConfig, MqttLinkConfig, SerialLinkConfig
+    from drivers.lineio import open_line_io
+
+    serial_config = mqtt_config = None
+    if "serial" in line_link:
+        from sim_hardware.board import IoBoard
+
+        link_path = workdir / "ttyIOBOARD"
+        board_diverters: list[str] | None = None if line_link == "serial" else []
+        rig.board = IoBoard(rig.line, clock, baudrate=options.baudrate,
+                            faults=options.wire_faults, diverters=board_diverters,
+                            link_path=link_path)
+        await rig.board.start()
+        stack.push_async_callback(rig.board.close)
+        serial_config = SerialLinkConfig(port=str(link_path), **options.serial)
+    if "mqtt" in line_link:
+        from sim_hardware.mqtt_nodes import MqttNodes
+
+        if options.broker is None:
+            raise ValueError(f"line_link {line_link!r} needs link_options.broker")
+        host, port = options.broker
+        rig.nodes = MqttNodes(rig.line, host, port, line_name=config.line.name,
+                              sensors=line_link == "mqtt", clock=clock)
+        await stack.enter_async_context(rig.nodes)
+        mqtt_config = MqttLinkConfig(host=host, port=port, **options.mqtt)
+    config = config.model_copy(update={"line_io": LineIOConfig(
+        sensors="mqtt" if line_link == "mqtt" else "serial",
+        diverters="serial" if line_link == "serial" else "mqtt",
+        serial=serial_config, mqtt=mqtt_config)})
+    line_io = open_line_io(config, clock)
+    await stack.enter_async_context(line_io)
+    return config, line_io
+
+
+def _link_figures(rig: Rig) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    if rig.board is not None:
+        figures["board"] = dataclasses.asdict(rig.board.stats)
+    if rig.nodes is not None:
+        figures["nodes"] = dataclasses.asdict(rig.nodes.stats)
+    links = getattr(rig.line_io, "links", {})
+    for name, link in links.items():
+        figures[f"link_{name}"] = dataclasses.asdict(link.stats)
+        if hasattr(link, "link_stats"):
+            figures[f"link_{name}_frames"] = dataclasses.asdict(link.link_stats)
+    return figures

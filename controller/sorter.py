@@ -24,7 +24,7 @@ from controller.codes import CodeRule, ParcelReads, ReadVerdict
 from controller.config import CameraConfig, DiverterConfig, LabelType, LineConfig
 from controller.disposition import END_OF_LINE, Disposition
 from controller.encoder import EncoderHistory
-from controller.errors import DriverError, OrderStoreError
+from controller.errors import DriverError, DriverTimeout, OrderStoreError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import (
     END_EYE,
@@ -43,6 +43,7 @@ from controller.vision import BarcodeDecoder, Camera, CameraState, Frame, GrayIm
 
 log = logging.getLogger(__name__)
 
+EVENT_HORIZON_WAIT_S = 0.25
 WATCH_INTERVAL_S = 0.01
 
 
@@ -97,6 +98,7 @@ class SorterStats:
     dispositions: Counter[str] = field(default_factory=Counter)
     frames: int = 0
     frames_decoded: int = 0
+    frames_ahead_of_events: int = 0  # skipped: the line's events had not caught up with them
     reads_unassigned: int = 0
     reads_ambiguous: int = 0  # within reach of two parcels: given to neither
     duplicate_codes: int = 0
@@ -104,6 +106,7 @@ class SorterStats:
     unknown_end_arrivals: int = 0
     spurious_edges: int = 0
     device_faults: int = 0
+    unanswered_diverts: int = 0
     order_store_errors: int = 0
     archive_errors: int = 0
 
@@ -297,6 +300,10 @@ class Sorter:
             async for frame in camera.frames():
                 self.stats.frames += 1
                 self._camera_seen[cam.id] = max(self._camera_seen[cam.id], frame.enc)
+                if not await self._events_reach(frame.enc):
+                    # The link is behind (or down): which parcels are in view is not known.
+                    self.stats.frames_ahead_of_events += 1
+                    continue
                 wanted = self._wanted(cam, frame)
                 if not wanted:
                     continue
@@ -314,6 +321,22 @@ class Sorter:
             self._in_flight[cam.id][frame.enc] -= 1
             if not self._in_flight[cam.id][frame.enc]:
                 del self._in_flight[cam.id][frame.enc]
+
+    async def _events_reach(self, enc: int) -> bool:
+        """Whether the line's events up to ``enc`` are in, waiting a little for them.
+
+        A remote link delivers photo-eye edges a little after the belt passed them, and all
+        at once after an outage. A frame judged before its edges are in would see a parcel
+        still inducting, its tail unknown, and take the reads of the parcels behind it.
+        """
+        if self.line_io.encoder() >= enc:
+            return True
+        until = self.clock.now() + EVENT_HORIZON_WAIT_S
+        while self.clock.now() < until:
+            await self.clock.sleep(0.002)
+            if self.line_io.encoder() >= enc:
+                return True
+        return False
 
     def _camera_progress(self, camera_id: str) -> int:
         """The encoder count up to which this camera's frames are all in and decoded."""
@@ -538,6 +561,14 @@ class Sorter:
         self._book(parcel, bin_id)
         try:
             reply = await self.line_io.divert(command)
+        except DriverTimeout as exc:
+            # Sent but unanswered: the driver takes it back, yet it may have fired already.
+            # Kept as sent, so the bin's photo-eye or the end of the line settles it.
+            self.stats.unanswered_diverts += 1
+            parcel.command, parcel.route = command, bin_id
+            parcel.disposition = disposition
+            parcel.reason = f"{reason}; divert unanswered ({exc}), cancelled"
+            return
         except DriverError as exc:
             self._unbook(parcel, bin_id)
             self._to_end(parcel, Disposition.DIVERT_FAULT, f"divert not sent: {exc}")

@@ -91,11 +91,22 @@ class BinModel:
     parcels: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Fire:
+    """A diverter fired: for which controller parcel, and which emulated parcel it pushed."""
+
+    command_id: int
+    parcel_id: int
+    diverter_id: str
+    pushed: int | None  # the emulated parcel's sim_id; None for an empty or jammed push
+
+
 @dataclass
 class LineCounters:
     empty_fires: int = 0
     glancing_fires: int = 0
     late_commands: int = 0
+    cancelled_commands: int = 0
     jammed_fires: int = 0
     frames: int = 0
     frames_lost_in_outages: int = 0
@@ -134,6 +145,14 @@ class PhysicalLine:
         self._backlogs: dict[str, list[Frame]] = {}
         self._stalled: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._scheduled: dict[int, tuple[str, asyncio.Task[None]]] = {}
+        self.jammed: set[str] = set()  # diverters whose arm is stuck: they fire, nothing moves
+        self.fires: list[Fire] = []
+
+    def start_belt(self) -> None:
+        """Start the belt now: the shift's parcels and speed changes count from here."""
+        self.belt = Belt(self.clock, self.config.belt.speed_mm_s,
+                         self.config.belt.encoder_counts_per_mm, self.scenario.speed_changes)
 
     # --- geometry --------------------------------------------------------------------------
 
@@ -314,18 +333,49 @@ class PhysicalLine:
         diverter = self._diverters.get(command.diverter_id)
         if diverter is None:
             return DivertReply(command.command_id, False, "unknown_diverter")
+        if command.command_id in self._scheduled:
+            return DivertReply(command.command_id, True)  # a resent command: already held
         lead_counts = diverter.actuation_ms / 1000 * self.belt.speed * self.belt.counts_per_mm
         if self.belt.encoder() > command.fire_enc - lead_counts:
             self.counters.late_commands += 1
             return DivertReply(command.command_id, False, "late")
-        self._spawn(self._fire(diverter, command), f"sim.{diverter.id}.fire")
+        task = asyncio.create_task(self._fire(diverter, command),
+                                   name=f"sim.{diverter.id}.fire[{command.command_id}]")
+        self._tasks.add(task)
+        self._scheduled[command.command_id] = (diverter.id, task)
+
+        def _done(t: asyncio.Task[None], command_id: int = command.command_id) -> None:
+            self._tasks.discard(t)
+            self._scheduled.pop(command_id, None)
+
+        task.add_done_callback(_done)
         return DivertReply(command.command_id, True)
+
+    def cancel_divert(self, command_id: int) -> bool:
+        """Drop a scheduled divert that has not fired; False if there is none."""
+        held = self._scheduled.pop(command_id, None)
+        if held is None:
+            return False
+        held[1].cancel()
+        self.counters.cancelled_commands += 1
+        return True
+
+    def cancel_diverts(self, diverter_ids: Sequence[str] | None = None) -> int:
+        """Drop every scheduled divert (of these diverters): the fail-safe of a lost controller."""
+        dropped = [cid for cid, (did, _) in self._scheduled.items()
+                   if diverter_ids is None or did in diverter_ids]
+        return sum(self.cancel_divert(cid) for cid in dropped)
+
+    def scheduled_diverts(self, diverter_ids: Sequence[str] | None = None) -> int:
+        return sum(1 for did, _ in self._scheduled.values()
+                   if diverter_ids is None or did in diverter_ids)
 
     async def _fire(self, diverter: DiverterConfig, command: DivertCommand) -> None:
         # A board fires on an encoder compare, in hardware: the push happens at the commanded
         # count whenever this task wakes (on the real clock it may wake late under load).
         travel = command.fire_enc / self.belt.counts_per_mm
         await self.clock.sleep_until(self.belt.time_at(travel))
+        self._scheduled.pop(command.command_id, None)
         hit: SimParcel | None = None
         for parcel in self.on_belt.values():
             lead = self.lead_mm(parcel, travel)
@@ -335,11 +385,15 @@ class PhysicalLine:
             elif lead - parcel.length_mm <= diverter.position_mm <= lead:
                 self.counters.glancing_fires += 1
                 parcel.events.append(f"glanced by {diverter.id}")
+        jammed = hit is not None and (hit.case is Case.JAMMED_DIVERTER
+                                      or diverter.id in self.jammed)
+        self.fires.append(Fire(command.command_id, command.parcel_id, diverter.id,
+                               hit.sim_id if hit is not None and not jammed else None))
         if hit is None:
             self.counters.empty_fires += 1
             return
         hit.events.append(f"fired at by {diverter.id} for controller parcel {command.parcel_id}")
-        if hit.case is Case.JAMMED_DIVERTER:
+        if jammed:
             self.counters.jammed_fires += 1
             hit.events.append(f"{diverter.id} jammed")
             return

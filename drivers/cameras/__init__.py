@@ -14,20 +14,20 @@
 
 Drivers are imported only when asked for, so OpenCV is never loaded for an MJPEG-only line.
 This module also holds what every driver shares: the link state, counters, a drop-oldest
-frame hand-over and reconnect backoff with jitter.
+frame hand-over (reconnect backoff is :mod:`drivers.backoff`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from controller.errors import DriverUnavailable
 from controller.vision import Camera, CameraState, EncoderAt, Frame, GrayImage
+from drivers.backoff import Backoff
 
 if TYPE_CHECKING:
     from controller.clock import Clock
@@ -51,28 +51,6 @@ class CameraStats:
     errors: int = 0  # failed opens, reads and protocol errors
     bad_frames: int = 0  # frames that arrived but did not decode
     last_error: str | None = None
-
-
-class Backoff:
-    """Exponential backoff with jitter: ``initial``, doubling, capped at ``cap`` seconds."""
-
-    def __init__(self, initial: float = 0.2, cap: float = 5.0, jitter: float = 0.2,
-                 rng: random.Random | None = None) -> None:
-        self.initial = initial
-        self.cap = cap
-        self.jitter = jitter
-        self._rng = rng or random.Random()
-        self._next = initial
-
-    def reset(self) -> None:
-        """Start again from ``initial`` (after a success)."""
-        self._next = self.initial
-
-    def next_delay(self) -> float:
-        """The delay before the next attempt; each call doubles the base up to the cap."""
-        base = self._next
-        self._next = min(self.cap, base * 2)
-        return base * (1.0 + self._rng.uniform(-self.jitter, self.jitter))
 
 
 class CameraLink:

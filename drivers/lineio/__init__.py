@@ -1,0 +1,136 @@
+"""Line I/O drivers, chosen by the line config's ``[line_io]``.
+
+=================  ===========================================================================
+``serial``         the I/O board on a serial port (:mod:`drivers.lineio.serial`), protocol in
+                   docs/serial-protocol.md: photo-eyes, encoder, bins and its diverters
+``mqtt``           networked nodes behind an MQTT broker (:mod:`drivers.lineio.mqtt`):
+                   diverter nodes, and the sensors if ``line_io.sensors = "mqtt"``
+=================  ===========================================================================
+
+A line may use both: sensors on the board and some diverters on the network. The links are
+then joined into one :class:`~controller.lineio.LineIO` that takes events from every link
+and sends each divert over the link its diverter is on. Drivers are imported only when a
+config names them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from controller.errors import DriverUnavailable
+from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState
+
+if TYPE_CHECKING:
+    from controller.clock import Clock
+    from controller.config import LineConfig
+
+__all__ = ["LineLink", "LineLinks", "open_line_io"]
+
+
+class LineLink(Protocol):
+    """A line I/O driver with a lifetime and a state."""
+
+    @property
+    def state(self) -> LinkState: ...
+
+    def encoder(self) -> int: ...
+
+    def events(self) -> AsyncIterator[LineEvent]: ...
+
+    async def divert(self, command: DivertCommand) -> DivertReply: ...
+
+    async def wait_up(self, within_s: float) -> None: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+
+class LineLinks:
+    """The line's links as one LineIO: sensors from one, each diverter on its own."""
+
+    def __init__(self, links: Mapping[str, LineLink], sensors: str,
+                 diverters: Mapping[str, str]) -> None:
+        self.links = dict(links)
+        self._sensors = self.links[sensors]
+        self._diverters = {d: self.links[name] for d, name in diverters.items()}
+        self._stack = contextlib.AsyncExitStack()
+        self._merged: asyncio.Queue[LineEvent] = asyncio.Queue()
+        self._pumps: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> LineLinks:
+        for link in self.links.values():
+            await self._stack.enter_async_context(link)
+        if len(self.links) > 1:
+            self._pumps = [asyncio.create_task(self._pump(link), name=f"lineio[{name}].events")
+                           for name, link in self.links.items()]
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        for task in self._pumps:
+            task.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        await self._stack.aclose()
+
+    async def _pump(self, link: LineLink) -> None:
+        async for event in link.events():
+            self._merged.put_nowait(event)
+
+    def states(self) -> dict[str, LinkState]:
+        return {name: link.state for name, link in self.links.items()}
+
+    async def wait_up(self, within_s: float) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for link in self.links.values():
+                tg.create_task(link.wait_up(within_s))
+
+    def encoder(self) -> int:
+        return self._sensors.encoder()
+
+    async def events(self) -> AsyncIterator[LineEvent]:
+        if not self._pumps:
+            async for event in self._sensors.events():
+                yield event
+            return
+        while True:
+            yield await self._merged.get()
+
+    async def divert(self, command: DivertCommand) -> DivertReply:
+        link = self._diverters.get(command.diverter_id)
+        if link is None:
+            raise DriverUnavailable(command.diverter_id, "no link serves this diverter")
+        return await link.divert(command)
+
+
+def open_line_io(config: LineConfig, clock: Clock) -> LineLinks:
+    """The links a line config names, not yet connected (enter the result to connect)."""
+    line_io = config.line_io
+    if line_io is None:
+        raise DriverUnavailable("line_io", "the config names no line I/O ([line_io] section)")
+    routes = {d.id: config.diverter_link(d) for d in config.diverters}
+    used = {line_io.sensors, *routes.values()}
+    links: dict[str, LineLink] = {}
+    if "serial" in used:
+        assert line_io.serial is not None
+        from drivers.lineio.serial import SerialLineIO
+
+        links["serial"] = SerialLineIO(
+            line_io.serial, clock=clock,
+            diverters=[d for d, link in routes.items() if link == "serial"])
+    if "mqtt" in used:
+        assert line_io.mqtt is not None
+        try:
+            from drivers.lineio.mqtt import MqttLineIO
+        except ImportError as exc:
+            raise DriverUnavailable("mqtt", f"aiomqtt is not installed: {exc}") from exc
+        links["mqtt"] = MqttLineIO(
+            line_io.mqtt, line=config.line.name, clock=clock,
+            diverters=[d for d, link in routes.items() if link == "mqtt"],
+            sensors=line_io.sensors == "mqtt")
+    return LineLinks(links, line_io.sensors, routes)

@@ -1,0 +1,411 @@
+"""The reliable link between the controller and the I/O board, without any I/O.
+
+:class:`LinkSession` is one end of the link. It never touches a port or the event loop: the
+caller hands it the bytes that arrived and the time, and writes out whatever bytes it returns.
+That keeps the go-back-N rules testable with a fake clock and lets the emulated board run the
+very same code as the controller. The rules are written down in docs/serial-protocol.md.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from controller.errors import ProtocolError
+from drivers.lineio.wire import (
+    SEQ_MAX,
+    Ack,
+    FrameReader,
+    Hello,
+    HelloReply,
+    Message,
+    MessageError,
+    Mode,
+    Nak,
+    NakReason,
+    direction,
+    encode_frame,
+    encode_payload,
+    is_sequenced,
+)
+
+Role = Literal["controller", "board"]
+HALF_RANGE = SEQ_MAX // 2
+"""A sequence number up to this far ahead of the expected one is a gap; further is old."""
+
+
+def seq_after(seq: int) -> int:
+    """The next sequence number: 1..65535, wrapping from 65535 to 1 (0 is never used)."""
+    return seq % SEQ_MAX + 1
+
+
+def seq_before(seq: int) -> int:
+    return (seq - 2) % SEQ_MAX + 1
+
+
+def seq_ahead(base: int, seq: int) -> int:
+    """How many steps after ``base`` ``seq`` is, counted forward through the wrap."""
+    return (seq - base) % SEQ_MAX
+
+
+@dataclass(slots=True)
+class LinkStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    bad_frames: int = 0
+    naks_sent: int = 0
+    naks_received: int = 0
+    resends: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    dropped: int = 0
+    """Queued messages thrown away, oldest first, because the queue was over its limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What one :meth:`LinkSession.receive` produced: messages for the app, bytes to write."""
+
+    messages: list[Message]
+    out: bytes
+    errors: list[ProtocolError]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    seq: int
+    frame: bytes
+
+
+class LinkSession:
+    """One end of the link: in-order, exactly-once delivery of sequenced messages.
+
+    The controller calls :meth:`connect` after opening the port; its sequenced messages are
+    queued until the board's :class:`~drivers.lineio.wire.HelloReply` arrives. The board
+    delivers every :class:`~drivers.lineio.wire.Hello` to its app, which must answer it with
+    :meth:`reply_hello` (only the app knows its mode, encoder and scheduled diverts, and it
+    may first cancel a previous controller's diverts); the board sends no sequenced message
+    until it has answered. Both sides keep unacknowledged messages across a reconnect and
+    resend them once synced again.
+
+    ``failed`` is set when the oldest unacknowledged message (or the controller's HELLO) has
+    been resent ``max_resends`` times with no progress; the session then stops resending
+    until :meth:`connect` (controller) or the next HELLO (board).
+    """
+
+    def __init__(self, role: Role, *, boot_id: int | None = None, session: int | None = None,
+                 ack_timeout_s: float = 0.04, window: int = 64, max_resends: int = 8,
+                 queue_limit: int = 512, initial_seq: int = 1) -> None:
+        if role not in ("controller", "board"):
+            raise ValueError(f"role {role!r} is neither 'controller' nor 'board'")
+        if role == "controller" and boot_id is not None:
+            raise ValueError("boot_id is the board's own; the controller learns it")
+        if role == "board" and session is not None:
+            raise ValueError("session is the controller's own; the board learns it")
+        if not 1 <= window <= HALF_RANGE:
+            raise ValueError(f"window {window} not in 1..{HALF_RANGE}")
+        if not 1 <= initial_seq <= SEQ_MAX:
+            raise ValueError(f"initial_seq {initial_seq} not in 1..{SEQ_MAX}")
+        self.role: Role = role
+        self.boot_id: int | None = boot_id
+        """The board's boot id: the board's own, or the one the controller last heard."""
+        self.session: int | None = session
+        """The controller's session id: its own, or the one the board last heard."""
+        if role == "board" and boot_id is None:
+            self.boot_id = random.getrandbits(32)
+        if role == "controller" and session is None:
+            self.session = random.getrandbits(32)
+        self.ack_timeout_s = ack_timeout_s
+        self.window = window
+        self.max_resends = max_resends
+        self.queue_limit = queue_limit
+        self.synced = False
+        self.failed: str | None = None
+        self.stats = LinkStats()
+        self._reader = FrameReader()
+        self._next_seq = initial_seq
+        self._unacked: deque[_Sent] = deque()
+        self._queue: deque[Message] = deque()
+        self._timer_start = 0.0
+        self._head_resends = 0
+        self._expect: int | None = None
+        self._nak_expect: int | None = None
+        self._nak_at = 0.0
+        self._connected = False
+        self._hello_at = 0.0
+        self._hellos = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._unacked) + len(self._queue)
+
+    # --- the app's calls -------------------------------------------------------------------
+
+    def connect(self, now: float) -> bytes:
+        """Start (again) after the port opened: the controller's HELLO; the board's is b"".
+
+        The leading 0x00 ends whatever partial frame the peer's reader still holds.
+        """
+        self.failed = None
+        self._reader = FrameReader()
+        if self.role == "board":
+            return b""
+        self.synced = False
+        self._connected = True
+        self._hellos = 0
+        return b"\x00" + self._hello(now)
+
+    def send(self, message: Message, now: float) -> bytes:
+        """Bytes to write now for ``message``, or b"" when it had to be queued.
+
+        A sequenced message is queued while the window is full, the link is not synced or
+        has failed, and goes out later from :meth:`receive` or :meth:`poll`. HELLO, its
+        reply, ACK and NAK are the session's own, and a message of the peer's direction is
+        a mistake: both raise :class:`TypeError`.
+        """
+        if isinstance(message, Hello | HelloReply | Ack | Nak):
+            raise TypeError(f"{type(message).__name__} is sent by the session itself")
+        if direction(message) == ("up" if self.role == "controller" else "down"):
+            raise TypeError(f"the {self.role} does not send {type(message).__name__}")
+        if not is_sequenced(message):
+            self.stats.frames_out += 1
+            return encode_frame(0, message)
+        encode_payload(message)
+        self._queue.append(message)
+        while len(self._queue) > self.queue_limit:
+            self._queue.popleft()
+            self.stats.dropped += 1
+        return self._flush(now)
+
+    def reply_hello(self, mode: Mode, enc: int, scheduled: int, now: float) -> bytes:
+        """Board: answer the latest HELLO, then resend what the controller has not acked."""
+        if self.role != "board":
+            raise ValueError("only the board answers HELLO")
+        if self.session is None:
+            raise ValueError("no HELLO to answer yet")
+        first = self._unacked[0].seq if self._unacked else self._next_seq
+        frame = encode_frame(0, HelloReply(self._own_id(), self.session, first, mode, enc,
+                                           scheduled))
+        self.stats.frames_out += 1
+        self.synced = True
+        self.failed = None
+        return frame + self._resync(now)
+
+    def receive(self, data: bytes, now: float) -> Received:
+        """Take bytes from the port; ACKs are coalesced into one per call."""
+        messages: list[Message] = []
+        errors: list[ProtocolError] = []
+        out = bytearray()
+        sequenced_arrived = False
+        for item in self._reader.feed(data):
+            if isinstance(item, ProtocolError):
+                self.stats.bad_frames += 1
+                errors.append(item)
+                reason = NakReason.MALFORMED if isinstance(item, MessageError) \
+                    else NakReason.BAD_FRAME
+                if self._receiving and self._expect is not None:
+                    out += self._nak(self._expect, reason, now)
+                continue
+            self.stats.frames_in += 1
+            message = item.message
+            if direction(message) == ("down" if self.role == "controller" else "up"):
+                errors.append(ProtocolError(
+                    f"the {self.role} got a {type(message).__name__}, which it sends itself"))
+                continue
+            if self.role == "board" and self.session is None and not isinstance(message, Hello):
+                out += self._nak(0, NakReason.NO_SESSION, now)
+                if is_sequenced(message):
+                    continue
+            if is_sequenced(message):
+                if self._receiving:
+                    sequenced_arrived = True
+                    if self._accept(item.seq, now, out):
+                        messages.append(message)
+                continue
+            out += self._on_link_message(message, now)
+            messages.append(message)
+        if sequenced_arrived and self._expect is not None:
+            out += self._frame(Ack(seq_before(self._expect)))
+        out += self._flush(now)
+        return Received(messages, bytes(out), errors)
+
+    def poll(self, now: float) -> bytes:
+        """Whatever is due by ``now``: HELLO retries and go-back-N resends on ACK timeout."""
+        if self.failed is not None:
+            return b""
+        if self.role == "controller" and self._connected and not self.synced:
+            if now < self._hello_at + self.ack_timeout_s:
+                return b""
+            if self._hellos > self.max_resends:
+                self.failed = f"no HELLO reply after {self._hellos} HELLOs"
+                return b""
+            return self._hello(now)
+        out = b""
+        if self.synced and self._unacked and now >= self._timer_start + self.ack_timeout_s:
+            out = self._resend(now)
+        return out + self._flush(now)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`poll` next has work, or None while it has none."""
+        if self.failed is not None:
+            return None
+        if self.role == "controller" and self._connected and not self.synced:
+            return self._hello_at + self.ack_timeout_s
+        if self.synced and self._unacked:
+            return self._timer_start + self.ack_timeout_s
+        return None
+
+    # --- receiving -------------------------------------------------------------------------
+
+    @property
+    def _receiving(self) -> bool:
+        """Whether this end knows which sequence number to expect from the peer."""
+        if self.role == "controller":
+            return self.synced
+        return self.session is not None
+
+    def _accept(self, seq: int, now: float, out: bytearray) -> bool:
+        assert self._expect is not None
+        ahead = seq_ahead(self._expect, seq)
+        if ahead == 0:
+            self._expect = seq_after(seq)
+            return True
+        if ahead <= HALF_RANGE:
+            self.stats.gaps += 1
+            out += self._nak(self._expect, NakReason.GAP, now)
+        else:
+            self.stats.duplicates += 1
+        return False
+
+    def _nak(self, expect: int, reason: NakReason, now: float) -> bytes:
+        """At most one NAK per expected seq per ACK timeout: one loss, one resend."""
+        if expect == self._nak_expect and now - self._nak_at < self.ack_timeout_s:
+            return b""
+        self._nak_expect = expect
+        self._nak_at = now
+        self.stats.naks_sent += 1
+        return self._frame(Nak(expect, reason))
+
+    def _on_link_message(self, message: Message, now: float) -> bytes:
+        match message:
+            case Ack(ack=ack):
+                self._acked_through(ack, now)
+            case Nak(expect=expect, reason=reason):
+                self.stats.naks_received += 1
+                return self._on_nak(expect, reason, now)
+            case Hello() if self.role == "board":
+                self._on_hello(message)
+            case HelloReply() if self.role == "controller":
+                return self._on_hello_reply(message, now)
+        return b""
+
+    def _on_nak(self, expect: int, reason: NakReason, now: float) -> bytes:
+        if reason is NakReason.NO_SESSION:
+            if self.role == "controller" and self.synced and self.failed is None:
+                self.synced = False
+                self._hellos = 0
+                return self._hello(now)
+            return b""
+        if not self._unacked or expect == 0:
+            return b""
+        ahead = seq_ahead(self._unacked[0].seq, expect)
+        if ahead > len(self._unacked):
+            return b""
+        if ahead:
+            self._acked_through(seq_before(expect), now)
+        if self._unacked and self.synced and self.failed is None:
+            return self._resend(now)
+        return b""
+
+    def _on_hello(self, hello: Hello) -> None:
+        if hello.session != self.session or self._expect is None:
+            self.session = hello.session
+            self._expect = hello.first_seq
+        else:
+            self._expect = _later(self._expect, hello.first_seq)
+        self.synced = False
+        self._nak_expect = None
+
+    def _on_hello_reply(self, reply: HelloReply, now: float) -> bytes:
+        if not self._connected or self.synced or self.failed is not None \
+                or reply.session != self.session:
+            return b""
+        if reply.boot_id != self.boot_id or self._expect is None:
+            self.boot_id = reply.boot_id
+            self._expect = reply.first_seq
+        else:
+            self._expect = _later(self._expect, reply.first_seq)
+        self.synced = True
+        self._nak_expect = None
+        return self._resync(now)
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def _own_id(self) -> int:
+        assert self.boot_id is not None
+        return self.boot_id
+
+    def _frame(self, message: Message) -> bytes:
+        self.stats.frames_out += 1
+        return encode_frame(0, message)
+
+    def _hello(self, now: float) -> bytes:
+        assert self.session is not None
+        self._hellos += 1
+        self._hello_at = now
+        first = self._unacked[0].seq if self._unacked else self._next_seq
+        return self._frame(Hello(self.session, first))
+
+    def _acked_through(self, ack: int, now: float) -> None:
+        if not self._unacked:
+            return
+        ahead = seq_ahead(self._unacked[0].seq, ack)
+        if ahead >= len(self._unacked):
+            return
+        for _ in range(ahead + 1):
+            self._unacked.popleft()
+        self._head_resends = 0
+        self._timer_start = now
+
+    def _resync(self, now: float) -> bytes:
+        """Once synced: the whole unacked window again, with a fresh resend budget."""
+        self._head_resends = 0
+        self._timer_start = now
+        self.stats.resends += len(self._unacked)
+        self.stats.frames_out += len(self._unacked)
+        return b"".join(sent.frame for sent in self._unacked) + self._flush(now)
+
+    def _resend(self, now: float) -> bytes:
+        if self._head_resends >= self.max_resends:
+            self.failed = (f"seq {self._unacked[0].seq} resent {self._head_resends} times "
+                           f"without an ACK")
+            return b""
+        self._head_resends += 1
+        self._timer_start = now
+        self.stats.resends += len(self._unacked)
+        self.stats.frames_out += len(self._unacked)
+        return b"".join(sent.frame for sent in self._unacked)
+
+    def _flush(self, now: float) -> bytes:
+        if not self.synced or self.failed is not None:
+            return b""
+        out = bytearray()
+        while self._queue and len(self._unacked) < self.window:
+            seq = self._next_seq
+            frame = encode_frame(seq, self._queue.popleft())
+            self._next_seq = seq_after(seq)
+            if not self._unacked:
+                self._timer_start = now
+                self._head_resends = 0
+            self._unacked.append(_Sent(seq, frame))
+            self.stats.frames_out += 1
+            out += frame
+        return bytes(out)
+
+
+def _later(expect: int, first_seq: int) -> int:
+    """Keep what we expect unless the peer says it starts later (it cannot resend older)."""
+    ahead = seq_ahead(expect, first_seq)
+    return first_seq if 0 < ahead <= HALF_RANGE else expect

@@ -1,0 +1,346 @@
+"""The line's I/O board on a serial port, spoken to in the protocol of docs/serial-protocol.md.
+
+One task owns the port: it opens it (pyserial-asyncio-fast), says HELLO, keeps heartbeats
+and resends going, and on any loss (unplugged adapter, silent board, resends exhausted)
+closes it and opens it again with backoff and jitter, for as long as the driver lives. The
+reliable delivery itself (sequence numbers, ACK/NAK, go-back-N, resync) is the sans-I/O
+:class:`~drivers.lineio.link.LinkSession`; this module only moves its bytes.
+
+Encoder updates travel in order with the events: :meth:`SerialLineIO.encoder` never runs
+ahead of the events the controller has taken, so after a reconnect the belt position does
+not jump past parcels whose buffered photo-eye edges are still on their way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from controller.clock import Clock
+from controller.config import SerialLinkConfig
+from controller.errors import DriverTimeout, DriverUnavailable
+from controller.lineio import (
+    BinEntry,
+    BinLevel,
+    DeviceFault,
+    DivertCommand,
+    DivertReply,
+    LineEvent,
+    LinkState,
+    PhotoEyeEdge,
+)
+from drivers.backoff import Backoff
+from drivers.lineio import wire
+from drivers.lineio.link import LinkSession
+
+log = logging.getLogger(__name__)
+
+DEVICE = "io-board"
+SYNC_TIMEOUT_S = 1.0
+SILENT_HEARTBEATS = 3  # board heartbeats missed before the link counts as lost
+
+
+@dataclass
+class SerialStats:
+    """Counters of the serial link for diagnostics."""
+
+    opens: int = 0
+    reconnects: int = 0
+    open_failures: int = 0
+    commands: int = 0
+    answers: int = 0
+    timeouts: int = 0
+    cancels: int = 0
+    bad_frames: int = 0
+    board_restarts: int = 0
+    board_failsafes: int = 0
+    fired: int = 0
+    last_error: str | None = None
+
+
+class _PortProtocol(asyncio.Protocol):
+    def __init__(self, owner: SerialLineIO) -> None:
+        self._owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        self._owner._data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._lost(exc)
+
+
+class SerialLineIO:
+    """:class:`~controller.lineio.LineIO` over the I/O board's serial link."""
+
+    def __init__(self, config: SerialLinkConfig, *, clock: Clock,
+                 diverters: Sequence[str] | None = None, session: int | None = None,
+                 backoff: Backoff | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.stats = SerialStats()
+        self._diverters = None if diverters is None else frozenset(diverters)
+        self._session = LinkSession(
+            "controller", session=session if session is not None else random.getrandbits(32),
+            ack_timeout_s=config.ack_timeout_ms / 1000, max_resends=config.max_resends)
+        self._backoff = backoff or Backoff(0.05, config.reconnect_max_s)
+        self._state = LinkState.CONNECTING
+        self._transport: asyncio.Transport | None = None
+        self._closed = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._up = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._events: asyncio.Queue[LineEvent | int] = asyncio.Queue()
+        self._enc_received = 0
+        self._enc_delivered = 0
+        self._undelivered = 0  # events queued, not yet taken by the controller
+        self._pending: dict[int, asyncio.Future[wire.DivertAnswer]] = {}
+        self._boot_id: int | None = None
+        self._last_rx = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifetime --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SerialLineIO:
+        self._task = asyncio.create_task(self._run(), name="lineio[serial]")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: no more heartbeats, so the board falls back to its fail-safe."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._drop_port()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(DriverUnavailable(DEVICE, "driver closed"))
+
+    async def wait_up(self, within_s: float) -> None:
+        """Wait until the board has answered HELLO."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._up.wait()
+        except TimeoutError:
+            raise DriverTimeout(DEVICE, f"no answer from {self.config.port} within "
+                                        f"{within_s:g} s") from None
+
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    @property
+    def link_stats(self) -> Any:
+        """The link layer's counters (frames, resends, NAKs, duplicates)."""
+        return self._session.stats
+
+    # --- LineIO ----------------------------------------------------------------------------
+
+    def encoder(self) -> int:
+        return self._enc_delivered if self._undelivered else self._enc_received
+
+    async def events(self) -> AsyncIterator[LineEvent]:
+        while True:
+            item = await self._events.get()
+            if isinstance(item, int):
+                self._enc_delivered = item
+                continue
+            self._undelivered -= 1
+            yield item
+
+    def _event(self, event: LineEvent) -> None:
+        self._undelivered += 1
+        self._events.put_nowait(event)
+
+    async def divert(self, command: DivertCommand) -> DivertReply:
+        if self._diverters is not None and command.diverter_id not in self._diverters:
+            raise DriverUnavailable(DEVICE, f"diverter {command.diverter_id} is not on this board")
+        if self._state is not LinkState.UP:
+            raise DriverUnavailable(DEVICE, f"link {self._state}")
+        future: asyncio.Future[wire.DivertAnswer] = asyncio.get_running_loop().create_future()
+        self._pending[command.command_id] = future
+        self.stats.commands += 1
+        self._send(wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
+                               command.fire_enc, round(command.pulse_ms)))
+        try:
+            async with asyncio.timeout(self.config.reply_timeout_ms / 1000):
+                answer = await future
+        except TimeoutError:
+            # The board may hold it: take it back, in order behind the divert itself.
+            self.stats.timeouts += 1
+            self.stats.cancels += 1
+            self._send(wire.Cancel(command.command_id))
+            raise DriverTimeout(DEVICE, f"no answer to divert {command.command_id} within "
+                                        f"{self.config.reply_timeout_ms:g} ms") from None
+        finally:
+            self._pending.pop(command.command_id, None)
+        self.stats.answers += 1
+        return DivertReply(command.command_id, answer.accepted, answer.reason.text)
+
+    async def cancel(self, command_id: int) -> None:
+        """Take back a scheduled divert (delivered reliably, in order)."""
+        self.stats.cancels += 1
+        self._send(wire.Cancel(command_id))
+
+    async def set_mode(self, mode: wire.Mode) -> None:
+        self._send(wire.SetMode(mode))
+
+    # --- the port --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        import serial
+        import serial_asyncio_fast
+
+        loop = asyncio.get_running_loop()
+        first = True
+        while True:
+            self._closed.clear()
+            try:
+                transport, _ = await serial_asyncio_fast.create_serial_connection(
+                    loop, lambda: _PortProtocol(self), self.config.port,
+                    baudrate=self.config.baudrate)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self.stats.open_failures += 1
+                self._went_down(f"cannot open {self.config.port}: {exc}")
+                await self.clock.sleep(self._backoff.next_delay())
+                continue
+            self._transport = transport
+            self.stats.opens += 1
+            if not first:
+                self.stats.reconnects += 1
+            first = False
+            reason = await self._serve()
+            self._drop_port()
+            self._went_down(reason)
+            await self.clock.sleep(self._backoff.next_delay())
+
+    async def _serve(self) -> str:
+        """Keep the open port alive; return why it was given up."""
+        self._synced.clear()
+        self._last_rx = self.clock.now()
+        self._write(self._session.connect(self.clock.now()))
+        heartbeat_s = self.config.heartbeat_ms / 1000
+        silent_s = max(SILENT_HEARTBEATS * heartbeat_s, 0.3)
+        next_heartbeat = self.clock.now()
+        sync_by = self.clock.now() + SYNC_TIMEOUT_S
+        while not self._closed.is_set():
+            now = self.clock.now()
+            if self._session.failed:
+                return f"link failed: {self._session.failed}"
+            if not self._synced.is_set() and now > sync_by:
+                return f"no HELLO answer from {self.config.port}"
+            if self._synced.is_set() and now - self._last_rx > silent_s:
+                return f"board silent for {now - self._last_rx:.2f} s"
+            if now >= next_heartbeat:
+                self._send(wire.Heartbeat(round(now * 1000) & 0xFFFFFFFF, wire.Mode.RUN))
+                next_heartbeat = now + heartbeat_s
+            self._write(self._session.poll(now))
+            deadline = min(next_heartbeat, self._last_rx + silent_s)
+            link_deadline = self._session.next_deadline()
+            if link_deadline is not None:
+                deadline = min(deadline, link_deadline)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, deadline - self.clock.now())):
+                    await self._wake.wait()
+        return "port closed"
+
+    def _went_down(self, reason: str) -> None:
+        self._up.clear()
+        self.stats.last_error = reason
+        if self._state is not LinkState.DOWN:
+            log.warning("serial %s: link down: %s (reconnecting)", self.config.port, reason)
+            self._event(DeviceFault(DEVICE, f"link down: {reason}"))
+        self._state = LinkState.DOWN
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(DriverUnavailable(DEVICE, f"link down: {reason}"))
+
+    def _drop_port(self) -> None:
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            with contextlib.suppress(Exception):
+                transport.abort()
+
+    def _write(self, data: bytes) -> None:
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _send(self, message: wire.Message) -> None:
+        self._write(self._session.send(message, self.clock.now()))
+        self._wake.set()
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.stats.last_error = str(exc) if exc else "port closed"
+        self._closed.set()
+        self._wake.set()
+
+    def _data(self, data: bytes) -> None:
+        now = self.clock.now()
+        received = self._session.receive(data, now)
+        self._write(received.out)
+        self.stats.bad_frames += len(received.errors)
+        if len(received.messages) > 0:
+            self._last_rx = now
+        for message in received.messages:
+            self._dispatch(message)
+        self._wake.set()
+
+    def _dispatch(self, message: wire.Message) -> None:
+        match message:
+            case wire.Encoder(enc=enc):
+                self._enc(enc)
+            case wire.EyeEdge(eye=eye, blocked=blocked, enc=enc):
+                self._event(PhotoEyeEdge(eye, blocked, enc))
+            case wire.BinEntered(bin_id=bin_id, enc=enc):
+                self._event(BinEntry(bin_id, enc))
+            case wire.BinLevelChanged(bin_id=bin_id, full=full):
+                self._event(BinLevel(bin_id, full))
+            case wire.DivertAnswer(command_id=command_id):
+                future = self._pending.get(command_id)
+                if future is not None and not future.done():
+                    future.set_result(message)
+            case wire.Fired():
+                self.stats.fired += 1
+            case wire.Fault(device=device, text=text):
+                self._event(DeviceFault(device, text))
+            case wire.Heartbeat(mode=mode):
+                if mode is wire.Mode.SAFE and self._synced.is_set():
+                    # The board gave up on us (fail-safe): say HELLO again to resume.
+                    self.stats.board_failsafes += 1
+                    self._synced.clear()
+                    self._write(self._session.connect(self.clock.now()))
+            case wire.HelloReply(boot_id=boot_id, enc=enc, scheduled=scheduled):
+                self._synced_with(boot_id, enc, scheduled)
+
+    def _enc(self, enc: int) -> None:
+        self._enc_received = enc
+        self._events.put_nowait(enc)
+
+    def _synced_with(self, boot_id: int, enc: int, scheduled: int) -> None:
+        if self._boot_id is not None and boot_id != self._boot_id:
+            self.stats.board_restarts += 1
+            self._event(DeviceFault(
+                DEVICE, "the board restarted: its scheduled diverts and unsent events are lost"))
+        if self._boot_id is None:
+            self._enc_received = self._enc_delivered = enc
+        self._boot_id = boot_id
+        self._synced.set()
+        self._backoff.reset()
+        if self._state is not LinkState.UP:
+            if self._state is LinkState.DOWN:
+                log.warning("serial %s: link up again (board holds %d scheduled diverts)",
+                            self.config.port, scheduled)
+            self._state = LinkState.UP
+        self._up.set()

@@ -1,0 +1,518 @@
+"""The I/O board's serial frame codec and message set, without any I/O.
+
+A frame on the wire is ``COBS(body ‖ crc16) ‖ 0x00``; the body is ``version u8 | type u8 |
+seq u16 | payload``, every integer big-endian. The full layout, the rules around it and test
+vectors are in docs/serial-protocol.md, which is the contract for the board's firmware.
+
+Bytes from outside that do not parse raise :class:`~controller.errors.ProtocolError` (as
+:class:`FrameError` when the frame was garbled in transit, :class:`MessageError` when it
+arrived intact but says something invalid). Bad arguments from our own code are caught when
+encoding: :class:`ValueError` for a value out of range, :class:`TypeError` for a wrong type.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from enum import IntEnum
+from typing import Literal
+
+from controller.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_BODY = 250
+HEADER_SIZE = 4
+CRC_SIZE = 2
+MAX_FRAME = MAX_BODY + CRC_SIZE + 1
+"""The longest COBS-encoded frame, not counting its 0x00 delimiter (one COBS block)."""
+MAX_ID = 32
+MAX_TEXT = 64
+SEQ_MAX = 0xFFFF
+
+
+class FrameError(ProtocolError):
+    """The frame was damaged in transit: COBS, length or CRC is wrong."""
+
+
+class MessageError(ProtocolError):
+    """The frame arrived intact (CRC good) but its content is not a valid message."""
+
+    def __init__(self, message: str, seq: int | None = None) -> None:
+        self.seq = seq
+        super().__init__(message)
+
+
+class Mode(IntEnum):
+    SAFE = 0
+    RUN = 1
+    MAINTENANCE = 2
+
+
+ReasonText = Literal["", "late", "busy", "unknown_diverter", "fault"]
+
+
+class Reason(IntEnum):
+    """Why a divert was refused, in the wire's numbering."""
+
+    OK = 0
+    LATE = 1
+    BUSY = 2
+    UNKNOWN_DIVERTER = 3
+    FAULT = 4
+
+    @property
+    def text(self) -> ReasonText:
+        """The reason as :class:`controller.lineio.DivertReply` spells it."""
+        return _REASON_TEXT[self]
+
+    @classmethod
+    def from_text(cls, text: ReasonText) -> Reason:
+        return _TEXT_REASON[text]
+
+
+_REASON_TEXT: dict[Reason, ReasonText] = {
+    Reason.OK: "", Reason.LATE: "late", Reason.BUSY: "busy",
+    Reason.UNKNOWN_DIVERTER: "unknown_diverter", Reason.FAULT: "fault"}
+_TEXT_REASON = {text: reason for reason, text in _REASON_TEXT.items()}
+
+
+class NakReason(IntEnum):
+    BAD_FRAME = 1
+    GAP = 2
+    MALFORMED = 3
+    NO_SESSION = 4
+    """Sent by a board that has had no HELLO since it booted, with ``expect`` 0."""
+
+
+# --- link messages (unsequenced) -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Controller → board after (re)connecting: who is talking and where its sequence is."""
+
+    session: int
+    first_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReply:
+    """Board → controller: the board's identity and state, so the controller can resync."""
+
+    boot_id: int
+    session: int
+    first_seq: int
+    mode: Mode
+    enc: int
+    scheduled: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Everything up to and including ``ack`` arrived in order."""
+
+    ack: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nak:
+    """Resend from ``expect`` on; everything before ``expect`` arrived."""
+
+    expect: int
+    reason: NakReason
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    uptime_ms: int
+    mode: Mode
+
+
+# --- board → controller --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Encoder:
+    enc: int
+
+
+@dataclass(frozen=True, slots=True)
+class EyeEdge:
+    eye: str
+    blocked: bool
+    enc: int
+
+
+@dataclass(frozen=True, slots=True)
+class BinEntered:
+    bin_id: str
+    enc: int
+
+
+@dataclass(frozen=True, slots=True)
+class BinLevelChanged:
+    bin_id: str
+    full: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DivertAnswer:
+    command_id: int
+    accepted: bool
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    command_id: int
+    diverter_id: str
+    enc: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    device: str
+    code: int
+    text: str
+
+
+# --- controller → board --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Divert:
+    command_id: int
+    parcel_id: int
+    diverter_id: str
+    fire_enc: int
+    pulse_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    command_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetMode:
+    mode: Mode
+
+
+Message = (Hello | HelloReply | Ack | Nak | Heartbeat | Encoder | EyeEdge | BinEntered
+           | BinLevelChanged | DivertAnswer | Fired | Fault | Divert | Cancel | SetMode)
+
+Kind = Literal["u8", "u16", "u32", "u64", "bool", "id", "text", "mode", "reason", "nak"]
+Direction = Literal["up", "down", "both"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSpec:
+    """How one message type sits on the wire; the codec and the protocol doc share it."""
+
+    code: int
+    sequenced: bool
+    direction: Direction
+    kinds: tuple[Kind, ...]
+
+
+SPECS: dict[type[Message], MessageSpec] = {
+    Hello: MessageSpec(0x01, False, "down", ("u32", "u16")),
+    HelloReply: MessageSpec(0x02, False, "up", ("u32", "u32", "u16", "mode", "u64", "u16")),
+    Ack: MessageSpec(0x03, False, "both", ("u16",)),
+    Nak: MessageSpec(0x04, False, "both", ("u16", "nak")),
+    Heartbeat: MessageSpec(0x05, False, "both", ("u32", "mode")),
+    Encoder: MessageSpec(0x10, False, "up", ("u64",)),
+    EyeEdge: MessageSpec(0x11, True, "up", ("id", "bool", "u64")),
+    BinEntered: MessageSpec(0x12, True, "up", ("id", "u64")),
+    BinLevelChanged: MessageSpec(0x13, True, "up", ("id", "bool")),
+    DivertAnswer: MessageSpec(0x14, True, "up", ("u32", "bool", "reason")),
+    Fired: MessageSpec(0x15, True, "up", ("u32", "id", "u64")),
+    Fault: MessageSpec(0x16, True, "up", ("id", "u8", "text")),
+    Divert: MessageSpec(0x21, True, "down", ("u32", "u32", "id", "u64", "u16")),
+    Cancel: MessageSpec(0x22, True, "down", ("u32",)),
+    SetMode: MessageSpec(0x23, True, "down", ("mode",)),
+}
+_BY_CODE: dict[int, type[Message]] = {spec.code: cls for cls, spec in SPECS.items()}
+
+_INTS: dict[str, struct.Struct] = {
+    "u8": struct.Struct(">B"), "u16": struct.Struct(">H"),
+    "u32": struct.Struct(">I"), "u64": struct.Struct(">Q")}
+_ENUMS: dict[str, type[IntEnum]] = {"mode": Mode, "reason": Reason, "nak": NakReason}
+_HEADER = struct.Struct(">BBH")
+
+
+def is_sequenced(message: Message) -> bool:
+    return SPECS[type(message)].sequenced
+
+
+def direction(message: Message) -> Direction:
+    return SPECS[type(message)].direction
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    seq: int
+    message: Message
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+def _encode_string(name: str, value: object, lowest: int, highest: int) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    if not value.isascii() or not value.isprintable():
+        raise ValueError(f"{name} {value!r} is not printable ASCII")
+    raw = value.encode("ascii")
+    if not lowest <= len(raw) <= highest:
+        raise ValueError(f"{name} {value!r} must be {lowest}..{highest} bytes")
+    return bytes([len(raw)]) + raw
+
+
+def _encode_field(name: str, kind: Kind, value: object) -> bytes:
+    if kind in _INTS:
+        packer = _INTS[kind]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+        if not 0 <= value < 1 << (8 * packer.size):
+            raise ValueError(f"{name} {value} does not fit {kind}")
+        return packer.pack(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+        return b"\x01" if value else b"\x00"
+    if kind == "id":
+        return _encode_string(name, value, 1, MAX_ID)
+    if kind == "text":
+        return _encode_string(name, value, 0, MAX_TEXT)
+    enum = _ENUMS[kind]
+    if not isinstance(value, int) or isinstance(value, bool) \
+            or value not in enum._value2member_map_:
+        raise ValueError(f"{name} {value!r} is not a {enum.__name__}")
+    return bytes([value])
+
+
+def encode_payload(message: Message) -> bytes:
+    spec = SPECS[type(message)]
+    return b"".join(_encode_field(f.name, kind, getattr(message, f.name))
+                    for f, kind in zip(fields(message), spec.kinds, strict=True))
+
+
+def encode_frame(seq: int, message: Message) -> bytes:
+    """The complete wire bytes of one frame, trailing 0x00 included.
+
+    ``seq`` must be 1..65535 for a sequenced message and 0 for any other; a field out of
+    its range raises :class:`ValueError`.
+    """
+    spec = SPECS[type(message)]
+    if spec.sequenced and not 1 <= seq <= SEQ_MAX:
+        raise ValueError(f"seq {seq} of a sequenced {type(message).__name__} not in 1..65535")
+    if not spec.sequenced and seq != 0:
+        raise ValueError(f"an unsequenced {type(message).__name__} carries seq 0, not {seq}")
+    body = _HEADER.pack(PROTOCOL_VERSION, spec.code, seq) + encode_payload(message)
+    if len(body) > MAX_BODY:
+        raise ValueError(f"{type(message).__name__} body of {len(body)} bytes > {MAX_BODY}")
+    return cobs_encode(body + crc16(body).to_bytes(2, "big")) + b"\x00"
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE: poly 0x1021, init 0xFFFF, no reflection, no final XOR."""
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+class _Cursor:
+    def __init__(self, data: bytes, seq: int) -> None:
+        self.data = data
+        self.at = 0
+        self.seq = seq
+
+    def take(self, size: int) -> bytes:
+        end = self.at + size
+        if end > len(self.data):
+            raise MessageError("payload too short", self.seq)
+        chunk = self.data[self.at:end]
+        self.at = end
+        return chunk
+
+
+def _decode_string(cursor: _Cursor, lowest: int, highest: int) -> str:
+    size = cursor.take(1)[0]
+    if not lowest <= size <= highest:
+        raise MessageError(f"string of {size} bytes, want {lowest}..{highest}", cursor.seq)
+    raw = cursor.take(size)
+    if not all(0x20 <= b <= 0x7E for b in raw):
+        raise MessageError(f"string {raw!r} is not printable ASCII", cursor.seq)
+    return raw.decode("ascii")
+
+
+def _decode_field(cursor: _Cursor, kind: Kind) -> object:
+    if kind in _INTS:
+        unpacker = _INTS[kind]
+        value: int = unpacker.unpack(cursor.take(unpacker.size))[0]
+        return value
+    if kind == "bool":
+        flag = cursor.take(1)[0]
+        if flag > 1:
+            raise MessageError(f"boolean byte {flag}", cursor.seq)
+        return flag == 1
+    if kind == "id":
+        return _decode_string(cursor, 1, MAX_ID)
+    if kind == "text":
+        return _decode_string(cursor, 0, MAX_TEXT)
+    enum = _ENUMS[kind]
+    raw = cursor.take(1)[0]
+    try:
+        return enum(raw)
+    except ValueError:
+        raise MessageError(f"{raw} is not a {enum.__name__}", cursor.seq) from None
+
+
+def decode_body(body: bytes) -> Packet:
+    """A packet from a body whose CRC has already been checked."""
+    if len(body) < HEADER_SIZE:
+        raise FrameError(f"body of {len(body)} bytes is shorter than the header")
+    version, code, seq = _HEADER.unpack_from(body)
+    if version != PROTOCOL_VERSION:
+        raise MessageError(f"protocol version {version}, want {PROTOCOL_VERSION}", seq)
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        raise MessageError(f"unknown message type 0x{code:02x}", seq)
+    spec = SPECS[cls]
+    if spec.sequenced and seq == 0:
+        raise MessageError(f"sequenced {cls.__name__} with seq 0", seq)
+    if not spec.sequenced and seq != 0:
+        raise MessageError(f"unsequenced {cls.__name__} with seq {seq}", seq)
+    cursor = _Cursor(body[HEADER_SIZE:], seq)
+    values = [_decode_field(cursor, kind) for kind in spec.kinds]
+    if cursor.at != len(cursor.data):
+        raise MessageError(f"{len(cursor.data) - cursor.at} bytes after a {cls.__name__}", seq)
+    make: Callable[..., Message] = cls
+    return Packet(seq, make(*values))
+
+
+def decode_frame(frame: bytes) -> Packet:
+    """Decode the bytes between two delimiters (one trailing 0x00 is tolerated)."""
+    if frame.endswith(b"\x00"):
+        frame = frame[:-1]
+    if not frame:
+        raise FrameError("empty frame")
+    if len(frame) > MAX_FRAME:
+        raise FrameError(f"frame of {len(frame)} bytes > {MAX_FRAME}")
+    raw = cobs_decode(frame)
+    if len(raw) < HEADER_SIZE + CRC_SIZE:
+        raise FrameError(f"frame of {len(raw)} bytes is too short")
+    body, crc = raw[:-CRC_SIZE], int.from_bytes(raw[-CRC_SIZE:], "big")
+    if crc16(body) != crc:
+        raise FrameError("CRC mismatch")
+    return decode_body(body)
+
+
+# --- COBS ----------------------------------------------------------------------------------
+
+def cobs_encode(data: bytes) -> bytes:
+    """Consistent Overhead Byte Stuffing: the result has no 0x00 byte."""
+    out = bytearray()
+    pieces = data.split(b"\x00")
+    for index, piece in enumerate(pieces):
+        full = len(piece) - len(piece) % 0xFE
+        for at in range(0, full, 0xFE):
+            out.append(0xFF)
+            out += piece[at:at + 0xFE]
+        if full == len(piece) and full and index == len(pieces) - 1:
+            break  # data ending in a full block needs no empty block after it
+        out.append(len(piece) - full + 1)
+        out += piece[full:]
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    """Undo :func:`cobs_encode`; anything that encoder could not have produced raises."""
+    if not data:
+        raise FrameError("empty COBS data")
+    out = bytearray()
+    at = 0
+    while at < len(data):
+        code = data[at]
+        end = at + code
+        if code == 0:
+            raise FrameError("0x00 inside COBS data")
+        if end > len(data):
+            raise FrameError("COBS block runs past the end of the frame")
+        block = data[at + 1:end]
+        if 0 in block:
+            raise FrameError("0x00 inside COBS data")
+        out += block
+        at = end
+        if code != 0xFF and at < len(data):
+            out.append(0)
+    return bytes(out)
+
+
+# --- the incremental reader ----------------------------------------------------------------
+
+@dataclass(slots=True)
+class ReaderStats:
+    frames: int = 0
+    errors: int = 0
+    bytes_discarded: int = 0
+
+
+class FrameReader:
+    """Splits a byte stream into packets, resynchronising at the next 0x00 after garbage.
+
+    Memory stays bounded: a run of more than :data:`MAX_FRAME` bytes without a delimiter
+    cannot be a frame, so it is dropped as it arrives and reported once. Empty frames
+    (consecutive delimiters) are ignored: a sender may write a 0x00 at any time to end
+    whatever partial frame the receiver holds.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._discarding = False
+        self.stats = ReaderStats()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Packet | ProtocolError]:
+        """Never raises: damaged frames come back as ProtocolError values, in stream order."""
+        out: list[Packet | ProtocolError] = []
+        start = 0
+        while True:
+            end = data.find(0, start)
+            self._take(data[start:] if end < 0 else data[start:end], out)
+            if end < 0:
+                return out
+            self._finish(out)
+            start = end + 1
+
+    def _take(self, chunk: bytes, out: list[Packet | ProtocolError]) -> None:
+        if self._discarding:
+            self.stats.bytes_discarded += len(chunk)
+        elif len(self._buffer) + len(chunk) > MAX_FRAME:
+            self.stats.bytes_discarded += len(self._buffer) + len(chunk)
+            self.stats.errors += 1
+            self._buffer.clear()
+            self._discarding = True
+            out.append(FrameError(f"more than {MAX_FRAME} bytes without a delimiter"))
+        else:
+            self._buffer += chunk
+
+    def _finish(self, out: list[Packet | ProtocolError]) -> None:
+        if self._discarding:
+            self._discarding = False
+            return
+        if not self._buffer:
+            return
+        frame = bytes(self._buffer)
+        self._buffer.clear()
+        try:
+            packet = decode_frame(frame)
+        except ProtocolError as exc:
+            self.stats.errors += 1
+            self.stats.bytes_discarded += len(frame)
+            out.append(exc)
+        else:
+            self.stats.frames += 1
+            out.append(packet)
