@@ -105,6 +105,7 @@ class IoBoard:
         self._started = clock.now()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_enc = -1
+        self._batch: bytearray | None = None  # replies gathered while handling received bytes
         line.event_sinks.append(self._line_event)
 
     # --- lifetime --------------------------------------------------------------------------
@@ -254,17 +255,25 @@ class IoBoard:
     # --- the protocol ----------------------------------------------------------------------
 
     def _send(self, message: wire.Message) -> None:
-        self._transmit(self._session.send(message, self.clock.now()))
+        data = self._session.send(message, self.clock.now())
+        if self._batch is not None:
+            self._batch += data
+        else:
+            self._transmit(data)
 
     def _receive(self, data: bytes) -> None:
+        """Answer what came in, ACKs and answers in one write, as firmware would."""
         now = self.clock.now()
         received = self._session.receive(data, now)
         if received.messages:
             self._last_rx = now
-        out = bytearray(received.out)
-        for message in received.messages:
-            self._handle(message)
-        self._transmit(bytes(out))
+        self._batch = bytearray(received.out)
+        try:
+            for message in received.messages:
+                self._handle(message)
+        finally:
+            batch, self._batch = self._batch, None
+        self._transmit(bytes(batch))
 
     def _handle(self, message: wire.Message) -> None:
         match message:
@@ -276,9 +285,13 @@ class IoBoard:
                     self.line.cancel_diverts(self._served)
                 self.mode = wire.Mode.RUN
                 self.controller_seen.set()
-                self._transmit(self._session.reply_hello(
+                reply = self._session.reply_hello(
                     self.mode, self.line.encoder(), self.line.scheduled_diverts(self._served),
-                    self.clock.now()))
+                    self.clock.now())
+                if self._batch is not None:
+                    self._batch += reply
+                else:
+                    self._transmit(reply)
             case wire.Divert():
                 self._divert(message)
             case wire.Cancel(command_id=command_id):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.config import LineConfig, load_config
+from sim_hardware.broker import Mosquitto, mosquitto_path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "deploy" / "line.example.toml"
@@ -18,6 +19,15 @@ SHARED = ROOT.parent / "shared"
 @pytest.fixture
 def example_config() -> LineConfig:
     return load_config(EXAMPLE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[Mosquitto]:
+    """A real broker on a free loopback port for the whole run (restarting tests make their own)."""
+    if mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed (scripts/setup installs it)")
+    with Mosquitto() as broker:
+        yield broker
 
 
 @pytest.fixture(autouse=True)

@@ -102,6 +102,7 @@ class SerialLineIO:
         self._pending: dict[int, asyncio.Future[wire.DivertAnswer]] = {}
         self._boot_id: int | None = None
         self._last_rx = 0.0
+        self._sleeping_until = 0.0
         self._task: asyncio.Task[None] | None = None
 
     # --- lifetime --------------------------------------------------------------------------
@@ -245,11 +246,15 @@ class SerialLineIO:
                 self._send(wire.Heartbeat(round(now * 1000) & 0xFFFFFFFF, wire.Mode.RUN))
                 next_heartbeat = now + heartbeat_s
             self._write(self._session.poll(now))
-            deadline = min(next_heartbeat, self._last_rx + silent_s)
+            # Waking at least once per ACK timeout means a message sent meanwhile (its resend
+            # due an ACK timeout after it) never needs to wake this task itself.
+            deadline = min(next_heartbeat, self._last_rx + silent_s,
+                           now + self.config.ack_timeout_ms / 1000)
             link_deadline = self._session.next_deadline()
             if link_deadline is not None:
                 deadline = min(deadline, link_deadline)
             self._wake.clear()
+            self._sleeping_until = deadline
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, deadline - self.clock.now())):
                     await self._wake.wait()
@@ -278,7 +283,13 @@ class SerialLineIO:
 
     def _send(self, message: wire.Message) -> None:
         self._write(self._session.send(message, self.clock.now()))
-        self._wake.set()
+        self._wake_if_sooner()
+
+    def _wake_if_sooner(self) -> None:
+        """Wake the port's task only if the link now has work before it planned to wake."""
+        deadline = self._session.next_deadline()
+        if self._session.failed or (deadline is not None and deadline < self._sleeping_until):
+            self._wake.set()
 
     def _lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -289,13 +300,15 @@ class SerialLineIO:
     def _data(self, data: bytes) -> None:
         now = self.clock.now()
         received = self._session.receive(data, now)
-        self._write(received.out)
         self.stats.bad_frames += len(received.errors)
-        if len(received.messages) > 0:
+        if received.messages:
             self._last_rx = now
         for message in received.messages:
             self._dispatch(message)
-        self._wake.set()
+        if received.out:
+            # After the callers woken by these messages: an ACK is not on their clock.
+            asyncio.get_running_loop().call_soon(self._write, received.out)
+        self._wake_if_sooner()
 
     def _dispatch(self, message: wire.Message) -> None:
         match message:
@@ -337,6 +350,7 @@ class SerialLineIO:
             self._enc_received = self._enc_delivered = enc
         self._boot_id = boot_id
         self._synced.set()
+        self._wake.set()
         self._backoff.reset()
         if self._state is not LinkState.UP:
             if self._state is LinkState.DOWN:

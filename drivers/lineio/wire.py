@@ -232,6 +232,9 @@ SPECS: dict[type[Message], MessageSpec] = {
     SetMode: MessageSpec(0x23, True, "down", ("mode",)),
 }
 _BY_CODE: dict[int, type[Message]] = {spec.code: cls for cls, spec in SPECS.items()}
+_LAYOUTS: dict[type[Message], tuple[tuple[str, Kind], ...]] = {
+    cls: tuple(zip((f.name for f in fields(cls)), spec.kinds, strict=True))
+    for cls, spec in SPECS.items()}
 
 _INTS: dict[str, struct.Struct] = {
     "u8": struct.Struct(">B"), "u16": struct.Struct(">H"),
@@ -291,9 +294,8 @@ def _encode_field(name: str, kind: Kind, value: object) -> bytes:
 
 
 def encode_payload(message: Message) -> bytes:
-    spec = SPECS[type(message)]
-    return b"".join(_encode_field(f.name, kind, getattr(message, f.name))
-                    for f, kind in zip(fields(message), spec.kinds, strict=True))
+    return b"".join([_encode_field(name, kind, getattr(message, name))
+                     for name, kind in _LAYOUTS[type(message)]])
 
 
 def encode_frame(seq: int, message: Message) -> bytes:
@@ -411,6 +413,9 @@ def decode_frame(frame: bytes) -> Packet:
 
 def cobs_encode(data: bytes) -> bytes:
     """Consistent Overhead Byte Stuffing: the result has no 0x00 byte."""
+    if len(data) < 0xFE:
+        # Every run between zeros is shorter than a block: one code byte per run.
+        return b"".join([bytes((len(piece) + 1,)) + piece for piece in data.split(b"\x00")])
     out = bytearray()
     pieces = data.split(b"\x00")
     for index, piece in enumerate(pieces):
@@ -429,19 +434,16 @@ def cobs_decode(data: bytes) -> bytes:
     """Undo :func:`cobs_encode`; anything that encoder could not have produced raises."""
     if not data:
         raise FrameError("empty COBS data")
+    if 0 in data:
+        raise FrameError("0x00 inside COBS data")
     out = bytearray()
     at = 0
     while at < len(data):
         code = data[at]
         end = at + code
-        if code == 0:
-            raise FrameError("0x00 inside COBS data")
         if end > len(data):
             raise FrameError("COBS block runs past the end of the frame")
-        block = data[at + 1:end]
-        if 0 in block:
-            raise FrameError("0x00 inside COBS data")
-        out += block
+        out += data[at + 1:end]
         at = end
         if code != 0xFF and at < len(data):
             out.append(0)

@@ -1,0 +1,90 @@
+"""The test bench's interface: ``parcel-sorter emulate`` in one process as the line's hardware,
+``parcel-sorter run`` in another on the config it wrote, each as a user starts them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+PARCELS = 12
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "controller.cli", *args]
+
+
+def _wait_for(stream: IO[str], pattern: str, seen: list[str]) -> re.Match[str]:
+    for line in stream:
+        seen.append(line)
+        found = re.match(pattern, line)
+        if found:
+            return found
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+def _shift(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], list[str]]:
+    report, config = tmp_path / "report.json", tmp_path / "line.toml"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    emulator = subprocess.Popen(
+        _cli("emulate", "--parcels", str(PARCELS), "--seed", "5", "--report", str(report),
+             "--write-config", str(config), "--wait-controller", "60", *extra),
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    controller: subprocess.Popen[str] | None = None
+    seen: list[str] = []
+    try:
+        assert emulator.stdout is not None
+        port = _wait_for(emulator.stdout, r"^serial: (/dev/pts/\d+)$", seen).group(1)
+        assert Path(port).exists()
+        _wait_for(emulator.stdout, r"^config: ", seen)
+        controller = subprocess.Popen(_cli("run", "--config", str(config)), cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True)
+        seen += emulator.stdout.readlines()
+        assert emulator.wait(timeout=180) == 0, "".join(seen)
+        controller.send_signal(signal.SIGINT)
+        output, _ = controller.communicate(timeout=30)
+        assert controller.returncode == 0, output
+        assert "stopped; parcels finished" in output
+    finally:
+        for process in (emulator, controller):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    return json.loads(report.read_text(encoding="utf-8")), seen
+
+
+def _assert_every_parcel_in_its_bin(report: dict[str, Any]) -> None:
+    parcels = report["parcels"]
+    assert len(parcels) == PARCELS
+    assert [p for p in parcels if p["disposition"] != "SORTED"] == []
+    assert all(p["actual_bin"] == p["expected_bin"] for p in parcels)
+    assert report["summary"]["wrong_parcel_fires"] == 0
+
+
+def test_run_sorts_the_shift_that_emulate_serves_over_serial(tmp_path: Path) -> None:
+    report, _ = _shift(tmp_path)
+    _assert_every_parcel_in_its_bin(report)
+
+
+def test_run_sorts_with_the_diverters_on_mqtt(tmp_path: Path,
+                                              request: pytest.FixtureRequest) -> None:
+    broker = request.getfixturevalue("mosquitto")
+    report, _ = _shift(tmp_path, "--mqtt", f"{broker.host}:{broker.port}")
+    _assert_every_parcel_in_its_bin(report)
+
+
+def test_run_refuses_a_config_without_line_io(tmp_path: Path) -> None:
+    done = subprocess.run(_cli("run", "--config", str(ROOT / "deploy" / "line.example.toml")),
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "[line_io]" in done.stderr
