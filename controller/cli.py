@@ -137,6 +137,17 @@ def _check_config(path: Path) -> int:
     print(f"  end of line ({config.end_of_line.role}) at {config.end_of_line.position_mm:.0f} mm")
     print(f"  sort plan: {len(config.sort_plan.rules)} rules, "
           f"overflow {config.sort_plan.overflow or 'none'}")
+    line_io = config.line_io
+    if line_io is None:
+        print("  line I/O: none ([line_io] absent: `sim` only, `run` needs it)")
+        return 0
+    if line_io.serial is not None:
+        print(f"  serial I/O board: {line_io.serial.port} at {line_io.serial.baudrate} baud")
+    if line_io.mqtt is not None:
+        print(f"  MQTT broker: {line_io.mqtt.host}:{line_io.mqtt.port}, topics under "
+              f"{line_io.mqtt.topic_prefix}/{config.line.name}/io/, QoS {line_io.mqtt.qos}")
+    print(f"  sensors on {line_io.sensors}; diverters on " + ", ".join(
+        f"{d.id} {config.diverter_link(d)}" for d in config.diverters))
     return 0
 
 

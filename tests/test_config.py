@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from controller.cli import main
 from controller.config import load_config, parse_config
@@ -120,3 +121,36 @@ def test_relative_store_paths_resolve_beside_the_config(tmp_path: Path) -> None:
     path = tmp_path / "line.toml"
     path.write_text(text)
     assert load_config(path).order_store.path == str(tmp_path / "data" / "orders.sqlite")
+
+
+def test_line_io_names_links_per_role_and_diverter(tmp_path: Path) -> None:
+    data = _example()
+    data["line_io"] = {"sensors": "serial", "diverters": "serial",
+                       "serial": {"port": "/dev/ttyUSB0"},
+                       "mqtt": {"host": "10.0.0.2", "password_file": "mqtt.password"}}
+    data["diverters"][3]["link"] = "mqtt"
+    path = tmp_path / "line.toml"
+    path.write_text(tomli_w.dumps(data))
+    config = load_config(path)
+    links = {d.id: config.diverter_link(d) for d in config.diverters}
+    assert links["D4"] == "mqtt"
+    assert set(links.values()) == {"serial", "mqtt"}
+    assert config.line_io is not None
+    assert config.line_io.mqtt is not None
+    assert config.line_io.mqtt.password_file == str(tmp_path / "mqtt.password")
+
+
+def test_a_link_used_but_not_configured_is_refused() -> None:
+    data = _example()
+    data["line_io"] = {"sensors": "serial", "diverters": "mqtt",
+                       "serial": {"port": "/dev/ttyUSB0"}}
+    problems = _problems(data)
+    assert any(path == "line_io" and "no [line_io.mqtt] section" in reason
+               for path, reason in problems), problems
+    data["line_io"] = {"serial": {"port": "/dev/ttyUSB0"}}
+    data["diverters"][0]["link"] = "mqtt"
+    problems = _problems(data)
+    assert any("D1 is on link 'mqtt'" in reason for _, reason in problems), problems
+    data["diverters"][0]["link"] = "serial"
+    data["line_io"]["serial"]["baudrate"] = 300
+    assert any(path == "line_io.serial.baudrate" for path, _ in _problems(data))

@@ -82,6 +82,9 @@ def test_a_pulled_cable_comes_back_and_the_line_keeps_sorting(
     assert_nothing_lost_nothing_wrong(summary, records, result)
     assert result.extra["board"]["unplugs"] == 1
     assert result.extra["link_serial"]["reconnects"] >= 1
+    # The board dropped its schedule (fail-safe); the driver sent the still-due diverts again.
+    assert result.extra["board"]["failsafes"] == 1
+    assert result.extra["link_serial"]["restored"] >= 1
     # Parcels inducted well after the cable is back are sorted as usual.
     late = [r for r in records if r["sim_id"] is not None and r["sim_id"] >= SPEC.parcels - 6]
     assert all(r["disposition"] == "SORTED" and r["actual_bin"] == r["expected_bin"]

@@ -60,6 +60,7 @@ class SerialStats:
     bad_frames: int = 0
     board_restarts: int = 0
     board_failsafes: int = 0
+    restored: int = 0  # diverts sent again after a resync, the board having dropped them
     fired: int = 0
     last_error: str | None = None
 
@@ -100,6 +101,8 @@ class SerialLineIO:
         self._enc_delivered = 0
         self._undelivered = 0  # events queued, not yet taken by the controller
         self._pending: dict[int, asyncio.Future[wire.DivertAnswer]] = {}
+        # Accepted diverts not yet due: what the board should hold, to restore after a resync.
+        self._scheduled: dict[int, DivertCommand] = {}
         self._boot_id: int | None = None
         self._last_rx = 0.0
         self._sleeping_until = 0.0
@@ -179,18 +182,23 @@ class SerialLineIO:
         except TimeoutError:
             # The board may hold it: take it back, in order behind the divert itself.
             self.stats.timeouts += 1
-            self.stats.cancels += 1
-            self._send(wire.Cancel(command.command_id))
+            await self.cancel(command.command_id)
             raise DriverTimeout(DEVICE, f"no answer to divert {command.command_id} within "
                                         f"{self.config.reply_timeout_ms:g} ms") from None
         finally:
             self._pending.pop(command.command_id, None)
         self.stats.answers += 1
+        if answer.accepted:
+            self._scheduled[command.command_id] = command
+            now_enc = self._enc_received
+            for done in [c for c, cmd in self._scheduled.items() if cmd.fire_enc < now_enc]:
+                del self._scheduled[done]
         return DivertReply(command.command_id, answer.accepted, answer.reason.text)
 
     async def cancel(self, command_id: int) -> None:
         """Take back a scheduled divert (delivered reliably, in order)."""
         self.stats.cancels += 1
+        self._scheduled.pop(command_id, None)
         self._send(wire.Cancel(command_id))
 
     async def set_mode(self, mode: wire.Mode) -> None:
@@ -337,6 +345,21 @@ class SerialLineIO:
             case wire.HelloReply(boot_id=boot_id, enc=enc, scheduled=scheduled):
                 self._synced_with(boot_id, enc, scheduled)
 
+    def _restore_schedule(self, enc: int, held: int) -> None:
+        """Send again the diverts the board dropped while the link was out and still due.
+
+        The board keeps a held command as it is (same command id), and refuses one it can
+        no longer carry out in time; nothing else changes for the controller.
+        """
+        for command_id in [c for c, cmd in self._scheduled.items() if cmd.fire_enc <= enc]:
+            del self._scheduled[command_id]
+        if len(self._scheduled) <= held:
+            return
+        self.stats.restored += len(self._scheduled)
+        for command in self._scheduled.values():
+            self._send(wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
+                                   command.fire_enc, round(command.pulse_ms)))
+
     def _enc(self, enc: int) -> None:
         self._enc_received = enc
         self._events.put_nowait(enc)
@@ -349,6 +372,7 @@ class SerialLineIO:
         if self._boot_id is None:
             self._enc_received = self._enc_delivered = enc
         self._boot_id = boot_id
+        self._restore_schedule(enc, scheduled)
         self._synced.set()
         self._wake.set()
         self._backoff.reset()
