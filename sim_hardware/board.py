@@ -35,7 +35,7 @@ from controller.lineio import (
 )
 from drivers.lineio import wire
 from drivers.lineio.link import LinkSession
-from sim_hardware.line import PhysicalLine
+from sim_hardware.line import Fire, PhysicalLine
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class IoBoard:
         self._last_enc = -1
         self._batch: bytearray | None = None  # replies gathered while handling received bytes
         line.event_sinks.append(self._line_event)
+        line.fire_sinks.append(self._fired)
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -127,6 +128,8 @@ class IoBoard:
         self._unplug_port()
         with contextlib.suppress(ValueError):
             self.line.event_sinks.remove(self._line_event)
+        with contextlib.suppress(ValueError):
+            self.line.fire_sinks.remove(self._fired)
 
     async def __aenter__(self) -> IoBoard:
         await self.start()
@@ -326,6 +329,10 @@ class IoBoard:
                 self._send(wire.BinLevelChanged(bin_id, full))
             case DeviceFault(device=device, message=text):
                 self._send(wire.Fault(device, 0, text[:64]))
+
+    def _fired(self, fire: Fire) -> None:
+        if self._served is None or fire.diverter_id in self._served:
+            self._send(wire.Fired(fire.command_id, fire.diverter_id, fire.enc))
 
     async def _ticker(self) -> None:
         """Encoder reports, heartbeats, resends and the fail-safe watchdog."""

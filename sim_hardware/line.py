@@ -99,6 +99,7 @@ class Fire:
     parcel_id: int
     diverter_id: str
     pushed: int | None  # the emulated parcel's sim_id; None for an empty or jammed push
+    enc: int = 0
 
 
 @dataclass
@@ -148,6 +149,7 @@ class PhysicalLine:
         self._scheduled: dict[int, tuple[str, asyncio.Task[None]]] = {}
         self.jammed: set[str] = set()  # diverters whose arm is stuck: they fire, nothing moves
         self.fires: list[Fire] = []
+        self.fire_sinks: list[Callable[[Fire], None]] = []
 
     def start_belt(self) -> None:
         """Start the belt now: the shift's parcels and speed changes count from here."""
@@ -387,8 +389,11 @@ class PhysicalLine:
                 parcel.events.append(f"glanced by {diverter.id}")
         jammed = hit is not None and (hit.case is Case.JAMMED_DIVERTER
                                       or diverter.id in self.jammed)
-        self.fires.append(Fire(command.command_id, command.parcel_id, diverter.id,
-                               hit.sim_id if hit is not None and not jammed else None))
+        fire = Fire(command.command_id, command.parcel_id, diverter.id,
+                    hit.sim_id if hit is not None and not jammed else None, command.fire_enc)
+        self.fires.append(fire)
+        for sink in self.fire_sinks:
+            sink(fire)
         if hit is None:
             self.counters.empty_fires += 1
             return
