@@ -44,13 +44,12 @@ import random
 import secrets
 import socket
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Annotated, Any
 
 import aiomqtt
-import paho.mqtt.client as paho_mqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.clock import Clock
@@ -64,6 +63,7 @@ from controller.lineio import (
     PhotoEyeEdge,
 )
 from drivers.backoff import Backoff
+from drivers.lineio.mqtt import cancel_and_wait, send_now
 from sim_hardware.line import PhysicalLine
 
 log = logging.getLogger(__name__)
@@ -517,34 +517,6 @@ class _SensorNode(_Node):
                              b'{"enc":%d}' % self.owner.line.encoder(), qos=0)
             next_at = max(next_at + period, clock.now())
             await clock.sleep_until(next_at)
-
-
-def send_now(client: aiomqtt.Client, topic: str, payload: bytes, *, qos: int) -> None:
-    """Hand a message to paho now, without awaiting its PUBACK through aiomqtt (a task
-    switch per message, and a cancellation Python 3.11's ``wait_for`` may swallow), as a
-    node's firmware would just send it. aiomqtt 2.x keeps its paho client in ``_client``."""
-    info = client._client.publish(topic, payload, qos, False)
-    if info.rc != paho_mqtt.MQTT_ERR_SUCCESS:
-        raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], within_s: float = 5.0) -> bool:
-    """Cancel ``tasks`` and wait until they end, cancelling again any that swallowed it.
-
-    ``asyncio.wait_for`` in Python 3.11 can swallow a cancellation that races with its
-    result, and aiomqtt awaits every publish through it: a loop of publishes then carries
-    on. False if some task was still running after ``within_s``.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.05)
-        if pending and loop.time() > deadline:
-            return False
-    return True
 
 
 def _readable_corr(payload: bytes) -> int | None:

@@ -60,7 +60,7 @@ def test_a_clean_serial_link_sorts_every_parcel_into_its_bin(
 
 def test_one_percent_garbled_bytes_and_lost_acks_lose_nothing(
         example_config: LineConfig, tmp_path: Path) -> None:
-    faults = WireFaults(garble=0.01, drop=0.002, drop_acks=0.05, ack_delay_s=0.01, seed=3)
+    faults = WireFaults(garble=0.01, drop=0.002, drop_acks=0.3, ack_delay_s=0.01, seed=3)
     summary, records, result = shift(example_config, tmp_path,
                                      options=LinkOptions(wire_faults=faults))
     assert_nothing_lost_nothing_wrong(summary, records, result)

@@ -28,6 +28,7 @@ from drivers.lineio.wire import (
     direction,
     encode_frame,
     encode_payload,
+    frame_with_payload,
     is_sequenced,
 )
 
@@ -123,11 +124,12 @@ class LinkSession:
         self.queue_limit = queue_limit
         self.synced = False
         self.failed: str | None = None
+        self.ack_owed = False  # a deferred ACK is due (receive(defer_ack=True))
         self.stats = LinkStats()
         self._reader = FrameReader()
         self._next_seq = initial_seq
         self._unacked: deque[_Sent] = deque()
-        self._queue: deque[Message] = deque()
+        self._queue: deque[tuple[Message, bytes]] = deque()  # with its encoded payload
         self._timer_start = 0.0
         self._head_resends = 0
         self._expect: int | None = None
@@ -172,8 +174,7 @@ class LinkSession:
         if not is_sequenced(message):
             self.stats.frames_out += 1
             return encode_frame(0, message)
-        encode_payload(message)
-        self._queue.append(message)
+        self._queue.append((message, encode_payload(message)))  # a bad field raises here
         while len(self._queue) > self.queue_limit:
             self._queue.popleft()
             self.stats.dropped += 1
@@ -193,8 +194,12 @@ class LinkSession:
         self.failed = None
         return frame + self._resync(now)
 
-    def receive(self, data: bytes, now: float) -> Received:
-        """Take bytes from the port; ACKs are coalesced into one per call."""
+    def receive(self, data: bytes, now: float, *, defer_ack: bool = False) -> Received:
+        """Take bytes from the port; ACKs are coalesced into one per call.
+
+        With ``defer_ack`` the ACK is not in ``out``: :attr:`ack_owed` says one is due and
+        :meth:`take_ack` makes it, so a caller can coalesce the ACKs of several calls.
+        """
         messages: list[Message] = []
         errors: list[ProtocolError] = []
         out = bytearray()
@@ -227,9 +232,19 @@ class LinkSession:
             out += self._on_link_message(message, now)
             messages.append(message)
         if sequenced_arrived and self._expect is not None:
-            out += self._frame(Ack(seq_before(self._expect)))
+            if defer_ack:
+                self.ack_owed = True
+            else:
+                out += self._frame(Ack(seq_before(self._expect)))
         out += self._flush(now)
         return Received(messages, bytes(out), errors)
+
+    def take_ack(self) -> bytes:
+        """The one cumulative ACK owed for deferred receives, or b"" if none is owed."""
+        if not self.ack_owed or self._expect is None:
+            return b""
+        self.ack_owed = False
+        return self._frame(Ack(seq_before(self._expect)))
 
     def poll(self, now: float) -> bytes:
         """Whatever is due by ``now``: HELLO retries and go-back-N resends on ACK timeout."""
@@ -394,7 +409,7 @@ class LinkSession:
         out = bytearray()
         while self._queue and len(self._unacked) < self.window:
             seq = self._next_seq
-            frame = encode_frame(seq, self._queue.popleft())
+            frame = frame_with_payload(seq, *self._queue.popleft())
             self._next_seq = seq_after(seq)
             if not self._unacked:
                 self._timer_start = now

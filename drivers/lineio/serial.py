@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 DEVICE = "io-board"
 SYNC_TIMEOUT_S = 1.0
 SILENT_HEARTBEATS = 3  # board heartbeats missed before the link counts as lost
+ACK_DELAY_S = 0.002  # well inside the board's ACK timeout (docs/serial-protocol.md, §4)
 
 
 @dataclass
@@ -63,6 +64,11 @@ class SerialStats:
     restored: int = 0  # diverts sent again after a resync, the board having dropped them
     fired: int = 0
     last_error: str | None = None
+
+
+def _expire(future: asyncio.Future[wire.DivertAnswer]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class _PortProtocol(asyncio.Protocol):
@@ -106,6 +112,7 @@ class SerialLineIO:
         self._boot_id: int | None = None
         self._last_rx = 0.0
         self._sleeping_until = 0.0
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- lifetime --------------------------------------------------------------------------
@@ -171,14 +178,15 @@ class SerialLineIO:
             raise DriverUnavailable(DEVICE, f"diverter {command.diverter_id} is not on this board")
         if self._state is not LinkState.UP:
             raise DriverUnavailable(DEVICE, f"link {self._state}")
-        future: asyncio.Future[wire.DivertAnswer] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[wire.DivertAnswer] = loop.create_future()
         self._pending[command.command_id] = future
         self.stats.commands += 1
         self._send(wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
                                command.fire_enc, round(command.pulse_ms)))
+        timer = loop.call_later(self.config.reply_timeout_ms / 1000, _expire, future)
         try:
-            async with asyncio.timeout(self.config.reply_timeout_ms / 1000):
-                answer = await future
+            answer = await future
         except TimeoutError:
             # The board may hold it: take it back, in order behind the divert itself.
             self.stats.timeouts += 1
@@ -186,13 +194,11 @@ class SerialLineIO:
             raise DriverTimeout(DEVICE, f"no answer to divert {command.command_id} within "
                                         f"{self.config.reply_timeout_ms:g} ms") from None
         finally:
+            timer.cancel()
             self._pending.pop(command.command_id, None)
         self.stats.answers += 1
         if answer.accepted:
             self._scheduled[command.command_id] = command
-            now_enc = self._enc_received
-            for done in [c for c, cmd in self._scheduled.items() if cmd.fire_enc < now_enc]:
-                del self._scheduled[done]
         return DivertReply(command.command_id, answer.accepted, answer.reason.text)
 
     async def cancel(self, command_id: int) -> None:
@@ -254,6 +260,7 @@ class SerialLineIO:
                 self._send(wire.Heartbeat(round(now * 1000) & 0xFFFFFFFF, wire.Mode.RUN))
                 next_heartbeat = now + heartbeat_s
             self._write(self._session.poll(now))
+            self._forget_fired()
             # Waking at least once per ACK timeout means a message sent meanwhile (its resend
             # due an ACK timeout after it) never needs to wake this task itself.
             deadline = min(next_heartbeat, self._last_rx + silent_s,
@@ -286,12 +293,31 @@ class SerialLineIO:
                 transport.abort()
 
     def _write(self, data: bytes) -> None:
-        if data and self._transport is not None and not self._transport.is_closing():
+        if not data:
+            return
+        if self._session.ack_owed:
+            data = self._session.take_ack() + data  # goes out with whatever is written
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
+    def _write_ack(self) -> None:
+        ack = self._session.take_ack()
+        if ack and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(ack)
+
+    def _owe_ack(self) -> None:
+        """Send the owed ACK within ACK_DELAY_S, or sooner with anything else written.
+
+        Coalescing ACKs costs the board one frame for a burst of answers instead of one per
+        answer, and keeps the ACK off the path of the caller an answer wakes.
+        """
+        if self._ack_timer is None or self._ack_timer.when() < self.clock.now():
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                ACK_DELAY_S, self._write_ack)
+
     def _send(self, message: wire.Message) -> None:
+        # No wake-up needed: the port's task wakes at least once per ACK timeout anyway.
         self._write(self._session.send(message, self.clock.now()))
-        self._wake_if_sooner()
 
     def _wake_if_sooner(self) -> None:
         """Wake the port's task only if the link now has work before it planned to wake."""
@@ -307,15 +333,15 @@ class SerialLineIO:
 
     def _data(self, data: bytes) -> None:
         now = self.clock.now()
-        received = self._session.receive(data, now)
+        received = self._session.receive(data, now, defer_ack=True)
         self.stats.bad_frames += len(received.errors)
         if received.messages:
             self._last_rx = now
         for message in received.messages:
             self._dispatch(message)
-        if received.out:
-            # After the callers woken by these messages: an ACK is not on their clock.
-            asyncio.get_running_loop().call_soon(self._write, received.out)
+        self._write(received.out)  # NAKs and resends; the ACK waits a little
+        if self._session.ack_owed:
+            self._owe_ack()
         self._wake_if_sooner()
 
     def _dispatch(self, message: wire.Message) -> None:
@@ -344,6 +370,11 @@ class SerialLineIO:
                     self._write(self._session.connect(self.clock.now()))
             case wire.HelloReply(boot_id=boot_id, enc=enc, scheduled=scheduled):
                 self._synced_with(boot_id, enc, scheduled)
+
+    def _forget_fired(self) -> None:
+        enc = self._enc_received
+        for command_id in [c for c, cmd in self._scheduled.items() if cmd.fire_enc < enc]:
+            del self._scheduled[command_id]
 
     def _restore_schedule(self, enc: int, held: int) -> None:
         """Send again the diverts the board dropped while the link was out and still due.

@@ -309,7 +309,12 @@ def encode_frame(seq: int, message: Message) -> bytes:
         raise ValueError(f"seq {seq} of a sequenced {type(message).__name__} not in 1..65535")
     if not spec.sequenced and seq != 0:
         raise ValueError(f"an unsequenced {type(message).__name__} carries seq 0, not {seq}")
-    body = _HEADER.pack(PROTOCOL_VERSION, spec.code, seq) + encode_payload(message)
+    return frame_with_payload(seq, message, encode_payload(message))
+
+
+def frame_with_payload(seq: int, message: Message, payload: bytes) -> bytes:
+    """:func:`encode_frame` for a payload already encoded by :func:`encode_payload`."""
+    body = _HEADER.pack(PROTOCOL_VERSION, SPECS[type(message)].code, seq) + payload
     if len(body) > MAX_BODY:
         raise ValueError(f"{type(message).__name__} body of {len(body)} bytes > {MAX_BODY}")
     return cobs_encode(body + crc16(body).to_bytes(2, "big")) + b"\x00"
@@ -369,6 +374,30 @@ def _decode_field(cursor: _Cursor, kind: Kind) -> object:
         raise MessageError(f"{raw} is not a {enum.__name__}", cursor.seq) from None
 
 
+def _check_bool(value: int, seq: int) -> bool:
+    if value > 1:
+        raise MessageError(f"boolean byte {value}", seq)
+    return value == 1
+
+
+def _check_enum(enum: type[IntEnum]) -> Callable[[int, int], IntEnum]:
+    def check(value: int, seq: int) -> IntEnum:
+        try:
+            return enum(value)
+        except ValueError:
+            raise MessageError(f"{value} is not a {enum.__name__}", seq) from None
+    return check
+
+
+_CHECKS: dict[str, Callable[[int, int], object]] = {
+    "bool": _check_bool, **{kind: _check_enum(enum) for kind, enum in _ENUMS.items()}}
+_FIXED_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "bool": "B", "mode": "B",
+                "reason": "B", "nak": "B"}
+_FIXED: dict[type[Message], struct.Struct] = {
+    cls: struct.Struct(">" + "".join(_FIXED_CODES[kind] for kind in spec.kinds))
+    for cls, spec in SPECS.items() if all(kind in _FIXED_CODES for kind in spec.kinds)}
+
+
 def decode_body(body: bytes) -> Packet:
     """A packet from a body whose CRC has already been checked."""
     if len(body) < HEADER_SIZE:
@@ -384,6 +413,18 @@ def decode_body(body: bytes) -> Packet:
         raise MessageError(f"sequenced {cls.__name__} with seq 0", seq)
     if not spec.sequenced and seq != 0:
         raise MessageError(f"unsequenced {cls.__name__} with seq {seq}", seq)
+    fixed = _FIXED.get(cls)
+    if fixed is not None:
+        # All-integer layouts: one struct call, then the few checks the generic path makes.
+        extra = len(body) - HEADER_SIZE - fixed.size
+        if extra < 0:
+            raise MessageError("payload too short", seq)
+        if extra > 0:
+            raise MessageError(f"{extra} bytes after a {cls.__name__}", seq)
+        raw = fixed.unpack_from(body, HEADER_SIZE)
+        make_fixed: Callable[..., Message] = cls
+        return Packet(seq, make_fixed(*[_CHECKS[kind](value, seq) if kind in _CHECKS else value
+                                        for kind, value in zip(spec.kinds, raw, strict=True)]))
     cursor = _Cursor(body[HEADER_SIZE:], seq)
     values = [_decode_field(cursor, kind) for kind in spec.kinds]
     if cursor.at != len(cursor.data):
