@@ -319,12 +319,6 @@ class SerialLineIO:
         # No wake-up needed: the port's task wakes at least once per ACK timeout anyway.
         self._write(self._session.send(message, self.clock.now()))
 
-    def _wake_if_sooner(self) -> None:
-        """Wake the port's task only if the link now has work before it planned to wake."""
-        deadline = self._session.next_deadline()
-        if self._session.failed or (deadline is not None and deadline < self._sleeping_until):
-            self._wake.set()
-
     def _lost(self, exc: Exception | None) -> None:
         self._transport = None
         self.stats.last_error = str(exc) if exc else "port closed"
@@ -342,22 +336,23 @@ class SerialLineIO:
         self._write(received.out)  # NAKs and resends; the ACK waits a little
         if self._session.ack_owed:
             self._owe_ack()
-        self._wake_if_sooner()
+        if self._session.failed:
+            self._wake.set()
 
     def _dispatch(self, message: wire.Message) -> None:
-        match message:
+        match message:  # the most frequent first
             case wire.Encoder(enc=enc):
                 self._enc(enc)
+            case wire.DivertAnswer(command_id=command_id):
+                future = self._pending.get(command_id)
+                if future is not None and not future.done():
+                    future.set_result(message)
             case wire.EyeEdge(eye=eye, blocked=blocked, enc=enc):
                 self._event(PhotoEyeEdge(eye, blocked, enc))
             case wire.BinEntered(bin_id=bin_id, enc=enc):
                 self._event(BinEntry(bin_id, enc))
             case wire.BinLevelChanged(bin_id=bin_id, full=full):
                 self._event(BinLevel(bin_id, full))
-            case wire.DivertAnswer(command_id=command_id):
-                future = self._pending.get(command_id)
-                if future is not None and not future.done():
-                    future.set_result(message)
             case wire.Fired():
                 self.stats.fired += 1
             case wire.Fault(device=device, text=text):

@@ -294,6 +294,21 @@ def _encode_field(name: str, kind: Kind, value: object) -> bytes:
 
 
 def encode_payload(message: Message) -> bytes:
+    fixed = _FIXED.get(type(message))
+    if fixed is not None:
+        # All-integer layouts: the same checks as the generic path, then one struct call.
+        values = [getattr(message, name) for name, _ in _LAYOUTS[type(message)]]
+        for (name, kind), value in zip(_LAYOUTS[type(message)], values, strict=True):
+            if kind in _INTS:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            else:
+                _encode_field(name, kind, value)
+        try:
+            return fixed.pack(*values)
+        except struct.error:
+            raise ValueError(f"a field of {type(message).__name__} is out of range: "
+                             f"{values}") from None
     return b"".join([_encode_field(name, kind, getattr(message, name))
                      for name, kind in _LAYOUTS[type(message)]])
 
@@ -521,6 +536,12 @@ class FrameReader:
     def feed(self, data: bytes) -> list[Packet | ProtocolError]:
         """Never raises: damaged frames come back as ProtocolError values, in stream order."""
         out: list[Packet | ProtocolError] = []
+        if not self._buffer and not self._discarding and data.endswith(b"\x00"):
+            # The usual read: whole frames only.
+            for frame in data[:-1].split(b"\x00"):
+                if frame:
+                    self._decode_into(frame, out)
+            return out
         start = 0
         while True:
             end = data.find(0, start)
@@ -550,6 +571,14 @@ class FrameReader:
             return
         frame = bytes(self._buffer)
         self._buffer.clear()
+        self._decode_into(frame, out)
+
+    def _decode_into(self, frame: bytes, out: list[Packet | ProtocolError]) -> None:
+        if len(frame) > MAX_FRAME:
+            self.stats.errors += 1
+            self.stats.bytes_discarded += len(frame)
+            out.append(FrameError(f"more than {MAX_FRAME} bytes without a delimiter"))
+            return
         try:
             packet = decode_frame(frame)
         except ProtocolError as exc:
