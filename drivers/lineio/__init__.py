@@ -60,7 +60,9 @@ class LineLinks:
         self._sensors = self.links[sensors]
         self._diverters = {d: self.links[name] for d, name in diverters.items()}
         self._stack = contextlib.AsyncExitStack()
-        self._merged: asyncio.Queue[LineEvent] = asyncio.Queue()
+        # Each event with the sensors' encoder count when it was taken from its link.
+        self._merged: asyncio.Queue[tuple[LineEvent, int]] = asyncio.Queue()
+        self._enc_delivered = 0
         self._pumps: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> LineLinks:
@@ -80,7 +82,7 @@ class LineLinks:
 
     async def _pump(self, link: LineLink) -> None:
         async for event in link.events():
-            self._merged.put_nowait(event)
+            self._merged.put_nowait((event, self._sensors.encoder()))
 
     def states(self) -> dict[str, LinkState]:
         return {name: link.state for name, link in self.links.items()}
@@ -91,6 +93,9 @@ class LineLinks:
                 tg.create_task(link.wait_up(within_s))
 
     def encoder(self) -> int:
+        """The sensors' count, never ahead of events the controller has not taken yet."""
+        if self._pumps and not self._merged.empty():
+            return self._enc_delivered
         return self._sensors.encoder()
 
     async def events(self) -> AsyncIterator[LineEvent]:
@@ -99,7 +104,8 @@ class LineLinks:
                 yield event
             return
         while True:
-            yield await self._merged.get()
+            event, self._enc_delivered = await self._merged.get()
+            yield event
 
     async def divert(self, command: DivertCommand) -> DivertReply:
         link = self._diverters.get(command.diverter_id)

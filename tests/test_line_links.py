@@ -1,0 +1,71 @@
+"""Two links joined into one LineIO: events from both, diverts by diverter, and an encoder
+that never runs ahead of the events the controller has not taken yet."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import pytest
+
+from controller.errors import DriverUnavailable
+from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState, PhotoEyeEdge
+from drivers.lineio import LineLinks
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.state = LinkState.UP
+        self.enc = 0
+        self.queue: asyncio.Queue[LineEvent] = asyncio.Queue()
+        self.sent: list[DivertCommand] = []
+
+    def encoder(self) -> int:
+        return self.enc
+
+    async def events(self) -> AsyncIterator[LineEvent]:
+        while True:
+            yield await self.queue.get()
+
+    async def divert(self, command: DivertCommand) -> DivertReply:
+        self.sent.append(command)
+        return DivertReply(command.command_id, True)
+
+    async def wait_up(self, within_s: float) -> None:
+        return None
+
+    async def __aenter__(self) -> FakeLink:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+
+def test_joined_links_route_diverts_and_hold_the_encoder_behind_pending_events() -> None:
+    async def main() -> None:
+        board, nodes = FakeLink(), FakeLink()
+        links = LineLinks({"serial": board, "mqtt": nodes}, "serial",
+                          {"D1": "serial", "D2": "mqtt"})
+        async with links:
+            board.enc = 100
+            board.queue.put_nowait(PhotoEyeEdge("induct", True, 100))
+            await asyncio.sleep(0)  # the pump takes it
+            await asyncio.sleep(0)
+            board.enc = 900  # the belt moved on; the edge is not taken by the controller yet
+            assert links.encoder() == 0
+            events = links.events()
+            assert await anext(events) == PhotoEyeEdge("induct", True, 100)
+            assert links.encoder() == 900
+            nodes.queue.put_nowait(PhotoEyeEdge("end", True, 950))
+            assert await anext(events) == PhotoEyeEdge("end", True, 950)
+            await links.divert(DivertCommand(1, 1, "D1", 5000, 100.0))
+            await links.divert(DivertCommand(2, 2, "D2", 6000, 100.0))
+            assert [c.command_id for c in board.sent] == [1]
+            assert [c.command_id for c in nodes.sent] == [2]
+            with pytest.raises(DriverUnavailable):
+                await links.divert(DivertCommand(3, 3, "D9", 7000, 100.0))
+            await events.aclose()
+
+    asyncio.run(main())
