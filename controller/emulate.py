@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import tomllib
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from controller.clock import Clock
 from controller.config import LineConfig
 from controller.errors import DriverTimeout
 from controller.journal import read_records
-from controller.simulate import ShiftResult, fresh_books
+from controller.simulate import ShiftResult, fresh_books, line_outcome
 from controller.sorter import SorterStats
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,8 @@ async def emulate(config: LineConfig, scenario: Any, options: EmulateOptions, cl
         journal = await _controller_outcome(config, len(parcels), clock, options.drain_s)
     return ShiftResult(
         config=config, truth=parcels, journal=journal, stats=SorterStats(),
-        line_counters=vars(line.counters).copy(),
-        bins={b.bin_id: {"fill": b.fill, "received": len(b.parcels),
-                         "overfilled": b.overfilled} for b in line.bins.values()},
-        line_time_s=line_time, fires=list(line.fires),
-        extra={"board": vars(board.stats).copy()})
+        line_time_s=line_time, extra={"board": dataclasses.asdict(board.stats)},
+        **line_outcome(line))
 
 
 async def _unplug_at(board: Any, clock: Clock, started: float, at: float, length: float) -> None:

@@ -143,19 +143,15 @@ async def run_shift(
         if on_final is not None:
             sorter.listeners.append(on_final)
         if line_link != "inprocess":
-            await line_io.wait_up(10.0)  # type: ignore[attr-defined]
-            line.start_belt()
+            line.start_belt()  # the links are up: the shift starts now
         started = clock.now()
         records = await _run_to_end(sorter, rig, clock, during)
         return ShiftResult(
             config=config, truth=parcels, journal=records, stats=sorter.stats,
-            line_counters=vars(line.counters).copy(),
-            bins={b.bin_id: {"fill": b.fill, "received": len(b.parcels),
-                             "overfilled": b.overfilled} for b in line.bins.values()},
             line_time_s=clock.now() - started,
             frames_dropped=sum(c.dropped for c in cameras),
-            fires=list(line.fires),
             extra=_link_figures(rig),
+            **line_outcome(line),
         )
 
 
@@ -258,7 +254,18 @@ async def wire_up(config: LineConfig, rig: Rig, stack: contextlib.AsyncExitStack
         serial=serial_config, mqtt=mqtt_config)})
     line_io = open_line_io(config, clock)
     await stack.enter_async_context(line_io)
+    await line_io.wait_up(10.0)
     return config, line_io
+
+
+def line_outcome(line: Any) -> dict[str, Any]:
+    """What the emulated line did, as ShiftResult fields: counters, bins and every fire."""
+    return {
+        "line_counters": dataclasses.asdict(line.counters),
+        "bins": {b.bin_id: {"fill": b.fill, "received": len(b.parcels),
+                            "overfilled": b.overfilled} for b in line.bins.values()},
+        "fires": list(line.fires),
+    }
 
 
 def _link_figures(rig: Rig) -> dict[str, Any]:

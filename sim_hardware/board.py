@@ -258,7 +258,10 @@ class IoBoard:
     # --- the protocol ----------------------------------------------------------------------
 
     def _send(self, message: wire.Message) -> None:
-        data = self._session.send(message, self.clock.now())
+        self._out(self._session.send(message, self.clock.now()))
+
+    def _out(self, data: bytes) -> None:
+        """Into the reply being gathered for received bytes, or onto the wire now."""
         if self._batch is not None:
             self._batch += data
         else:
@@ -288,13 +291,9 @@ class IoBoard:
                     self.line.cancel_diverts(self._served)
                 self.mode = wire.Mode.RUN
                 self.controller_seen.set()
-                reply = self._session.reply_hello(
+                self._out(self._session.reply_hello(
                     self.mode, self.line.encoder(), self.line.scheduled_diverts(self._served),
-                    self.clock.now())
-                if self._batch is not None:
-                    self._batch += reply
-                else:
-                    self._transmit(reply)
+                    self.clock.now()))
             case wire.Divert():
                 self._divert(message)
             case wire.Cancel(command_id=command_id):

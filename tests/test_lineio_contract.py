@@ -50,7 +50,6 @@ def _run(config: LineConfig, backend: LineLink, tmp_path: Path, *,
                 _, line_io = await wire_up(config, rig, stack, workdir=tmp_path, clock=clock,
                                            line_link=backend,
                                            options=LinkOptions(broker=broker))
-                await line_io.wait_up(10.0)  # type: ignore[attr-defined]
             rig.line_io = line_io
             line.start_belt()
             running = asyncio.create_task(line.run())

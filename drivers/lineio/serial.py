@@ -260,7 +260,7 @@ class SerialLineIO:
                 self._send(wire.Heartbeat(round(now * 1000) & 0xFFFFFFFF, wire.Mode.RUN))
                 next_heartbeat = now + heartbeat_s
             self._write(self._session.poll(now))
-            self._forget_fired()
+            self._forget_fired(self._enc_received)
             # Waking at least once per ACK timeout means a message sent meanwhile (its resend
             # due an ACK timeout after it) never needs to wake this task itself.
             deadline = min(next_heartbeat, self._last_rx + silent_s,
@@ -366,9 +366,9 @@ class SerialLineIO:
             case wire.HelloReply(boot_id=boot_id, enc=enc, scheduled=scheduled):
                 self._synced_with(boot_id, enc, scheduled)
 
-    def _forget_fired(self) -> None:
-        enc = self._enc_received
-        for command_id in [c for c, cmd in self._scheduled.items() if cmd.fire_enc < enc]:
+    def _forget_fired(self, enc: int) -> None:
+        """Forget the diverts due by ``enc``: the board has carried them out (or never will)."""
+        for command_id in [c for c, cmd in self._scheduled.items() if cmd.fire_enc <= enc]:
             del self._scheduled[command_id]
 
     def _restore_schedule(self, enc: int, held: int) -> None:
@@ -377,8 +377,7 @@ class SerialLineIO:
         The board keeps a held command as it is (same command id), and refuses one it can
         no longer carry out in time; nothing else changes for the controller.
         """
-        for command_id in [c for c, cmd in self._scheduled.items() if cmd.fire_enc <= enc]:
-            del self._scheduled[command_id]
+        self._forget_fired(enc)
         if len(self._scheduled) <= held:
             return
         self.stats.restored += len(self._scheduled)
