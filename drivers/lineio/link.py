@@ -16,6 +16,7 @@ from typing import Literal
 from controller.errors import ProtocolError
 from drivers.lineio.wire import (
     SEQ_MAX,
+    SPECS,
     Ack,
     FrameReader,
     Hello,
@@ -25,14 +26,13 @@ from drivers.lineio.wire import (
     Mode,
     Nak,
     NakReason,
-    direction,
     encode_frame,
     encode_payload,
     frame_with_payload,
-    is_sequenced,
 )
 
 Role = Literal["controller", "board"]
+_SESSION_OWN = frozenset({Hello, HelloReply, Ack, Nak})
 HALF_RANGE = SEQ_MAX // 2
 """A sequence number up to this far ahead of the expected one is a gap; further is old."""
 
@@ -110,6 +110,7 @@ class LinkSession:
         if not 1 <= initial_seq <= SEQ_MAX:
             raise ValueError(f"initial_seq {initial_seq} not in 1..{SEQ_MAX}")
         self.role: Role = role
+        self._sends = "down" if role == "controller" else "up"
         self.boot_id: int | None = boot_id
         """The board's boot id: the board's own, or the one the controller last heard."""
         self.session: int | None = session
@@ -167,11 +168,12 @@ class LinkSession:
         reply, ACK and NAK are the session's own, and a message of the peer's direction is
         a mistake: both raise :class:`TypeError`.
         """
-        if isinstance(message, Hello | HelloReply | Ack | Nak):
+        if type(message) in _SESSION_OWN:
             raise TypeError(f"{type(message).__name__} is sent by the session itself")
-        if direction(message) == ("up" if self.role == "controller" else "down"):
+        spec = SPECS[type(message)]
+        if spec.direction not in (self._sends, "both"):
             raise TypeError(f"the {self.role} does not send {type(message).__name__}")
-        if not is_sequenced(message):
+        if not spec.sequenced:
             self.stats.frames_out += 1
             return encode_frame(0, message)
         self._queue.append((message, encode_payload(message)))  # a bad field raises here
@@ -215,15 +217,16 @@ class LinkSession:
                 continue
             self.stats.frames_in += 1
             message = item.message
-            if direction(message) == ("down" if self.role == "controller" else "up"):
+            spec = SPECS[type(message)]
+            if spec.direction == self._sends:
                 errors.append(ProtocolError(
                     f"the {self.role} got a {type(message).__name__}, which it sends itself"))
                 continue
             if self.role == "board" and self.session is None and not isinstance(message, Hello):
                 out += self._nak(0, NakReason.NO_SESSION, now)
-                if is_sequenced(message):
+                if spec.sequenced:
                     continue
-            if is_sequenced(message):
+            if spec.sequenced:
                 if self._receiving:
                     sequenced_arrived = True
                     if self._accept(item.seq, now, out):

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -66,11 +68,6 @@ class SerialStats:
     last_error: str | None = None
 
 
-def _expire(future: asyncio.Future[wire.DivertAnswer]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
-
-
 class _PortProtocol(asyncio.Protocol):
     def __init__(self, owner: SerialLineIO) -> None:
         self._owner = owner
@@ -109,10 +106,15 @@ class SerialLineIO:
         self._pending: dict[int, asyncio.Future[wire.DivertAnswer]] = {}
         # Accepted diverts not yet due: what the board should hold, to restore after a resync.
         self._scheduled: dict[int, DivertCommand] = {}
+        self._due: list[tuple[int, int]] = []  # (fire_enc, command_id): a heap over _scheduled
         self._boot_id: int | None = None
         self._last_rx = 0.0
         self._sleeping_until = 0.0
         self._ack_timer: asyncio.TimerHandle | None = None
+        # Reply deadlines in the order the diverts went out (the timeout is the same for all),
+        # watched by one timer for the oldest rather than one timer per divert.
+        self._deadlines: deque[tuple[float, asyncio.Future[wire.DivertAnswer]]] = deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- lifetime --------------------------------------------------------------------------
@@ -133,6 +135,9 @@ class SerialLineIO:
                 await self._task
             self._task = None
         self._drop_port()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(DriverUnavailable(DEVICE, "driver closed"))
@@ -184,7 +189,10 @@ class SerialLineIO:
         self.stats.commands += 1
         self._send(wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
                                command.fire_enc, round(command.pulse_ms)))
-        timer = loop.call_later(self.config.reply_timeout_ms / 1000, _expire, future)
+        deadline = loop.time() + self.config.reply_timeout_ms / 1000
+        self._deadlines.append((deadline, future))
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(deadline, self._expire_due)
         try:
             answer = await future
         except TimeoutError:
@@ -194,12 +202,27 @@ class SerialLineIO:
             raise DriverTimeout(DEVICE, f"no answer to divert {command.command_id} within "
                                         f"{self.config.reply_timeout_ms:g} ms") from None
         finally:
-            timer.cancel()
             self._pending.pop(command.command_id, None)
         self.stats.answers += 1
         if answer.accepted:
             self._scheduled[command.command_id] = command
+            heapq.heappush(self._due, (command.fire_enc, command.command_id))
         return DivertReply(command.command_id, answer.accepted, answer.reason.text)
+
+    def _expire_due(self) -> None:
+        """Time out the diverts whose answer is overdue; watch the next one still waiting."""
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        now = asyncio.get_running_loop().time()
+        while deadlines:
+            deadline, future = deadlines[0]
+            if not future.done():
+                if deadline > now:
+                    self._deadline_timer = asyncio.get_running_loop().call_at(
+                        deadline, self._expire_due)
+                    return
+                future.set_exception(TimeoutError())
+            deadlines.popleft()
 
     async def cancel(self, command_id: int) -> None:
         """Take back a scheduled divert (delivered reliably, in order)."""
@@ -347,6 +370,9 @@ class SerialLineIO:
                 future = self._pending.get(command_id)
                 if future is not None and not future.done():
                     future.set_result(message)
+                deadlines = self._deadlines
+                while deadlines and deadlines[0][1].done():
+                    deadlines.popleft()
             case wire.EyeEdge(eye=eye, blocked=blocked, enc=enc):
                 self._event(PhotoEyeEdge(eye, blocked, enc))
             case wire.BinEntered(bin_id=bin_id, enc=enc):
@@ -368,8 +394,9 @@ class SerialLineIO:
 
     def _forget_fired(self, enc: int) -> None:
         """Forget the diverts due by ``enc``: the board has carried them out (or never will)."""
-        for command_id in [c for c, cmd in self._scheduled.items() if cmd.fire_enc <= enc]:
-            del self._scheduled[command_id]
+        due = self._due
+        while due and due[0][0] <= enc:
+            self._scheduled.pop(heapq.heappop(due)[1], None)  # a cancelled one is gone already
 
     def _restore_schedule(self, enc: int, held: int) -> None:
         """Send again the diverts the board dropped while the link was out and still due.

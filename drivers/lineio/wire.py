@@ -13,6 +13,7 @@ encoding: :class:`ValueError` for a value out of range, :class:`TypeError` for a
 from __future__ import annotations
 
 import binascii
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -231,15 +232,6 @@ SPECS: dict[type[Message], MessageSpec] = {
     Cancel: MessageSpec(0x22, True, "down", ("u32",)),
     SetMode: MessageSpec(0x23, True, "down", ("mode",)),
 }
-_BY_CODE: dict[int, type[Message]] = {spec.code: cls for cls, spec in SPECS.items()}
-_LAYOUTS: dict[type[Message], tuple[tuple[str, Kind], ...]] = {
-    cls: tuple(zip((f.name for f in fields(cls)), spec.kinds, strict=True))
-    for cls, spec in SPECS.items()}
-
-_INTS: dict[str, struct.Struct] = {
-    "u8": struct.Struct(">B"), "u16": struct.Struct(">H"),
-    "u32": struct.Struct(">I"), "u64": struct.Struct(">Q")}
-_ENUMS: dict[str, type[IntEnum]] = {"mode": Mode, "reason": Reason, "nak": NakReason}
 _HEADER = struct.Struct(">BBH")
 
 
@@ -257,7 +249,17 @@ class Packet:
     message: Message
 
 
-# --- encoding ------------------------------------------------------------------------------
+# --- encoding and decoding -----------------------------------------------------------------
+
+_INTS: dict[str, struct.Struct] = {
+    "u8": struct.Struct(">B"), "u16": struct.Struct(">H"),
+    "u32": struct.Struct(">I"), "u64": struct.Struct(">Q")}
+_ENUMS: dict[str, type[IntEnum]] = {"mode": Mode, "reason": Reason, "nak": NakReason}
+_FIXED_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "bool": "B", "mode": "B",
+                "reason": "B", "nak": "B"}
+_BYTES = [bytes((value,)) for value in range(256)]
+_STRINGS: dict[str, tuple[int, int]] = {"id": (1, MAX_ID), "text": (0, MAX_TEXT)}
+
 
 def _encode_string(name: str, value: object, lowest: int, highest: int) -> bytes:
     if not isinstance(value, str):
@@ -282,10 +284,8 @@ def _encode_field(name: str, kind: Kind, value: object) -> bytes:
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
         return b"\x01" if value else b"\x00"
-    if kind == "id":
-        return _encode_string(name, value, 1, MAX_ID)
-    if kind == "text":
-        return _encode_string(name, value, 0, MAX_TEXT)
+    if kind in _STRINGS:
+        return _encode_string(name, value, *_STRINGS[kind])
     enum = _ENUMS[kind]
     if not isinstance(value, int) or isinstance(value, bool) \
             or value not in enum._value2member_map_:
@@ -293,24 +293,167 @@ def _encode_field(name: str, kind: Kind, value: object) -> bytes:
     return bytes([value])
 
 
-def encode_payload(message: Message) -> bytes:
-    fixed = _FIXED.get(type(message))
-    if fixed is not None:
-        # All-integer layouts: the same checks as the generic path, then one struct call.
-        values = [getattr(message, name) for name, _ in _LAYOUTS[type(message)]]
-        for (name, kind), value in zip(_LAYOUTS[type(message)], values, strict=True):
-            if kind in _INTS:
-                if not isinstance(value, int) or isinstance(value, bool):
-                    raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-            else:
-                _encode_field(name, kind, value)
+def _check_bool(value: int, seq: int) -> bool:
+    if value > 1:
+        raise MessageError(f"boolean byte {value}", seq)
+    return value == 1
+
+
+def _check_enum(enum: type[IntEnum]) -> Callable[[int, int], IntEnum]:
+    members: dict[int, IntEnum] = dict(enum._value2member_map_)
+
+    def check(value: int, seq: int) -> IntEnum:
+        member = members.get(value)
+        if member is None:
+            raise MessageError(f"{value} is not a {enum.__name__}", seq)
+        return member
+    return check
+
+
+_CHECKS: dict[str, Callable[[int, int], object]] = {
+    "bool": _check_bool, **{kind: _check_enum(enum) for kind, enum in _ENUMS.items()}}
+_EXACT_TYPES: dict[str, type] = {"u8": int, "u16": int, "u32": int, "u64": int, "bool": bool,
+                                 **_ENUMS}
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Consecutive integer fields (booleans and enums included), packed by one struct."""
+
+    packer: struct.Struct
+    start: int
+    stop: int
+    checks: tuple[tuple[int, Callable[[int, int], object]], ...]
+    """Where in the run a decoded integer must be checked and converted, and how."""
+
+
+@dataclass(frozen=True, slots=True)
+class _String:
+    index: int
+    lowest: int
+    highest: int
+
+
+class _Codec:
+    """One message type's payload codec, built once from its layout.
+
+    Each run of integer fields is one struct call. Encoding a message whose values all have
+    their field's exact type takes the fast path; anything else goes field by field, which
+    is also what names a bad field in the error it raises.
+    """
+
+    def __init__(self, cls: type[Message], spec: MessageSpec) -> None:
+        self.cls = cls
+        self.name = cls.__name__
+        self.layout = tuple(zip((f.name for f in fields(cls)), spec.kinds, strict=True))
+        names = [name for name, _ in self.layout]
+        get_all = operator.attrgetter(*names)
+        self._get: Callable[[Message], tuple[object, ...]] = (
+            get_all if len(names) > 1 else lambda message: (get_all(message),))
+        parts: list[_Run | _String] = []
+        index = 0
+        kinds = spec.kinds
+        while index < len(kinds):
+            if kinds[index] in _STRINGS:
+                parts.append(_String(index, *_STRINGS[kinds[index]]))
+                index += 1
+                continue
+            stop = index
+            while stop < len(kinds) and kinds[stop] in _FIXED_CODES:
+                stop += 1
+            run = kinds[index:stop]
+            parts.append(_Run(
+                struct.Struct(">" + "".join(_FIXED_CODES[kind] for kind in run)), index, stop,
+                tuple((at, _CHECKS[kind]) for at, kind in enumerate(run) if kind in _CHECKS)))
+            index = stop
+        self.parts = tuple(parts)
+        self.types = tuple(str if kind in _STRINGS else _EXACT_TYPES[kind] for kind in kinds)
+        """The exact type of each value that may skip the field-by-field checks."""
+        only = parts[0] if len(parts) == 1 and isinstance(parts[0], _Run) else None
+        self.fixed: _Run | None = only
+
+    def encode(self, message: Message) -> bytes:
+        values = self._get(message)
+        if tuple(map(type, values)) != self.types:
+            return self._encode_checked(message)
         try:
-            return fixed.pack(*values)
+            if self.fixed is not None:
+                return self.fixed.packer.pack(*values)
+            out: list[bytes] = []
+            for part in self.parts:
+                if isinstance(part, _Run):
+                    out.append(part.packer.pack(*values[part.start:part.stop]))
+                    continue
+                text: str = values[part.index]  # type: ignore[assignment]
+                if not text.isascii() or not text.isprintable() \
+                        or not part.lowest <= len(text) <= part.highest:
+                    return self._encode_checked(message)
+                out.append(_BYTES[len(text)] + text.encode("ascii"))
+            return b"".join(out)
         except struct.error:
-            raise ValueError(f"a field of {type(message).__name__} is out of range: "
-                             f"{values}") from None
-    return b"".join([_encode_field(name, kind, getattr(message, name))
-                     for name, kind in _LAYOUTS[type(message)]])
+            return self._encode_checked(message)
+
+    def _encode_checked(self, message: Message) -> bytes:
+        """Field by field: raises naming the first bad field, or encodes as :meth:`encode`."""
+        return b"".join([_encode_field(name, kind, getattr(message, name))
+                         for name, kind in self.layout])
+
+    def decode(self, body: bytes, seq: int) -> Message:
+        """The message from ``body[HEADER_SIZE:]``, all of which it must use."""
+        fixed = self.fixed
+        make: Callable[..., Message] = self.cls
+        if fixed is not None:
+            extra = len(body) - HEADER_SIZE - fixed.packer.size
+            if extra < 0:
+                raise MessageError("payload too short", seq)
+            if extra > 0:
+                raise MessageError(f"{extra} bytes after a {self.name}", seq)
+            raw = fixed.packer.unpack_from(body, HEADER_SIZE)
+            if not fixed.checks:
+                return make(*raw)
+            values = list(raw)
+            for at, check in fixed.checks:
+                values[at] = check(values[at], seq)
+            return make(*values)
+        decoded: list[object] = []
+        at = HEADER_SIZE
+        end = len(body)
+        for part in self.parts:
+            if isinstance(part, _Run):
+                if at + part.packer.size > end:
+                    raise MessageError("payload too short", seq)
+                run: list[object] = list(part.packer.unpack_from(body, at))
+                at += part.packer.size
+                for index, check in part.checks:
+                    run[index] = check(run[index], seq)  # type: ignore[arg-type]
+                decoded += run
+                continue
+            if at >= end:
+                raise MessageError("payload too short", seq)
+            size = body[at]
+            if not part.lowest <= size <= part.highest:
+                raise MessageError(f"string of {size} bytes, want {part.lowest}..{part.highest}",
+                                   seq)
+            raw_text = body[at + 1:at + 1 + size]
+            if len(raw_text) < size:
+                raise MessageError("payload too short", seq)
+            text = raw_text.decode("ascii") if raw_text.isascii() else ""
+            if len(text) != size or not text.isprintable():
+                raise MessageError(f"string {raw_text!r} is not printable ASCII", seq)
+            decoded.append(text)
+            at += 1 + size
+        if at != end:
+            raise MessageError(f"{end - at} bytes after a {self.name}", seq)
+        return make(*decoded)
+
+
+_CODECS: dict[type[Message], _Codec] = {cls: _Codec(cls, spec) for cls, spec in SPECS.items()}
+_BY_CODE: dict[int, tuple[type[Message], MessageSpec, _Codec]] = {
+    spec.code: (cls, spec, _CODECS[cls]) for cls, spec in SPECS.items()}
+
+
+def encode_payload(message: Message) -> bytes:
+    return _CODECS[type(message)].encode(message)
 
 
 def encode_frame(seq: int, message: Message) -> bytes:
@@ -340,79 +483,6 @@ def crc16(data: bytes) -> int:
     return binascii.crc_hqx(data, 0xFFFF)
 
 
-# --- decoding ------------------------------------------------------------------------------
-
-class _Cursor:
-    def __init__(self, data: bytes, seq: int) -> None:
-        self.data = data
-        self.at = 0
-        self.seq = seq
-
-    def take(self, size: int) -> bytes:
-        end = self.at + size
-        if end > len(self.data):
-            raise MessageError("payload too short", self.seq)
-        chunk = self.data[self.at:end]
-        self.at = end
-        return chunk
-
-
-def _decode_string(cursor: _Cursor, lowest: int, highest: int) -> str:
-    size = cursor.take(1)[0]
-    if not lowest <= size <= highest:
-        raise MessageError(f"string of {size} bytes, want {lowest}..{highest}", cursor.seq)
-    raw = cursor.take(size)
-    if not all(0x20 <= b <= 0x7E for b in raw):
-        raise MessageError(f"string {raw!r} is not printable ASCII", cursor.seq)
-    return raw.decode("ascii")
-
-
-def _decode_field(cursor: _Cursor, kind: Kind) -> object:
-    if kind in _INTS:
-        unpacker = _INTS[kind]
-        value: int = unpacker.unpack(cursor.take(unpacker.size))[0]
-        return value
-    if kind == "bool":
-        flag = cursor.take(1)[0]
-        if flag > 1:
-            raise MessageError(f"boolean byte {flag}", cursor.seq)
-        return flag == 1
-    if kind == "id":
-        return _decode_string(cursor, 1, MAX_ID)
-    if kind == "text":
-        return _decode_string(cursor, 0, MAX_TEXT)
-    enum = _ENUMS[kind]
-    raw = cursor.take(1)[0]
-    try:
-        return enum(raw)
-    except ValueError:
-        raise MessageError(f"{raw} is not a {enum.__name__}", cursor.seq) from None
-
-
-def _check_bool(value: int, seq: int) -> bool:
-    if value > 1:
-        raise MessageError(f"boolean byte {value}", seq)
-    return value == 1
-
-
-def _check_enum(enum: type[IntEnum]) -> Callable[[int, int], IntEnum]:
-    def check(value: int, seq: int) -> IntEnum:
-        try:
-            return enum(value)
-        except ValueError:
-            raise MessageError(f"{value} is not a {enum.__name__}", seq) from None
-    return check
-
-
-_CHECKS: dict[str, Callable[[int, int], object]] = {
-    "bool": _check_bool, **{kind: _check_enum(enum) for kind, enum in _ENUMS.items()}}
-_FIXED_CODES = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "bool": "B", "mode": "B",
-                "reason": "B", "nak": "B"}
-_FIXED: dict[type[Message], struct.Struct] = {
-    cls: struct.Struct(">" + "".join(_FIXED_CODES[kind] for kind in spec.kinds))
-    for cls, spec in SPECS.items() if all(kind in _FIXED_CODES for kind in spec.kinds)}
-
-
 def decode_body(body: bytes) -> Packet:
     """A packet from a body whose CRC has already been checked."""
     if len(body) < HEADER_SIZE:
@@ -420,32 +490,16 @@ def decode_body(body: bytes) -> Packet:
     version, code, seq = _HEADER.unpack_from(body)
     if version != PROTOCOL_VERSION:
         raise MessageError(f"protocol version {version}, want {PROTOCOL_VERSION}", seq)
-    cls = _BY_CODE.get(code)
-    if cls is None:
+    known = _BY_CODE.get(code)
+    if known is None:
         raise MessageError(f"unknown message type 0x{code:02x}", seq)
-    spec = SPECS[cls]
-    if spec.sequenced and seq == 0:
-        raise MessageError(f"sequenced {cls.__name__} with seq 0", seq)
-    if not spec.sequenced and seq != 0:
+    cls, spec, codec = known
+    if spec.sequenced:
+        if seq == 0:
+            raise MessageError(f"sequenced {cls.__name__} with seq 0", seq)
+    elif seq != 0:
         raise MessageError(f"unsequenced {cls.__name__} with seq {seq}", seq)
-    fixed = _FIXED.get(cls)
-    if fixed is not None:
-        # All-integer layouts: one struct call, then the few checks the generic path makes.
-        extra = len(body) - HEADER_SIZE - fixed.size
-        if extra < 0:
-            raise MessageError("payload too short", seq)
-        if extra > 0:
-            raise MessageError(f"{extra} bytes after a {cls.__name__}", seq)
-        raw = fixed.unpack_from(body, HEADER_SIZE)
-        make_fixed: Callable[..., Message] = cls
-        return Packet(seq, make_fixed(*[_CHECKS[kind](value, seq) if kind in _CHECKS else value
-                                        for kind, value in zip(spec.kinds, raw, strict=True)]))
-    cursor = _Cursor(body[HEADER_SIZE:], seq)
-    values = [_decode_field(cursor, kind) for kind in spec.kinds]
-    if cursor.at != len(cursor.data):
-        raise MessageError(f"{len(cursor.data) - cursor.at} bytes after a {cls.__name__}", seq)
-    make: Callable[..., Message] = cls
-    return Packet(seq, make(*values))
+    return Packet(seq, codec.decode(body, seq))
 
 
 def decode_frame(frame: bytes) -> Packet:
@@ -459,8 +513,8 @@ def decode_frame(frame: bytes) -> Packet:
     raw = cobs_decode(frame)
     if len(raw) < HEADER_SIZE + CRC_SIZE:
         raise FrameError(f"frame of {len(raw)} bytes is too short")
-    body, crc = raw[:-CRC_SIZE], int.from_bytes(raw[-CRC_SIZE:], "big")
-    if crc16(body) != crc:
+    body = raw[:-CRC_SIZE]
+    if crc16(body) != int.from_bytes(raw[-CRC_SIZE:], "big"):
         raise FrameError("CRC mismatch")
     return decode_body(body)
 
@@ -471,7 +525,7 @@ def cobs_encode(data: bytes) -> bytes:
     """Consistent Overhead Byte Stuffing: the result has no 0x00 byte."""
     if len(data) < 0xFE:
         # Every run between zeros is shorter than a block: one code byte per run.
-        return b"".join([bytes((len(piece) + 1,)) + piece for piece in data.split(b"\x00")])
+        return b"".join([_BYTES[len(piece) + 1] + piece for piece in data.split(b"\x00")])
     out = bytearray()
     pieces = data.split(b"\x00")
     for index, piece in enumerate(pieces):
@@ -492,16 +546,28 @@ def cobs_decode(data: bytes) -> bytes:
         raise FrameError("empty COBS data")
     if 0 in data:
         raise FrameError("0x00 inside COBS data")
+    end = len(data)
+    if 0xFF not in data:
+        # No full block: every code byte but the last stands for a zero.
+        pieces = []
+        at = 0
+        while at < end:
+            stop = at + data[at]
+            pieces.append(data[at + 1:stop])
+            at = stop
+        if at > end:
+            raise FrameError("COBS block runs past the end of the frame")
+        return b"\x00".join(pieces)
     out = bytearray()
     at = 0
-    while at < len(data):
+    while at < end:
         code = data[at]
-        end = at + code
-        if end > len(data):
+        stop = at + code
+        if stop > end:
             raise FrameError("COBS block runs past the end of the frame")
-        out += data[at + 1:end]
-        at = end
-        if code != 0xFF and at < len(data):
+        out += data[at + 1:stop]
+        at = stop
+        if code != 0xFF and at < end:
             out.append(0)
     return bytes(out)
 
