@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--unplug", type=_unplug, action="append", default=[],
                      metavar="AT:SECONDS", help="pull the serial cable AT s into the shift "
                                                 "for SECONDS (repeatable)")
+    emu.add_argument("--restart", type=_unplug, action="append", default=[],
+                     metavar="AT:SECONDS", help="power-cycle the I/O board AT s into the shift: "
+                     "off the bus for SECONDS, back with a new boot id and nothing scheduled "
+                     "(repeatable)")
     emu.add_argument("--jam", action="append", default=[], metavar="DIVERTER",
                      help="this diverter's arm is stuck: it fires, nothing moves (repeatable)")
     emu.add_argument("--wait-controller", type=float, default=120.0,
@@ -251,7 +255,8 @@ def _emulate(args: argparse.Namespace) -> int:
         config_path=args.config, write_config=args.write_config, workdir=workdir.resolve(),
         mqtt=args.mqtt, baudrate=args.baud or None, garble=args.garble, drop=args.drop_bytes,
         drop_acks=args.drop_acks, ack_delay_ms=args.ack_delay_ms, unplug=args.unplug,
-        jam=args.jam, wait_controller_s=args.wait_controller, drain_s=args.drain)
+        restart=args.restart, jam=args.jam, wait_controller_s=args.wait_controller,
+        drain_s=args.drain)
     started = time.perf_counter()
 
     async def shift(clock: Any) -> Any:

@@ -45,6 +45,7 @@ class EmulateOptions:
     drop_acks: float = 0.0
     ack_delay_ms: float = 0.0
     unplug: list[tuple[float, float]] = field(default_factory=list)  # (at s, for s)
+    restart: list[tuple[float, float]] = field(default_factory=list)  # board off (at s, for s)
     jam: list[str] = field(default_factory=list)  # diverters that never push
     wait_controller_s: float = 120.0
     drain_s: float = 30.0
@@ -92,6 +93,8 @@ async def emulate(config: LineConfig, scenario: Any, options: EmulateOptions, cl
         started = clock.now()
         unplugs = [asyncio.create_task(_unplug_at(board, clock, started, at, length))
                    for at, length in options.unplug]
+        unplugs += [asyncio.create_task(_restart_at(board, clock, started, at, length))
+                    for at, length in options.restart]
         try:
             await line.run()
         finally:
@@ -109,6 +112,13 @@ async def _unplug_at(board: Any, clock: Clock, started: float, at: float, length
     await clock.sleep_until(started + at)
     log.warning("emulator: serial cable pulled for %.1f s", length)
     await board.unplug(length)
+
+
+async def _restart_at(board: Any, clock: Clock, started: float, at: float,
+                      length: float) -> None:
+    await clock.sleep_until(started + at)
+    log.warning("emulator: I/O board power-cycled for %.1f s", length)
+    await board.restart(length)
 
 
 async def _controller_outcome(config: LineConfig, inducted: int, clock: Clock,

@@ -46,7 +46,19 @@ class DeviceFault:
     message: str
 
 
-LineEvent = PhotoEyeEdge | BinEntry | BinLevel | DeviceFault
+@dataclass(frozen=True, slots=True)
+class TrackingLost:
+    """The belt positions of the parcels on it can no longer be trusted.
+
+    Sent when the line's encoder count began again (an I/O board restarted and its counter
+    with it): every parcel tracked so far must be given up, and nothing fired for it.
+    """
+
+    device: str
+    message: str
+
+
+LineEvent = PhotoEyeEdge | BinEntry | BinLevel | DeviceFault | TrackingLost
 
 
 @dataclass(frozen=True, slots=True)

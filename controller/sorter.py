@@ -35,6 +35,7 @@ from controller.lineio import (
     DivertCommand,
     LineIO,
     PhotoEyeEdge,
+    TrackingLost,
 )
 from controller.orders import Order, OrderCache, OrderStatus, OrderStore
 from controller.sortplan import SortPlan
@@ -65,6 +66,7 @@ class ParcelState:
     zone_exit_at: float | None = None
     booked: bool = False  # counted in its bin's in-flight parcels until confirmed or given up
     strayed_into: str | None = None  # a bin that took a parcel unbidden while it was in front
+    lost_track: bool = False  # given up: its position is not known, so it is never diverted
     frames: list[tuple[bool, ArchivedFrame]] = field(default_factory=list)  # (whole, crop)
 
     def keep_frame(self, frame: ArchivedFrame, *, whole: bool, limit: int) -> None:
@@ -106,6 +108,7 @@ class SorterStats:
     unknown_end_arrivals: int = 0
     spurious_edges: int = 0
     device_faults: int = 0
+    tracking_lost: int = 0  # times the belt positions of all parcels on it were given up
     unanswered_diverts: int = 0
     order_store_errors: int = 0
     archive_errors: int = 0
@@ -207,6 +210,28 @@ class Sorter:
                 case DeviceFault(device=device, message=message):
                     self.stats.device_faults += 1
                     log.warning("device fault %s: %s", device, message)
+                case TrackingLost(device=device, message=message):
+                    await self._lose_track(f"{device}: {message}")
+
+    async def _lose_track(self, why: str) -> None:
+        """Give up every tracked parcel: their positions are gone, so nothing fires for them.
+
+        Each ends LOST (it rides to the end of the line, or into a bin its divert had already
+        put it in); tracking starts again with the next parcel inducted.
+        """
+        self.stats.tracking_lost += 1
+        log.error("tracking lost (%s): %d parcels on the belt given up", why, len(self.parcels))
+        given_up = list(self.parcels.values())
+        for parcel in given_up:  # all at once, before a decision in flight can divert one
+            parcel.lost_track = True
+            parcel.reason = f"tracking lost: {why}"
+            if parcel.route is not None:
+                self._unbook(parcel, parcel.route)
+        for parcel in given_up:
+            await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
+        self.tracker = Tracker(self.config.induction.photo_eye_mm,
+                               self.config.belt.encoder_counts_per_mm)
+        self._camera_seen = dict.fromkeys(self._camera_seen, -1 << 62)
 
     async def _induction_edge(self, blocked: bool, enc: int) -> None:
         if blocked:
@@ -544,6 +569,8 @@ class Sorter:
 
     async def _divert(self, parcel: ParcelState, bin_id: str, disposition: Disposition,
                       reason: str) -> None:
+        if parcel.lost_track:
+            return  # decided while tracking was lost: already finalised, never fired for
         diverter = self.config.diverter_for_bin(bin_id)
         window = parcel.window
         fire_enc = window.enc_when_centre_at(diverter.position_mm)
@@ -572,6 +599,9 @@ class Sorter:
         except DriverError as exc:
             self._unbook(parcel, bin_id)
             self._to_end(parcel, Disposition.DIVERT_FAULT, f"divert not sent: {exc}")
+            return
+        if parcel.lost_track:  # given up while the answer was on its way
+            self._unbook(parcel, bin_id)
             return
         if not reply.accepted:
             self._unbook(parcel, bin_id)

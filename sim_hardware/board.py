@@ -68,6 +68,7 @@ class BoardStats:
     failsafes: int = 0
     sessions: int = 0
     unplugs: int = 0
+    restarts: int = 0
     wire_busy_s: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
 
 
@@ -105,6 +106,7 @@ class IoBoard:
         self._started = clock.now()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_enc = -1
+        self._enc_base = 0  # the line's count when the board's own count began
         self._batch: bytearray | None = None  # replies gathered while handling received bytes
         line.event_sinks.append(self._line_event)
         line.fire_sinks.append(self._fired)
@@ -144,6 +146,39 @@ class IoBoard:
         self._unplug_port()
         await self.clock.sleep(seconds)
         self._plug()
+
+    async def restart(self, seconds: float, *, count_restarts: bool = False) -> None:
+        """Power-cycle the board: it drops off the bus for ``seconds`` and boots again.
+
+        It comes back with a new boot id, in SAFE, holding no divert and none of the events
+        it had not yet sent. Its encoder count carries on (the line's encoder is absolute)
+        or, with ``count_restarts``, begins again at 0 as a counter in the board's own RAM
+        would.
+        """
+        self.stats.restarts += 1
+        self._unplug_port()
+        dropped = self.line.cancel_diverts(self._served)
+        log.warning("board: restarting (%d scheduled diverts lost)", dropped)
+        self.mode = wire.Mode.SAFE
+        self.controller_seen.clear()
+        self._controller_session = None
+        while not self._tx_queue.empty():
+            self._tx_queue.get_nowait()
+        await self.clock.sleep(seconds)
+        self._session = LinkSession("board", boot_id=random.getrandbits(32))
+        if count_restarts:
+            self._enc_base = self.line.encoder()
+        self._last_enc = -1
+        self._last_rx = self.clock.now()
+        self._plug()
+
+    def _enc(self, line_enc: int) -> int:
+        """The board's count for the line's."""
+        return line_enc - self._enc_base
+
+    def count(self) -> int:
+        """The board's encoder count now."""
+        return self._enc(self.line.encoder())
 
     # --- the pty ---------------------------------------------------------------------------
 
@@ -292,8 +327,8 @@ class IoBoard:
                 self.mode = wire.Mode.RUN
                 self.controller_seen.set()
                 self._out(self._session.reply_hello(
-                    self.mode, self.line.encoder(), self.line.scheduled_diverts(self._served),
-                    self.clock.now()))
+                    self.mode, self._enc(self.line.encoder()),
+                    self.line.scheduled_diverts(self._served), self.clock.now()))
             case wire.Divert():
                 self._divert(message)
             case wire.Cancel(command_id=command_id):
@@ -312,8 +347,8 @@ class IoBoard:
             reason = "fault"
         else:
             reason = self.line.accept_divert(DivertCommand(
-                message.command_id, message.parcel_id, message.diverter_id, message.fire_enc,
-                float(message.pulse_ms))).reason
+                message.command_id, message.parcel_id, message.diverter_id,
+                message.fire_enc + self._enc_base, float(message.pulse_ms))).reason
         if reason:
             self.stats.refused += 1
         self._send(wire.DivertAnswer(message.command_id, not reason, _REASONS[reason]))
@@ -321,9 +356,9 @@ class IoBoard:
     def _line_event(self, event: LineEvent) -> None:
         match event:
             case PhotoEyeEdge(eye=eye, blocked=blocked, enc=enc):
-                self._send(wire.EyeEdge(eye, blocked, enc))
+                self._send(wire.EyeEdge(eye, blocked, self._enc(enc)))
             case BinEntry(bin_id=bin_id, enc=enc):
-                self._send(wire.BinEntered(bin_id, enc))
+                self._send(wire.BinEntered(bin_id, self._enc(enc)))
             case BinLevel(bin_id=bin_id, full=full):
                 self._send(wire.BinLevelChanged(bin_id, full))
             case DeviceFault(device=device, message=text):
@@ -331,14 +366,14 @@ class IoBoard:
 
     def _fired(self, fire: Fire) -> None:
         if self._served is None or fire.diverter_id in self._served:
-            self._send(wire.Fired(fire.command_id, fire.diverter_id, fire.enc))
+            self._send(wire.Fired(fire.command_id, fire.diverter_id, self._enc(fire.enc)))
 
     async def _ticker(self) -> None:
         """Encoder reports, heartbeats, resends and the fail-safe watchdog."""
         next_heartbeat = self.clock.now()
         while True:
             now = self.clock.now()
-            enc = self.line.encoder()
+            enc = self._enc(self.line.encoder())
             if enc != self._last_enc or now >= next_heartbeat:
                 self._last_enc = enc
                 self._send(wire.Encoder(enc))

@@ -10,7 +10,14 @@ from types import TracebackType
 import pytest
 
 from controller.errors import DriverUnavailable
-from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState, PhotoEyeEdge
+from controller.lineio import (
+    DivertCommand,
+    DivertReply,
+    LineEvent,
+    LinkState,
+    PhotoEyeEdge,
+    TrackingLost,
+)
 from drivers.lineio import LineLinks
 
 
@@ -66,6 +73,29 @@ def test_joined_links_route_diverts_and_hold_the_encoder_behind_pending_events()
             assert [c.command_id for c in nodes.sent] == [2]
             with pytest.raises(DriverUnavailable):
                 await links.divert(DivertCommand(3, 3, "D9", 7000, 100.0))
+            await events.aclose()
+
+    asyncio.run(main())
+
+
+def test_joined_links_divert_nothing_until_a_tracking_loss_is_taken() -> None:
+    async def main() -> None:
+        board, nodes = FakeLink(), FakeLink()
+        links = LineLinks({"serial": board, "mqtt": nodes}, "serial",
+                          {"D1": "serial", "D2": "mqtt"})
+        async with links:
+            board.queue.put_nowait(TrackingLost("io-board", "its count began again"))
+            await asyncio.sleep(0)  # the pump takes it
+            await asyncio.sleep(0)
+            # The nodes' diverts too: their fire_enc counts in the board's count.
+            for diverter in ("D1", "D2"):
+                with pytest.raises(DriverUnavailable, match="tracking lost"):
+                    await links.divert(DivertCommand(1, 1, diverter, 5000, 100.0))
+            events = links.events()
+            assert isinstance(await anext(events), TrackingLost)
+            await links.divert(DivertCommand(2, 2, "D2", 6000, 100.0))
+            assert [c.command_id for c in nodes.sent] == [2]
+            assert board.sent == []
             await events.aclose()
 
     asyncio.run(main())

@@ -249,9 +249,39 @@ def test_board_reboot_resets_the_controllers_expectation() -> None:
 
     assert pair.controller.boot_id == 200
     assert pair.at_controller == edges(0, 101)
-    assert pair.at_board == cancels(0, 120)
+    # Sent to the old boot, never acknowledged: void, not resent to the new one.
+    assert pair.at_board == cancels(0, 100)
+    assert pair.controller.stats.voided == 20
     assert pair.replies_at_controller[-1].boot_id == 200
     assert pair.board.stats.naks_sent >= 1  # NO_SESSION made the controller say HELLO again
+
+    for message in cancels(120, 5):  # numbered on from what the HELLO announced: no gap
+        pair.to_board(message)
+    pair.settle()
+    assert pair.at_board == cancels(0, 100) + cancels(120, 5)
+    assert pair.board.stats.gaps == 0
+
+
+def test_a_board_restart_during_an_outage_voids_what_it_never_acknowledged() -> None:
+    pair = synced_pair()
+    for message in cancels(0, 10):
+        pair.to_board(message)
+    pair.settle()
+    pair.down.cut = True  # the old boot hears nothing more
+    for message in cancels(10, 5):
+        pair.to_board(message)
+    for _ in range(50):
+        pair.step()
+    pair.down.cut = False
+    pair.board = LinkSession("board", boot_id=300)
+    pair.connect()
+    pair.settle()
+    assert pair.at_board == cancels(0, 10)
+    assert pair.controller.stats.voided == 5
+    pair.to_board(Cancel(99))
+    pair.settle()
+    assert pair.at_board[-1] == Cancel(99)
+    assert pair.board.stats.gaps == 0
 
 
 def test_board_with_no_controller_answers_nak_no_session() -> None:

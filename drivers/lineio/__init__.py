@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.errors import DriverUnavailable
-from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState
+from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState, TrackingLost
 
 if TYPE_CHECKING:
     from controller.clock import Clock
@@ -64,6 +64,7 @@ class LineLinks:
         self._merged: asyncio.Queue[tuple[LineEvent, int]] = asyncio.Queue()
         self._enc_delivered = 0
         self._pumps: list[asyncio.Task[None]] = []
+        self._tracking_lost = 0  # TrackingLost events merged, not yet taken
 
     async def __aenter__(self) -> LineLinks:
         for link in self.links.values():
@@ -82,6 +83,8 @@ class LineLinks:
 
     async def _pump(self, link: LineLink) -> None:
         async for event in link.events():
+            if isinstance(event, TrackingLost):
+                self._tracking_lost += 1
             self._merged.put_nowait((event, self._sensors.encoder()))
 
     def states(self) -> dict[str, LinkState]:
@@ -105,12 +108,18 @@ class LineLinks:
             return
         while True:
             event, self._enc_delivered = await self._merged.get()
+            if isinstance(event, TrackingLost):
+                self._tracking_lost -= 1
             yield event
 
     async def divert(self, command: DivertCommand) -> DivertReply:
         link = self._diverters.get(command.diverter_id)
         if link is None:
             raise DriverUnavailable(command.diverter_id, "no link serves this diverter")
+        if self._tracking_lost:
+            # As each link does: its fire_enc may count from before the count began again.
+            raise DriverUnavailable(command.diverter_id, "tracking lost: the controller has "
+                                    "not yet given up the parcels placed by the old count")
         return await link.divert(command)
 
 

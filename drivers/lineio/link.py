@@ -63,6 +63,8 @@ class LinkStats:
     gaps: int = 0
     dropped: int = 0
     """Queued messages thrown away, oldest first, because the queue was over its limit."""
+    voided: int = 0
+    """Messages never acknowledged by a board that then restarted: not sent to the new boot."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,8 @@ class LinkSession:
     :meth:`reply_hello` (only the app knows its mode, encoder and scheduled diverts, and it
     may first cancel a previous controller's diverts); the board sends no sequenced message
     until it has answered. Both sides keep unacknowledged messages across a reconnect and
-    resend them once synced again.
+    resend them once synced again, except that a controller voids them when the HelloReply
+    shows the board restarted (a new boot id).
 
     ``failed`` is set when the oldest unacknowledged message (or the controller's HELLO) has
     been resent ``max_resends`` times with no progress; the session then stops resending
@@ -138,6 +141,7 @@ class LinkSession:
         self._nak_at = 0.0
         self._connected = False
         self._hello_at = 0.0
+        self._hello_first = initial_seq  # the first_seq our latest HELLO announced
         self._hellos = 0
 
     @property
@@ -351,6 +355,8 @@ class LinkSession:
                 or reply.session != self.session:
             return b""
         if reply.boot_id != self.boot_id or self._expect is None:
+            if self.boot_id is not None and reply.boot_id != self.boot_id:
+                self._void_unacknowledged()
             self.boot_id = reply.boot_id
             self._expect = reply.first_seq
         else:
@@ -358,6 +364,18 @@ class LinkSession:
         self.synced = True
         self._nak_expect = None
         return self._resync(now)
+
+    def _void_unacknowledged(self) -> None:
+        """The board restarted: what its previous boot never acknowledged is void.
+
+        A restarted board holds nothing, and a command from before (a divert at an encoder
+        count of the old boot, above all) may no longer mean what it meant; the app decides
+        what still needs sending. Numbering restarts at the seq our HELLO announced.
+        """
+        self.stats.voided += len(self._unacked) + len(self._queue)
+        self._unacked.clear()
+        self._queue.clear()
+        self._next_seq = self._hello_first
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -374,6 +392,7 @@ class LinkSession:
         self._hellos += 1
         self._hello_at = now
         first = self._unacked[0].seq if self._unacked else self._next_seq
+        self._hello_first = first
         return self._frame(Hello(self.session, first))
 
     def _acked_through(self, ack: int, now: float) -> None:

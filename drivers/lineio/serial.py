@@ -36,6 +36,7 @@ from controller.lineio import (
     LineEvent,
     LinkState,
     PhotoEyeEdge,
+    TrackingLost,
 )
 from drivers.backoff import Backoff
 from drivers.lineio import wire
@@ -103,6 +104,7 @@ class SerialLineIO:
         self._enc_received = 0
         self._enc_delivered = 0
         self._undelivered = 0  # events queued, not yet taken by the controller
+        self._tracking_lost = 0  # TrackingLost events queued, not yet taken
         self._pending: dict[int, asyncio.Future[wire.DivertAnswer]] = {}
         # Accepted diverts not yet due: what the board should hold, to restore after a resync.
         self._scheduled: dict[int, DivertCommand] = {}
@@ -172,6 +174,8 @@ class SerialLineIO:
                 self._enc_delivered = item
                 continue
             self._undelivered -= 1
+            if isinstance(item, TrackingLost):
+                self._tracking_lost -= 1
             yield item
 
     def _event(self, event: LineEvent) -> None:
@@ -183,6 +187,10 @@ class SerialLineIO:
             raise DriverUnavailable(DEVICE, f"diverter {command.diverter_id} is not on this board")
         if self._state is not LinkState.UP:
             raise DriverUnavailable(DEVICE, f"link {self._state}")
+        if self._tracking_lost:
+            # Its fire_enc may count from before the board's count began again.
+            raise DriverUnavailable(DEVICE, "tracking lost: the controller has not yet given "
+                                            "up the parcels placed by the old count")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[wire.DivertAnswer] = loop.create_future()
         self._pending[command.command_id] = future
@@ -365,7 +373,8 @@ class SerialLineIO:
     def _dispatch(self, message: wire.Message) -> None:
         match message:  # the most frequent first
             case wire.Encoder(enc=enc):
-                self._enc(enc)
+                if self._synced.is_set():  # until then it may be a restarted board's new count
+                    self._enc(enc)
             case wire.DivertAnswer(command_id=command_id):
                 future = self._pending.get(command_id)
                 if future is not None and not future.done():
@@ -417,14 +426,14 @@ class SerialLineIO:
         self._events.put_nowait(enc)
 
     def _synced_with(self, boot_id: int, enc: int, scheduled: int) -> None:
+        count_restarted = False
         if self._boot_id is not None and boot_id != self._boot_id:
-            self.stats.board_restarts += 1
-            self._event(DeviceFault(
-                DEVICE, "the board restarted: its scheduled diverts and unsent events are lost"))
+            count_restarted = self._board_restarted(enc)
         if self._boot_id is None:
             self._enc_received = self._enc_delivered = enc
         self._boot_id = boot_id
-        self._restore_schedule(enc, scheduled)
+        if not count_restarted:
+            self._restore_schedule(enc, scheduled)
         self._synced.set()
         self._wake.set()
         self._backoff.reset()
@@ -434,3 +443,37 @@ class SerialLineIO:
                             self.config.port, scheduled)
             self._state = LinkState.UP
         self._up.set()
+
+    def _board_restarted(self, enc: int) -> bool:
+        """The board came back with a new boot id; return whether its count began again.
+
+        Its scheduled diverts and unsent events are gone, and the session has voided what the
+        old boot never acknowledged, so the diverts still waiting for an answer fail now. A
+        count that carried on (an absolute encoder, or a counter apart from the board's CPU)
+        keeps every position good: the still-due diverts are sent again. A count that began
+        again makes every position from before meaningless: nothing is sent again, and the
+        controller is told to give up the parcels it tracks.
+        """
+        self.stats.board_restarts += 1
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(DriverUnavailable(DEVICE, "the board restarted"))
+        last = self._enc_received
+        if enc >= last:
+            log.warning("serial %s: the board restarted; its encoder count carried on",
+                        self.config.port)
+            self._event(DeviceFault(
+                DEVICE, "the board restarted: its events while down are lost, still-due "
+                        "diverts are sent again"))
+            return False
+        log.error("serial %s: the board restarted and its encoder count began again "
+                  "(%d after %d): the parcels on the belt are given up", self.config.port,
+                  enc, last)
+        self._scheduled.clear()
+        self._due.clear()
+        self._tracking_lost += 1
+        self._event(TrackingLost(
+            DEVICE, f"the board restarted and its encoder count began again ({enc} after "
+                    f"{last})"))
+        self._enc(enc)  # taken after the events of the old count, and the loss of it
+        return True
