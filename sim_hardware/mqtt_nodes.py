@@ -1,9 +1,11 @@
 """The emulated line's networked diverter nodes (and sensor node) on a real MQTT broker.
 
 Each diverter is its own node, as on a real line: one MQTT client whose id is the diverter's
-id, with a retained ``nodes/<id>/status`` of ``online`` and ``offline`` as its Last Will. It
+id, with a retained ``nodes/<id>/status`` (below) and ``offline`` as its Last Will. It
 takes ``divert/<id>`` commands to :meth:`PhysicalLine.accept_divert` and answers on
-``divert/<id>/reply`` with the command's correlation id; ``cancel/<id>`` drops a scheduled
+``divert/<id>/reply`` with the command's correlation id; a command id it already holds is
+answered ``accepted`` and kept as it is, not scheduled twice (the controller sends its
+still-due diverts again when a node comes back online); ``cancel/<id>`` drops a scheduled
 divert (a cancel that arrives before its divert is remembered, so the divert is then
 ignored). The topics and payloads are those of :mod:`drivers.lineio.mqtt`, parsed here by the
 node's own validating parser, as a separate device would: a bad payload is counted and
@@ -13,7 +15,10 @@ with reason ``fault``.
 **Fail-safe.** A node that has seen no controller heartbeat for ``failsafe_ms`` (also when
 it is the node that lost the broker) drops every divert it holds, refuses new ones with
 reason ``fault`` and counts a trip; the next heartbeat arms it again. A node starts unarmed:
-it takes commands once it has heard the controller.
+it takes commands once it has heard the controller. Its retained status says which: ``safe``
+while unarmed (holding nothing), ``online`` while armed; it is published on every connect
+and again on every change, so ``online`` after anything else tells the controller that the
+node may have lost its schedule and takes diverts now.
 
 With ``sensors=True`` a ``sensors`` node forwards the line's events (photo-eye edges, bin
 entries and levels, faults) on ``events`` with a per-node increasing ``seq`` and a ``boot``
@@ -115,6 +120,7 @@ class NodeStats:
     accepted: int = 0
     refused: int = 0
     refused_unarmed: int = 0  # refused with "fault" by a node in its fail-safe
+    already_held: int = 0  # accepted again as held: a command id the node already had
     cancels: int = 0
     cancelled: int = 0  # cancels that dropped a scheduled divert
     ignored_after_cancel: int = 0  # diverts that came after their own cancel
@@ -142,6 +148,7 @@ class _Node:
         self.backoff = Backoff(0.05, owner.backoff_cap_s, rng=random.Random(owner.rng.random()))
         self._ever_connected = False
         self._down_logged = False
+        self._announced: bytes | None = None  # the status published on this connection
 
     @property
     def status_topic(self) -> str:
@@ -185,7 +192,9 @@ class _Node:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         await self.on_connect(client)
-        await client.publish(self.status_topic, b"online", qos=1, retain=True)
+        status = self.status()
+        await client.publish(self.status_topic, status, qos=1, retain=True)
+        self._announced = status
         self.client = client
         self.owner.stats.connects += 1
         if self._ever_connected:
@@ -195,6 +204,7 @@ class _Node:
         self._down_logged = False
         self.backoff.reset()
         self.connected.set()
+        self.announce()  # in case it changed while the first one was on its way
         helpers = [asyncio.create_task(coro, name=f"sim.node[{self.node_id}].{name}")
                    for name, coro in self.helpers(client)]
         try:
@@ -228,7 +238,24 @@ class _Node:
                 await client.publish(self.status_topic, b"offline", qos=1, retain=True,
                                      timeout=0.5)
 
+    def announce(self) -> None:
+        """Publish the node's status (retained) if it changed since last published."""
+        client = self.client
+        status = self.status()
+        if client is None or status == self._announced:
+            return  # a connect publishes it anyway
+        try:
+            send_now(client, self.status_topic, status, qos=1, retain=True)
+        except aiomqtt.MqttError as exc:
+            log.debug("node %s: status not sent: %s", self.node_id, exc)
+            return
+        self._announced = status
+
     # --- what a kind of node does ----------------------------------------------------------
+
+    def status(self) -> bytes:
+        """The retained status to announce while connected."""
+        return b"online"
 
     async def on_connect(self, client: aiomqtt.Client) -> None:
         """Subscribe to what this node listens to."""
@@ -264,6 +291,9 @@ class _DiverterNode(_Node):
         await client.subscribe([(self.divert_topic, qos), (self.cancel_topic, qos),
                                 (self.heartbeat_topic, 0)])
 
+    def status(self) -> bytes:
+        return b"online" if self.armed else b"safe"
+
     def on_message(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         if topic == self.heartbeat_topic:
             self._on_heartbeat(topic, payload)
@@ -291,6 +321,7 @@ class _DiverterNode(_Node):
         if not self.armed:
             self.armed = True
             log.info("node %s: armed (controller heartbeats)", self.node_id)
+            self.announce()
         self._heard.set()
 
     async def watchdog(self) -> None:
@@ -312,6 +343,7 @@ class _DiverterNode(_Node):
             self.owner.stats.failsafe_dropped += dropped
             log.warning("node %s: no controller heartbeat for %.0f ms: fail-safe, %d "
                         "scheduled diverts dropped", self.node_id, limit * 1000, dropped)
+            self.announce()
 
     # --- commands --------------------------------------------------------------------------
 
@@ -329,12 +361,17 @@ class _DiverterNode(_Node):
         if body.corr in self._tombstones:
             stats.ignored_after_cancel += 1
             return
+        line = self.owner.line
         if not self.armed:
             stats.refused_unarmed += 1
             reply = DivertReply(body.corr, False, "fault")
         else:
-            reply = self.owner.line.accept_divert(DivertCommand(
+            # the line keeps a command id it already holds as it is and answers accepted
+            held = line.scheduled_diverts([self.node_id])
+            reply = line.accept_divert(DivertCommand(
                 body.corr, body.parcel, self.node_id, body.fire_enc, body.pulse_ms))
+            if reply.accepted and line.scheduled_diverts([self.node_id]) == held:
+                stats.already_held += 1
         if reply.accepted:
             stats.accepted += 1
         else:

@@ -144,8 +144,11 @@ def open_line_io(config: LineConfig, clock: Clock) -> LineLinks:
             from drivers.lineio.mqtt import MqttLineIO
         except ImportError as exc:
             raise DriverUnavailable("mqtt", f"aiomqtt is not installed: {exc}") from exc
+        board = links.get("serial")
         links["mqtt"] = MqttLineIO(
             line_io.mqtt, line=config.line.name, clock=clock,
             diverters=[d for d, link in routes.items() if link == "mqtt"],
-            sensors=line_io.sensors == "mqtt")
+            sensors=line_io.sensors == "mqtt",
+            encoder=board.encoder if board is not None and line_io.sensors == "serial"
+            else None)
     return LineLinks(links, line_io.sensors, routes)

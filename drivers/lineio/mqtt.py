@@ -12,7 +12,8 @@ Topics live under ``<topic_prefix>/<line>/io/`` (``sorter/line1/io/`` by default
     node -> controller
       divert/<diverter>/reply   {"corr": command_id, "accepted": bool,
                                  "reason": "" | "late" | "busy" | "unknown_diverter" | "fault"}
-      nodes/<node>/status       "online" | "offline" (retained; "offline" is the Last Will)
+      nodes/<node>/status       "online" | "safe" | "offline" (retained; "offline" is the
+                                Last Will; "safe": in its fail-safe, holding no divert)
     sensor node -> controller (``sensors=True``)
       events                    {"node": id, "boot": "<hex>", "seq": n, "first": m,   QoS qos
                                  "kind": ...}  (first: the oldest event the node still holds)
@@ -26,7 +27,17 @@ publishes a ``cancel`` for that id, and raises. The cancel goes out again after 
 controller's link or the node's comes back (a node subscribes before it announces itself
 ``online``), so a node never fires a command the controller gave up on. A node also stops
 firing by itself when the controller's heartbeats stop (its fail-safe, see
-:mod:`sim_hardware.mqtt_nodes`).
+:mod:`sim_hardware.mqtt_nodes`): it drops every divert it holds and says ``safe`` until it
+hears the controller again, then ``online``.
+
+The driver keeps the diverts each node accepted that are not yet due (forgotten once the
+encoder passes their ``fire_enc``, or on a cancel). Whenever a node announces itself
+``online`` after any other status (``safe``, ``offline``, or none known since the
+controller's own link came back), the still-due ones go to it again with the same command
+id (counted in ``restored``): a node keeps a command id it already holds as it is and
+answers ``accepted``, so this is harmless when it had kept them, and refuses one it can no
+longer carry out in time (``late``, counted in ``restore_refused``; the sorter settles that
+parcel by its bin photo-eye or the end of the line, as for any divert that did not happen).
 
 Sensor events are delivered end to end, at least once: the broker keeps nothing for a
 controller that is not connected, so each heartbeat acknowledges the last event taken from
@@ -51,12 +62,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
 import secrets
 import socket
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -89,6 +101,7 @@ CALL_TIMEOUT_S = 2.0  # aiomqtt's own bound on CONNACK, SUBACK and a clean DISCO
 CANCEL_TIMEOUT_S = 0.2
 GAVE_UP_MEMORY = 4096  # command ids given up on, to tell a late reply from a stray one
 RECANCEL_S = 30.0  # a divert given up on this recently may still be held by its node
+SCHEDULED_MEMORY = 256  # accepted diverts kept to restore when no encoder count is known
 NODELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 # --- payloads -------------------------------------------------------------------------------
@@ -153,7 +166,7 @@ class FaultPayload(_EventPayload):
 EventPayload = Annotated[EyePayload | BinEntryPayload | BinLevelPayload | FaultPayload,
                          Field(discriminator="kind")]
 EVENT_PAYLOAD: TypeAdapter[EventPayload] = TypeAdapter(EventPayload)
-NODE_STATUSES = (b"online", b"offline")
+NODE_STATUSES = (b"online", b"safe", b"offline")
 
 
 def _line_event(payload: EventPayload) -> LineEvent:
@@ -192,6 +205,9 @@ class MqttStats:
     missed_events: int = 0  # gaps in a node's sequence (its backlog overflowed)
     node_restarts: int = 0
     nodes_offline: int = 0
+    node_failsafes: int = 0  # an online node said "safe": it dropped what it held
+    restored: int = 0  # still-due diverts sent again to a node that came (back) online
+    restore_refused: int = 0  # of those, refused by the node (mostly late: their time passed)
     bad_payloads: int = 0
     bad_by_kind: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
@@ -217,7 +233,10 @@ class MqttLineIO:
 
     def __init__(self, config: MqttLinkConfig, *, line: str, clock: Clock,
                  diverters: Sequence[str], sensors: bool, backoff: Backoff | None = None,
-                 session: str | None = None) -> None:
+                 session: str | None = None, encoder: Callable[[], int] | None = None) -> None:
+        """``encoder``: where the line's encoder count comes from when the sensors are on
+        another link (it tells which accepted diverts are due); with ``sensors``, this
+        link's own count."""
         self.config = config
         self.line = line
         self.clock = clock
@@ -250,6 +269,13 @@ class MqttLineIO:
         self._enc_received = 0
         self._enc_delivered = 0
         self._logged: set[str] = set()
+        self._encoder_source = encoder
+        # Accepted diverts not yet due, per diverter: what its node should hold, to send
+        # again when it comes back online. A heap over them by fire_enc forgets the due ones
+        # (lazily: a cancelled one leaves its heap entry behind until its count passes).
+        self._scheduled: dict[str, dict[int, DivertCommand]] = {d: {} for d in self.diverters}
+        self._due: list[tuple[int, int, str]] = []  # (fire_enc, command_id, diverter)
+        self._restoring: dict[int, str] = {}  # restored, reply not yet taken: id -> diverter
 
     # --- topics ----------------------------------------------------------------------------
 
@@ -319,8 +345,14 @@ class MqttLineIO:
 
     @property
     def nodes(self) -> dict[str, str]:
-        """The last status each node announced (``online`` / ``offline``)."""
+        """The last status each node announced (``online`` / ``safe`` / ``offline``)."""
         return dict(self._nodes)
+
+    @property
+    def scheduled(self) -> dict[str, list[DivertCommand]]:
+        """The accepted diverts not yet due, per diverter (what each node should hold)."""
+        self._forget_due()
+        return {d: list(held.values()) for d, held in self._scheduled.items() if held}
 
     @property
     def _where(self) -> str:
@@ -363,9 +395,7 @@ class MqttLineIO:
             raise DriverUnavailable(device, "its node is offline")
         if command.command_id in self._pending:
             raise ValueError(f"divert {command.command_id} is already waiting for its reply")
-        payload = json.dumps({"corr": command.command_id, "parcel": command.parcel_id,
-                              "fire_enc": command.fire_enc, "pulse_ms": command.pulse_ms},
-                             separators=(",", ":")).encode()
+        payload = _divert_payload(command)
         future: asyncio.Future[DivertReply] = asyncio.get_running_loop().create_future()
         try:
             send_now(client, self.divert_topic(diverter), payload, qos=self.config.qos)
@@ -377,7 +407,7 @@ class MqttLineIO:
         timeout_ms = self.config.reply_timeout_ms
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                return await future
+                reply = await future
         except TimeoutError:
             self.stats.timeouts += 1
             await self._give_up(command.command_id, diverter)
@@ -388,10 +418,78 @@ class MqttLineIO:
             raise
         finally:
             self._pending.pop(command.command_id, None)
+        if reply.accepted:
+            self._hold(command)
+        return reply
 
     async def cancel(self, command_id: int, diverter_id: str) -> None:
         """Take back a divert the node may hold (sent after a reconnect if the link is down)."""
+        held = self._scheduled.get(diverter_id)
+        if held is not None:
+            held.pop(command_id, None)
+        self._restoring.pop(command_id, None)
         await self._send_cancel(command_id, diverter_id)
+
+    # --- what the nodes hold ---------------------------------------------------------------
+
+    def _position(self) -> int | None:
+        """The line's latest encoder count, if this link knows it."""
+        if self._encoder_source is not None:
+            return self._encoder_source()
+        return self._enc_received if self.sensors else None
+
+    def _hold(self, command: DivertCommand) -> None:
+        """An accepted divert: remember it until it is due."""
+        self._forget_due()
+        self._scheduled[command.diverter_id][command.command_id] = command
+        heapq.heappush(self._due, (command.fire_enc, command.command_id, command.diverter_id))
+        if self._position() is None:
+            # no encoder count to tell which are due: keep the latest ones (the node refuses
+            # an older one sent again as late anyway)
+            while len(self._due) > SCHEDULED_MEMORY:
+                self._forget(*heapq.heappop(self._due))
+
+    def _forget_due(self, enc: int | None = None) -> None:
+        """Forget the diverts due by ``enc`` (the latest count by default): their node has
+        carried them out, or never will."""
+        if enc is None:
+            enc = self._position()
+            if enc is None:
+                return
+        due = self._due
+        while due and due[0][0] <= enc:
+            self._forget(*heapq.heappop(due))
+
+    def _forget(self, fire_enc: int, command_id: int, diverter: str) -> None:
+        held = self._scheduled[diverter]
+        command = held.get(command_id)
+        if command is not None and command.fire_enc == fire_enc:  # not a stale heap entry
+            del held[command_id]
+            self._restoring.pop(command_id, None)
+
+    def _restore(self, node: str) -> None:
+        """Send ``node`` again the diverts it accepted that are still due: it may have
+        dropped them (its fail-safe, a restart). It keeps one it still holds as it is, and
+        refuses one it can no longer carry out in time."""
+        client = self._client
+        held = self._scheduled.get(node)
+        if client is None or not held:
+            return
+        self._forget_due()
+        commands = list(held.values())
+        if not commands:
+            return
+        log.warning("mqtt: node %s is online again: sending it its %d still-due diverts",
+                    node, len(commands))
+        for command in commands:
+            try:
+                send_now(client, self.divert_topic(node), _divert_payload(command),
+                         qos=self.config.qos)
+            except aiomqtt.MqttError as exc:  # the link is going: its reconnect restores
+                log.debug("mqtt: restoring divert %d failed: %s", command.command_id, exc)
+                return
+            self._restoring[command.command_id] = node
+            self.stats.restored += 1
 
     async def _give_up(self, command_id: int, diverter_id: str) -> None:
         self._gave_up[command_id] = (diverter_id, self.clock.now())
@@ -601,7 +699,9 @@ class MqttLineIO:
             return
         pending = self._pending.get(reply.corr)
         if pending is None:
-            if reply.corr in self._gave_up:
+            if self._restoring.get(reply.corr) == diverter:
+                self._on_restore_reply(diverter, reply)
+            elif reply.corr in self._gave_up:
                 self.stats.late_replies += 1
                 log.debug("mqtt: reply to divert %d after it was given up on", reply.corr)
             else:
@@ -618,6 +718,16 @@ class MqttLineIO:
             self.stats.refused += 1
         future.set_result(DivertReply(reply.corr, reply.accepted, reply.reason))
 
+    def _on_restore_reply(self, diverter: str, reply: ReplyPayload) -> None:
+        del self._restoring[reply.corr]
+        if reply.accepted:
+            return
+        self.stats.restore_refused += 1
+        log.warning("mqtt: node %s refused restored divert %d (%s)", diverter, reply.corr,
+                    reply.reason)
+        if reply.reason != "fault":  # "fault": in its fail-safe again; restored once armed
+            self._scheduled[diverter].pop(reply.corr, None)
+
     def _on_status(self, topic: str, node: str, payload: bytes) -> None:
         if not payload:
             self._nodes.pop(node, None)  # a retained status cleared
@@ -627,7 +737,12 @@ class MqttLineIO:
             self._bad("bad_status", topic, payload)
             return
         text = status.decode()
+        before = self._nodes.get(node)
         self._nodes[node] = text
+        if text == "safe" and before == "online":
+            self.stats.node_failsafes += 1
+            log.warning("mqtt: node %s is in its fail-safe (it dropped the diverts it held)",
+                        node)
         if text == "offline" and node not in self._reported_offline:
             self._reported_offline.add(node)
             self.stats.nodes_offline += 1
@@ -638,6 +753,8 @@ class MqttLineIO:
                 self._reported_offline.discard(node)
                 log.warning("mqtt: node %s is online again", node)
             self._repeat_cancels(node)
+            if before != "online":  # it may have lost what it held: idempotent if not
+                self._restore(node)
 
     def _on_event(self, topic: str, payload: bytes) -> None:
         try:
@@ -679,6 +796,8 @@ class MqttLineIO:
             self._bad("bad_encoder", topic, payload, _validation_summary(exc))
             return
         self._enc_received = enc
+        if self._due and self._due[0][0] <= enc:
+            self._forget_due(enc)
         if self._queued_events == 0:
             self._queue.clear()  # only encoder counts were left: this one supersedes them
             self._enc_delivered = enc
@@ -691,6 +810,12 @@ class MqttLineIO:
         self._queue.append(event)
         self._queued_events += 1
         self._ready.set()
+
+
+def _divert_payload(command: DivertCommand) -> bytes:
+    return json.dumps({"corr": command.command_id, "parcel": command.parcel_id,
+                       "fire_enc": command.fire_enc, "pulse_ms": command.pulse_ms},
+                      separators=(",", ":")).encode()
 
 
 def send_now(client: aiomqtt.Client, topic: str, payload: bytes, *, qos: int,
