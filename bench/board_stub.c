@@ -3,9 +3,9 @@
  * Written from docs/serial-protocol.md alone: it opens a pseudo-terminal, prints its path on
  * stdout and then, as `board_stub echo`, writes back whatever arrives, or, as
  * `board_stub board`, does the least a board must do to answer a controller: check each
- * frame's COBS and CRC, answer Hello with HelloReply, take sequenced messages in order
- * (acking each read's worth with one cumulative Ack), and answer each Divert with a
- * DivertAnswer that accepts it. It keeps no schedule and never fires: it exists so that the
+ * frame's COBS and CRC, answer Hello with HelloReply, take sequenced messages in order,
+ * answer each Divert with a DivertAnswer that accepts it, and acknowledge in the header of
+ * every frame it sends (an Ack frame only for a read's worth that needed no answer). It keeps no schedule and never fires: it exists so that the
  * bench measures the controller's stack, not an emulated board's Python.
  *
  * Build: cc -O2 -o board_stub bench/board_stub.c
@@ -42,19 +42,25 @@ static uint16_t crc16(const uint8_t *data, size_t size) {
 static uint16_t seq_after(uint16_t seq) { return (uint16_t)(seq % 0xFFFF + 1); }
 
 /* Bodies here are far shorter than 254 bytes, so every COBS block ends at a zero. */
+static uint16_t seq_before(uint16_t seq) { return (uint16_t)((seq + 0xFFFD) % 0xFFFF + 1); }
+
 static void send_frame(uint8_t type, uint16_t seq, const uint8_t *payload, size_t size) {
     uint8_t body[MAX_FRAME];
-    body[0] = 1;
+    uint16_t ack = expect ? seq_before(expect) : 0;
+    body[0] = 2;
     body[1] = type;
     body[2] = (uint8_t)(seq >> 8);
     body[3] = (uint8_t)seq;
-    memcpy(body + 4, payload, size);
-    uint16_t crc = crc16(body, 4 + size);
-    body[4 + size] = (uint8_t)(crc >> 8);
-    body[5 + size] = (uint8_t)crc;
+    body[4] = (uint8_t)(ack >> 8);
+    body[5] = (uint8_t)ack;
+    memcpy(body + 6, payload, size);
+    uint16_t crc = crc16(body, 6 + size);
+    body[6 + size] = (uint8_t)(crc >> 8);
+    body[7 + size] = (uint8_t)crc;
+    ack_owed = 0;
     size_t code_at = out_len++;
     uint8_t code = 1;
-    for (size_t i = 0; i < 6 + size; i++) {
+    for (size_t i = 0; i < 8 + size; i++) {
         if (body[i] == 0) {
             out[code_at] = code;
             code_at = out_len++;
@@ -82,13 +88,13 @@ static int cobs_decode(const uint8_t *in, size_t size, uint8_t *body) {
 }
 
 static void handle(const uint8_t *body, size_t size) {
-    if (size < 6 || body[0] != 1) return;
+    if (size < 8 || body[0] != 2) return;
     size -= 2;
     if (crc16(body, size) != (uint16_t)(body[size] << 8 | body[size + 1])) return;
     uint8_t type = body[1];
     uint16_t seq = (uint16_t)(body[2] << 8 | body[3]);
-    const uint8_t *payload = body + 4;
-    if (type == HELLO && size == 10) {
+    const uint8_t *payload = body + 6; /* the header's ack is ignored: nothing is resent */
+    if (type == HELLO && size == 12) {
         uint8_t reply[21] = {0, 0, 0, 1};          /* boot_id 1 */
         memcpy(reply + 4, payload, 4);             /* session */
         reply[8] = (uint8_t)(next_seq >> 8);       /* first_seq */
@@ -102,7 +108,7 @@ static void handle(const uint8_t *body, size_t size) {
     ack_owed = 1;
     if (seq != expect) return;                     /* a duplicate or a gap: ack what we have */
     expect = seq_after(expect);
-    if (type == DIVERT && size >= 8) {
+    if (type == DIVERT && size >= 10) {
         uint8_t answer[6] = {payload[0], payload[1], payload[2], payload[3], 1, 0};
         send_frame(DIVERT_ANSWER, next_seq, answer, sizeof answer);
         next_seq = seq_after(next_seq);
@@ -141,12 +147,7 @@ int main(int argc, char **argv) {
             if (size > 0) handle(body, (size_t)size);
             frame_len = 0;
         }
-        if (ack_owed) {
-            uint8_t ack[2] = {(uint8_t)((uint16_t)(expect - 1) >> 8), (uint8_t)(expect - 1)};
-            if (expect == 1) ack[0] = ack[1] = 0xFF; /* the seq before 1 is 65535 */
-            send_frame(ACK, 0, ack, sizeof ack);
-            ack_owed = 0;
-        }
+        if (ack_owed) send_frame(ACK, 0, in, 0); /* no answer carried it */
         if (out_len && write(master, out, out_len) < 0) return 1;
     }
 }

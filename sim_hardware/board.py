@@ -273,21 +273,34 @@ class IoBoard:
             self._tx_queue.put_nowait(data)
 
     def _hold_back_acks(self, data: bytes) -> bytes:
+        """Lose or delay the acknowledgements the frames carry, as a bad wire would.
+
+        A lost ACK is the header's ``ack`` gone from a frame (it goes out with 0, or not at
+        all if it is an Ack frame); a late one goes out ``ack_delay_s`` later in an Ack frame.
+        """
         keep = bytearray()
         for frame in data.split(b"\x00"):
             if not frame:
                 continue
             try:
-                is_ack = isinstance(wire.decode_frame(frame).message, wire.Ack)
+                packet = wire.decode_frame(frame)
             except ProtocolError:
-                is_ack = False
-            if is_ack and self._rng.random() < self.faults.drop_acks:
-                self.stats.acks_dropped += 1
-            elif is_ack and self.faults.ack_delay_s:
-                asyncio.get_running_loop().call_later(
-                    self.faults.ack_delay_s, self._put_on_wire, frame + b"\x00")
-            else:
+                packet = None
+            if packet is None or not packet.ack:
                 keep += frame + b"\x00"
+                continue
+            lost = self._rng.random() < self.faults.drop_acks
+            if not lost and not self.faults.ack_delay_s:
+                keep += frame + b"\x00"
+                continue
+            if not isinstance(packet.message, wire.Ack):
+                keep += wire.encode_frame(packet.seq, packet.message)  # without its ack
+            if lost:
+                self.stats.acks_dropped += 1
+            else:
+                asyncio.get_running_loop().call_later(
+                    self.faults.ack_delay_s, self._put_on_wire,
+                    wire.encode_frame(0, wire.Ack(), packet.ack))
         return bytes(keep)
 
     # --- the protocol ----------------------------------------------------------------------
@@ -303,15 +316,17 @@ class IoBoard:
             self._transmit(data)
 
     def _receive(self, data: bytes) -> None:
-        """Answer what came in, ACKs and answers in one write, as firmware would."""
+        """Answer what came in in one write, as firmware would: the answers carry the
+        acknowledgement, and an Ack frame goes out only when nothing else does."""
         now = self.clock.now()
-        received = self._session.receive(data, now)
+        received = self._session.receive(data, now, defer_ack=True)
         if received.messages:
             self._last_rx = now
         self._batch = bytearray(received.out)
         try:
             for message in received.messages:
                 self._handle(message)
+            self._batch += self._session.take_ack()
         finally:
             batch, self._batch = self._batch, None
         self._transmit(bytes(batch))

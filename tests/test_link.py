@@ -429,12 +429,21 @@ def _packets(data: bytes) -> list[Message]:
     return out
 
 
+def _acks(data: bytes) -> list[tuple[Message, int]]:
+    """Each frame's message with the acknowledgement its header carries."""
+    out = []
+    for item in FrameReader().feed(data):
+        assert isinstance(item, Packet)
+        out.append((item.message, item.ack))
+    return out
+
+
 def test_one_coalesced_ack_per_chunk() -> None:
     board = _board_expecting_1()
     chunk = b"".join(encode_frame(seq, Cancel(seq)) for seq in range(1, 6))
     got = board.receive(chunk, 0.01)
     assert got.messages == cancels(1, 5)
-    assert _packets(got.out) == [Ack(5)]
+    assert _acks(got.out) == [(Ack(), 5)]
 
 
 def test_duplicates_are_reacked_not_delivered() -> None:
@@ -442,7 +451,7 @@ def test_duplicates_are_reacked_not_delivered() -> None:
     board.receive(encode_frame(1, Cancel(1)) + encode_frame(2, Cancel(2)), 0.01)
     got = board.receive(encode_frame(1, Cancel(1)), 0.02)
     assert got.messages == []
-    assert _packets(got.out) == [Ack(2)]
+    assert _acks(got.out) == [(Ack(), 2)]
     assert board.stats.duplicates == 1
 
 
@@ -450,10 +459,10 @@ def test_a_gap_is_naked_once_per_ack_timeout() -> None:
     board = _board_expecting_1()
     got = board.receive(encode_frame(3, Cancel(3)) + encode_frame(4, Cancel(4)), 0.01)
     assert got.messages == []
-    assert _packets(got.out) == [Nak(1, NakReason.GAP), Ack(65535)]
-    assert _packets(board.receive(encode_frame(5, Cancel(5)), 0.02).out) == [Ack(65535)]
+    assert _acks(got.out) == [(Nak(1, NakReason.GAP), 65535), (Ack(), 65535)]
+    assert _acks(board.receive(encode_frame(5, Cancel(5)), 0.02).out) == [(Ack(), 65535)]
     later = board.receive(encode_frame(6, Cancel(6)), 0.06)
-    assert _packets(later.out) == [Nak(1, NakReason.GAP), Ack(65535)]
+    assert _acks(later.out) == [(Nak(1, NakReason.GAP), 65535)]
     assert board.stats.gaps == 4
     assert board.stats.naks_sent == 2
 
@@ -504,10 +513,32 @@ def test_messages_from_the_wrong_side_are_errors() -> None:
     assert got.messages == []
     assert len(got.errors) == 1
     with pytest.raises(TypeError):
-        controller.send(Ack(1), 0.0)
+        controller.send(Ack(), 0.0)
     with pytest.raises(TypeError):
         controller.send(EyeEdge("x", True, 1), 0.0)
     with pytest.raises(ValueError, match="pulse_ms"):
         controller.send(Divert(1, 1, "D1", 10, 70_000), 0.0)
     with pytest.raises(ValueError, match="no HELLO"):
         LinkSession("board").reply_hello(Mode.RUN, 0, 0, 0.0)
+
+
+def test_an_answer_carries_the_acknowledgement_and_no_ack_frame_is_needed() -> None:
+    pair = synced_pair()
+    controller, board = pair.controller, pair.board
+    sent = b"".join(controller.send(message, 0.0) for message in cancels(0, 3))
+    last_seq = [item.seq for item in FrameReader().feed(sent) if isinstance(item, Packet)][-1]
+    got = board.receive(sent, 0.01, defer_ack=True)
+    assert got.messages == cancels(0, 3)
+    assert got.out == b""
+    assert board.ack_owed
+    answer = board.send(edges(0, 1)[0], 0.01)
+    assert _acks(answer) == [(edges(0, 1)[0], last_seq)]
+    assert not board.ack_owed
+    assert board.take_ack() == b""
+    assert controller.pending == 3
+    controller.receive(answer, 0.02, defer_ack=True)
+    assert controller.pending == 0  # acknowledged by the answer's header
+    assert controller.ack_owed  # and the answer itself is owed an acknowledgement
+    edge_seq = next(item.seq for item in FrameReader().feed(answer) if isinstance(item, Packet))
+    assert _acks(controller.take_ack()) == [(Ack(), edge_seq)]
+

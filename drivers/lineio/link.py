@@ -178,8 +178,7 @@ class LinkSession:
         if spec.direction not in (self._sends, "both"):
             raise TypeError(f"the {self.role} does not send {type(message).__name__}")
         if not spec.sequenced:
-            self.stats.frames_out += 1
-            return encode_frame(0, message)
+            return self._frame(message)
         self._queue.append((message, encode_payload(message)))  # a bad field raises here
         while len(self._queue) > self.queue_limit:
             self._queue.popleft()
@@ -193,9 +192,7 @@ class LinkSession:
         if self.session is None:
             raise ValueError("no HELLO to answer yet")
         first = self._unacked[0].seq if self._unacked else self._next_seq
-        frame = encode_frame(0, HelloReply(self._own_id(), self.session, first, mode, enc,
-                                           scheduled))
-        self.stats.frames_out += 1
+        frame = self._frame(HelloReply(self._own_id(), self.session, first, mode, enc, scheduled))
         self.synced = True
         self.failed = None
         return frame + self._resync(now)
@@ -203,13 +200,14 @@ class LinkSession:
     def receive(self, data: bytes, now: float, *, defer_ack: bool = False) -> Received:
         """Take bytes from the port; ACKs are coalesced into one per call.
 
-        With ``defer_ack`` the ACK is not in ``out``: :attr:`ack_owed` says one is due and
-        :meth:`take_ack` makes it, so a caller can coalesce the ACKs of several calls.
+        Every frame the session makes carries the latest acknowledgement. With ``defer_ack``
+        no Ack frame is added for what arrived: :attr:`ack_owed` says one is due until a frame
+        goes out (an answer, say) or :meth:`take_ack` makes one, so a caller can let its next
+        message carry it, or coalesce the ACKs of several calls.
         """
         messages: list[Message] = []
         errors: list[ProtocolError] = []
         out = bytearray()
-        sequenced_arrived = False
         for item in self._reader.feed(data):
             if isinstance(item, ProtocolError):
                 self.stats.bad_frames += 1
@@ -226,32 +224,31 @@ class LinkSession:
                 errors.append(ProtocolError(
                     f"the {self.role} got a {type(message).__name__}, which it sends itself"))
                 continue
+            if item.ack:
+                self._acked_through(item.ack, now)
             if self.role == "board" and self.session is None and not isinstance(message, Hello):
                 out += self._nak(0, NakReason.NO_SESSION, now)
                 if spec.sequenced:
                     continue
             if spec.sequenced:
                 if self._receiving:
-                    sequenced_arrived = True
+                    self.ack_owed = True  # a NAK it may cause carries the acknowledgement
                     if self._accept(item.seq, now, out):
                         messages.append(message)
                 continue
             out += self._on_link_message(message, now)
             messages.append(message)
-        if sequenced_arrived and self._expect is not None:
-            if defer_ack:
-                self.ack_owed = True
-            else:
-                out += self._frame(Ack(seq_before(self._expect)))
-        out += self._flush(now)
+        out += self._flush(now)  # a frame sent carries the acknowledgement
+        if self.ack_owed and not defer_ack:
+            out += self._frame(Ack())
         return Received(messages, bytes(out), errors)
 
     def take_ack(self) -> bytes:
-        """The one cumulative ACK owed for deferred receives, or b"" if none is owed."""
+        """An Ack frame for the acknowledgement owed, or b"" if none is (any frame the
+        session makes meanwhile carries it)."""
         if not self.ack_owed or self._expect is None:
             return b""
-        self.ack_owed = False
-        return self._frame(Ack(seq_before(self._expect)))
+        return self._frame(Ack())
 
     def poll(self, now: float) -> bytes:
         """Whatever is due by ``now``: HELLO retries and go-back-N resends on ACK timeout."""
@@ -312,8 +309,6 @@ class LinkSession:
 
     def _on_link_message(self, message: Message, now: float) -> bytes:
         match message:
-            case Ack(ack=ack):
-                self._acked_through(ack, now)
             case Nak(expect=expect, reason=reason):
                 self.stats.naks_received += 1
                 return self._on_nak(expect, reason, now)
@@ -385,7 +380,14 @@ class LinkSession:
 
     def _frame(self, message: Message) -> bytes:
         self.stats.frames_out += 1
-        return encode_frame(0, message)
+        return encode_frame(0, message, self._ack())
+
+    def _ack(self) -> int:
+        """The header's ack for a frame going out now: 0 while we expect nothing (§5)."""
+        if self._expect is None or not self._receiving:
+            return 0
+        self.ack_owed = False
+        return seq_before(self._expect)
 
     def _hello(self, now: float) -> bytes:
         assert self.session is not None
@@ -429,9 +431,13 @@ class LinkSession:
         if not self.synced or self.failed is not None:
             return b""
         out = bytearray()
+        if not self._queue or len(self._unacked) >= self.window:
+            return b""
+        ack = self._ack()
         while self._queue and len(self._unacked) < self.window:
             seq = self._next_seq
-            frame = frame_with_payload(seq, *self._queue.popleft())
+            message, payload = self._queue.popleft()
+            frame = frame_with_payload(seq, message, payload, ack)
             self._next_seq = seq_after(seq)
             if not self._unacked:
                 self._timer_start = now

@@ -324,11 +324,7 @@ class SerialLineIO:
                 transport.abort()
 
     def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        if self._session.ack_owed:
-            data = self._session.take_ack() + data  # goes out with whatever is written
-        if self._transport is not None and not self._transport.is_closing():
+        if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
     def _write_ack(self) -> None:
@@ -337,10 +333,10 @@ class SerialLineIO:
             self._transport.write(ack)
 
     def _owe_ack(self) -> None:
-        """Send the owed ACK within ACK_DELAY_S, or sooner with anything else written.
+        """Send the owed ACK within ACK_DELAY_S, unless a frame written meanwhile carries it.
 
-        Coalescing ACKs costs the board one frame for a burst of answers instead of one per
-        answer, and keeps the ACK off the path of the caller an answer wakes.
+        Every frame carries the acknowledgement, so a divert sent soon after the answers
+        acknowledges them; otherwise one Ack frame covers a burst of them.
         """
         if self._ack_timer is None or self._ack_timer.when() < self.clock.now():
             self._ack_timer = asyncio.get_running_loop().call_later(

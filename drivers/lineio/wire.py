@@ -1,7 +1,8 @@
 """The I/O board's serial frame codec and message set, without any I/O.
 
 A frame on the wire is ``COBS(body ‖ crc16) ‖ 0x00``; the body is ``version u8 | type u8 |
-seq u16 | payload``, every integer big-endian. The full layout, the rules around it and test
+seq u16 | ack u16 | payload``, every integer big-endian: every frame carries its sender's
+cumulative acknowledgement. The full layout, the rules around it and test
 vectors are in docs/serial-protocol.md, which is the contract for the board's firmware.
 
 Bytes from outside that do not parse raise :class:`~controller.errors.ProtocolError` (as
@@ -22,9 +23,9 @@ from typing import Literal
 
 from controller.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_BODY = 250
-HEADER_SIZE = 4
+HEADER_SIZE = 6
 CRC_SIZE = 2
 MAX_FRAME = MAX_BODY + CRC_SIZE + 1
 """The longest COBS-encoded frame, not counting its 0x00 delimiter (one COBS block)."""
@@ -111,9 +112,8 @@ class HelloReply:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Everything up to and including ``ack`` arrived in order."""
-
-    ack: int
+    """Nothing to say but the header's ``ack``: sent when an acknowledgement is owed and no
+    other frame goes out to carry it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +218,7 @@ class MessageSpec:
 SPECS: dict[type[Message], MessageSpec] = {
     Hello: MessageSpec(0x01, False, "down", ("u32", "u16")),
     HelloReply: MessageSpec(0x02, False, "up", ("u32", "u32", "u16", "mode", "u64", "u16")),
-    Ack: MessageSpec(0x03, False, "both", ("u16",)),
+    Ack: MessageSpec(0x03, False, "both", ()),
     Nak: MessageSpec(0x04, False, "both", ("u16", "nak")),
     Heartbeat: MessageSpec(0x05, False, "both", ("u32", "mode")),
     Encoder: MessageSpec(0x10, False, "up", ("u64",)),
@@ -232,7 +232,7 @@ SPECS: dict[type[Message], MessageSpec] = {
     Cancel: MessageSpec(0x22, True, "down", ("u32",)),
     SetMode: MessageSpec(0x23, True, "down", ("mode",)),
 }
-_HEADER = struct.Struct(">BBH")
+_HEADER = struct.Struct(">BBHH")
 
 
 def is_sequenced(message: Message) -> bool:
@@ -247,6 +247,9 @@ def direction(message: Message) -> Direction:
 class Packet:
     seq: int
     message: Message
+    ack: int = 0
+    """The sender's cumulative acknowledgement: every sequenced message up to and including
+    this seq arrived in order; 0 when it acknowledges nothing."""
 
 
 # --- encoding and decoding -----------------------------------------------------------------
@@ -347,9 +350,14 @@ class _Codec:
         self.name = cls.__name__
         self.layout = tuple(zip((f.name for f in fields(cls)), spec.kinds, strict=True))
         names = [name for name, _ in self.layout]
-        get_all = operator.attrgetter(*names)
-        self._get: Callable[[Message], tuple[object, ...]] = (
-            get_all if len(names) > 1 else lambda message: (get_all(message),))
+        self._get: Callable[[Message], tuple[object, ...]]
+        if len(names) > 1:
+            self._get = operator.attrgetter(*names)
+        elif names:
+            get_one = operator.attrgetter(names[0])
+            self._get = lambda message: (get_one(message),)
+        else:
+            self._get = lambda message: ()
         parts: list[_Run | _String] = []
         index = 0
         kinds = spec.kinds
@@ -456,23 +464,25 @@ def encode_payload(message: Message) -> bytes:
     return _CODECS[type(message)].encode(message)
 
 
-def encode_frame(seq: int, message: Message) -> bytes:
+def encode_frame(seq: int, message: Message, ack: int = 0) -> bytes:
     """The complete wire bytes of one frame, trailing 0x00 included.
 
-    ``seq`` must be 1..65535 for a sequenced message and 0 for any other; a field out of
-    its range raises :class:`ValueError`.
+    ``seq`` must be 1..65535 for a sequenced message and 0 for any other, ``ack`` 0..65535;
+    a field out of its range raises :class:`ValueError`.
     """
     spec = SPECS[type(message)]
     if spec.sequenced and not 1 <= seq <= SEQ_MAX:
         raise ValueError(f"seq {seq} of a sequenced {type(message).__name__} not in 1..65535")
     if not spec.sequenced and seq != 0:
         raise ValueError(f"an unsequenced {type(message).__name__} carries seq 0, not {seq}")
-    return frame_with_payload(seq, message, encode_payload(message))
+    if not 0 <= ack <= SEQ_MAX:
+        raise ValueError(f"ack {ack} not in 0..65535")
+    return frame_with_payload(seq, message, encode_payload(message), ack)
 
 
-def frame_with_payload(seq: int, message: Message, payload: bytes) -> bytes:
+def frame_with_payload(seq: int, message: Message, payload: bytes, ack: int = 0) -> bytes:
     """:func:`encode_frame` for a payload already encoded by :func:`encode_payload`."""
-    body = _HEADER.pack(PROTOCOL_VERSION, SPECS[type(message)].code, seq) + payload
+    body = _HEADER.pack(PROTOCOL_VERSION, SPECS[type(message)].code, seq, ack) + payload
     if len(body) > MAX_BODY:
         raise ValueError(f"{type(message).__name__} body of {len(body)} bytes > {MAX_BODY}")
     return cobs_encode(body + crc16(body).to_bytes(2, "big")) + b"\x00"
@@ -487,7 +497,7 @@ def decode_body(body: bytes) -> Packet:
     """A packet from a body whose CRC has already been checked."""
     if len(body) < HEADER_SIZE:
         raise FrameError(f"body of {len(body)} bytes is shorter than the header")
-    version, code, seq = _HEADER.unpack_from(body)
+    version, code, seq, ack = _HEADER.unpack_from(body)
     if version != PROTOCOL_VERSION:
         raise MessageError(f"protocol version {version}, want {PROTOCOL_VERSION}", seq)
     known = _BY_CODE.get(code)
@@ -499,7 +509,7 @@ def decode_body(body: bytes) -> Packet:
             raise MessageError(f"sequenced {cls.__name__} with seq 0", seq)
     elif seq != 0:
         raise MessageError(f"unsequenced {cls.__name__} with seq {seq}", seq)
-    return Packet(seq, codec.decode(body, seq))
+    return Packet(seq, codec.decode(body, seq), ack)
 
 
 def decode_frame(frame: bytes) -> Packet:
