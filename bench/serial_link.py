@@ -242,8 +242,8 @@ NAMES = {"c-board": "divert() → board stub in C", "session": "divert() → pro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--n", type=int, default=2000, help="round trips per run")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--n", type=int, default=5000, help="round trips per run")
     parser.add_argument("--seconds", type=float, default=30.0,
                         help="belt time of parcels in the capacity shift")
     args = parser.parse_args()
