@@ -30,6 +30,15 @@ def mosquitto() -> Iterator[Mosquitto]:
         yield broker
 
 
+@pytest.fixture
+def own_broker() -> Iterator[Mosquitto]:
+    """A broker of this test's own, for a test that restarts it."""
+    if mosquitto_path() is None:
+        pytest.skip("mosquitto is not installed (scripts/setup installs it)")
+    with Mosquitto() as broker:
+        yield broker
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves a thread of ours running (decode pools, journal writers)."""

@@ -4,24 +4,12 @@ the command did not name, and the controller and the nodes reconnect by themselv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from controller.config import LineConfig
 from controller.simulate import LinkOptions, Rig
-from sim_hardware.broker import Mosquitto, mosquitto_path
+from sim_hardware.broker import Mosquitto
 from tests.test_serial_faults import SPEC, assert_nothing_lost_nothing_wrong, shift
-
-
-@pytest.fixture
-def own_broker() -> Iterator[Mosquitto]:
-    """A broker of this test's own, since it will be restarted."""
-    if mosquitto_path() is None:
-        pytest.skip("mosquitto is not installed (scripts/setup installs it)")
-    with Mosquitto() as broker:
-        yield broker
 
 
 def test_a_line_on_mqtt_nodes_sorts_every_parcel_into_its_bin(

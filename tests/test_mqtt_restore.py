@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from drivers.lineio.mqtt import MqttLineIO
 from sim_hardware.broker import Mosquitto, mosquitto_path
 from sim_hardware.mqtt_nodes import MqttNodes
 from tests.test_mqtt_lineio import FAR, make_line, raw_client, rig, until
-from tests.test_serial_faults import SPEC, shift
+from tests.test_serial_faults import SPEC, assert_nothing_lost_nothing_wrong, shift
 
 pytestmark = [
     pytest.mark.skipif(mosquitto_path() is None,
@@ -31,15 +30,6 @@ OUTAGE_S = 1.0  # twice the nodes' fail-safe (500 ms)
 RECONNECT_CAP_S = 0.2  # everyone retries at least this often: back soon after the broker
 HEADROOM_S = 2.0  # belt time a divert must still have to go when the broker stops
 SHORT = SPEC.model_copy(update={"parcels": 14})
-
-
-@pytest.fixture
-def own_broker() -> Iterator[Mosquitto]:
-    """A broker of this test's own, since it will be restarted."""
-    if mosquitto_path() is None:
-        pytest.skip("mosquitto is not installed (scripts/setup installs it)")
-    with Mosquitto() as broker:
-        yield broker
 
 
 def test_a_broker_outage_past_the_fail_safe_restores_the_diverts_still_due(
@@ -73,15 +63,7 @@ def test_a_broker_outage_past_the_fail_safe_restores_the_diverts_still_due(
         options=LinkOptions(broker=(own_broker.host, own_broker.port),
                             mqtt={"reconnect_max_s": RECONNECT_CAP_S}), spec=SHORT)
     # every parcel tracked, with exactly one outcome; no push at a parcel not named
-    tracked = [r for r in records if r["sim_id"] is not None]
-    assert len(tracked) == SHORT.parcels
-    assert all(r["disposition"] not in ("UNTRACKED", "LOST") for r in tracked), \
-        Counter(r["disposition"] for r in tracked)
-    assert [r for r in records if r["case"] == "phantom"] == []
-    assert len({row["parcel_id"] for row in result.journal}) == len(result.journal)
-    assert all(row["disposition"] is not None for row in result.journal)
-    assert summary["wrong_parcel_fires"] == 0
-    assert summary["missorts"] == 0
+    assert_nothing_lost_nothing_wrong(summary, records, result, parcels=SHORT.parcels)
     assert own_broker.starts == 2
     assert chosen
     nodes, link = result.extra["nodes"], result.extra["link_mqtt"]

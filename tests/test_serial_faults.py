@@ -43,9 +43,9 @@ def shift(config: LineConfig, workdir: Path, *, line_link: LineLink = "serial",
 
 
 def assert_nothing_lost_nothing_wrong(summary: dict[str, Any], records: list[dict[str, Any]],
-                                      result: ShiftResult) -> None:
+                                      result: ShiftResult, *, parcels: int = SPEC.parcels) -> None:
     tracked = [r for r in records if r["sim_id"] is not None]
-    assert len(tracked) == SPEC.parcels
+    assert len(tracked) == parcels
     assert all(r["disposition"] not in ("UNTRACKED", "LOST") for r in tracked), \
         Counter(r["disposition"] for r in tracked)
     assert [r for r in records if r["case"] == "phantom"] == []
