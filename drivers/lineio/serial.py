@@ -328,9 +328,7 @@ class SerialLineIO:
             self._transport.write(data)
 
     def _write_ack(self) -> None:
-        ack = self._session.take_ack()
-        if ack and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(ack)
+        self._write(self._session.take_ack())
 
     def _owe_ack(self) -> None:
         """Send the owed ACK within ACK_DELAY_S, unless a frame written meanwhile carries it.

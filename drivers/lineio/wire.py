@@ -239,10 +239,6 @@ def is_sequenced(message: Message) -> bool:
     return SPECS[type(message)].sequenced
 
 
-def direction(message: Message) -> Direction:
-    return SPECS[type(message)].direction
-
-
 @dataclass(frozen=True, slots=True)
 class Packet:
     seq: int
