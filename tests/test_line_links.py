@@ -27,6 +27,7 @@ class FakeLink:
         self.enc = 0
         self.queue: asyncio.Queue[LineEvent] = asyncio.Queue()
         self.sent: list[DivertCommand] = []
+        self.forgotten = 0
 
     def encoder(self) -> int:
         return self.enc
@@ -41,6 +42,9 @@ class FakeLink:
 
     async def wait_up(self, within_s: float) -> None:
         return None
+
+    def forget_scheduled(self) -> None:
+        self.forgotten += 1
 
     async def __aenter__(self) -> FakeLink:
         return self
@@ -91,6 +95,7 @@ def test_joined_links_divert_nothing_until_a_tracking_loss_is_taken() -> None:
             for diverter in ("D1", "D2"):
                 with pytest.raises(DriverUnavailable, match="tracking lost"):
                     await links.divert(DivertCommand(1, 1, diverter, 5000, 100.0))
+            assert (board.forgotten, nodes.forgotten) == (1, 1)  # none restored later
             events = links.events()
             assert isinstance(await anext(events), TrackingLost)
             await links.divert(DivertCommand(2, 2, "D2", 6000, 100.0))

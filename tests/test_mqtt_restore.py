@@ -155,5 +155,15 @@ async def test_a_node_back_from_its_fail_safe_gets_its_due_diverts_again(
         assert r.io.stats.restored == restored + 1
         assert r.io.stats.node_failsafes >= 1
         assert line.scheduled_diverts() == 1
+        # once the line's count began again (tracking lost), nothing from before goes out
+        r.io.forget_scheduled()
+        assert r.io.scheduled == {}
+        async with raw_client(own_broker) as other:
+            for status in (b"safe", b"online"):
+                await other.publish(f"sorter/{r.name}/io/nodes/D1/status", status, qos=1,
+                                    retain=True)
+        await until(lambda: r.io.nodes.get("D1") == "online" and r.io.stats.node_failsafes >= 2,
+                    what="the second safe/online seen")
+        assert r.io.stats.restored == restored + 1
         assert r.io.stats.bad_payloads == 0
     assert not line.fires

@@ -45,6 +45,10 @@ class LineLink(Protocol):
 
     async def wait_up(self, within_s: float) -> None: ...
 
+    def forget_scheduled(self) -> None:
+        """Send none of the diverts accepted so far again (the line's count began again)."""
+        ...
+
     async def __aenter__(self) -> Any: ...
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -85,6 +89,8 @@ class LineLinks:
         async for event in link.events():
             if isinstance(event, TrackingLost):
                 self._tracking_lost += 1
+                for other in self.links.values():  # their fire_enc count from before too
+                    other.forget_scheduled()
             self._merged.put_nowait((event, self._sensors.encoder()))
 
     def states(self) -> dict[str, LinkState]:

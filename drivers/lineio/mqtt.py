@@ -432,6 +432,13 @@ class MqttLineIO:
 
     # --- what the nodes hold ---------------------------------------------------------------
 
+    def forget_scheduled(self) -> None:
+        """Send no node the diverts it accepted so far again: the line's count began again,
+        so their ``fire_enc`` mean nothing now."""
+        for held in self._scheduled.values():
+            held.clear()
+        self._due.clear()  # restores on their way keep their entry: their replies are known
+
     def _position(self) -> int | None:
         """The line's latest encoder count, if this link knows it."""
         if self._encoder_source is not None:

@@ -395,6 +395,11 @@ class SerialLineIO:
             case wire.HelloReply(boot_id=boot_id, enc=enc, scheduled=scheduled):
                 self._synced_with(boot_id, enc, scheduled)
 
+    def forget_scheduled(self) -> None:
+        """Send none of the diverts accepted so far again: their counts mean nothing now."""
+        self._scheduled.clear()
+        self._due.clear()
+
     def _forget_fired(self, enc: int) -> None:
         """Forget the diverts due by ``enc``: the board has carried them out (or never will)."""
         due = self._due
@@ -463,8 +468,7 @@ class SerialLineIO:
         log.error("serial %s: the board restarted and its encoder count began again "
                   "(%d after %d): the parcels on the belt are given up", self.config.port,
                   enc, last)
-        self._scheduled.clear()
-        self._due.clear()
+        self.forget_scheduled()
         self._tracking_lost += 1
         self._event(TrackingLost(
             DEVICE, f"the board restarted and its encoder count began again ({enc} after "
