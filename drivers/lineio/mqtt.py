@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import logging
 import secrets
@@ -92,6 +91,7 @@ from controller.lineio import (
     PhotoEyeEdge,
 )
 from drivers.backoff import Backoff
+from drivers.lineio.held import HeldDiverts
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +270,9 @@ class MqttLineIO:
         self._enc_delivered = 0
         self._logged: set[str] = set()
         self._encoder_source = encoder
-        # Accepted diverts not yet due, per diverter: what its node should hold, to send
-        # again when it comes back online. A heap over them by fire_enc forgets the due ones
-        # (lazily: a cancelled one leaves its heap entry behind until its count passes).
-        self._scheduled: dict[str, dict[int, DivertCommand]] = {d: {} for d in self.diverters}
-        self._due: list[tuple[int, int, str]] = []  # (fire_enc, command_id, diverter)
+        # Accepted diverts not yet due: what each node should hold, to send again when it
+        # comes back online.
+        self._scheduled = HeldDiverts()
         self._restoring: dict[int, str] = {}  # restored, reply not yet taken: id -> diverter
 
     # --- topics ----------------------------------------------------------------------------
@@ -352,7 +350,10 @@ class MqttLineIO:
     def scheduled(self) -> dict[str, list[DivertCommand]]:
         """The accepted diverts not yet due, per diverter (what each node should hold)."""
         self._forget_due()
-        return {d: list(held.values()) for d, held in self._scheduled.items() if held}
+        held: dict[str, list[DivertCommand]] = {}
+        for command in self._scheduled:
+            held.setdefault(command.diverter_id, []).append(command)
+        return held
 
     @property
     def _where(self) -> str:
@@ -424,9 +425,7 @@ class MqttLineIO:
 
     async def cancel(self, command_id: int, diverter_id: str) -> None:
         """Take back a divert the node may hold (sent after a reconnect if the link is down)."""
-        held = self._scheduled.get(diverter_id)
-        if held is not None:
-            held.pop(command_id, None)
+        self._scheduled.drop(command_id)
         self._restoring.pop(command_id, None)
         await self._send_cancel(command_id, diverter_id)
 
@@ -435,9 +434,7 @@ class MqttLineIO:
     def forget_scheduled(self) -> None:
         """Send no node the diverts it accepted so far again: the line's count began again,
         so their ``fire_enc`` mean nothing now."""
-        for held in self._scheduled.values():
-            held.clear()
-        self._due.clear()  # restores on their way keep their entry: their replies are known
+        self._scheduled.clear()  # restores on their way keep their entry: replies are known
 
     def _position(self) -> int | None:
         """The line's latest encoder count, if this link knows it."""
@@ -448,13 +445,11 @@ class MqttLineIO:
     def _hold(self, command: DivertCommand) -> None:
         """An accepted divert: remember it until it is due."""
         self._forget_due()
-        self._scheduled[command.diverter_id][command.command_id] = command
-        heapq.heappush(self._due, (command.fire_enc, command.command_id, command.diverter_id))
+        self._scheduled.hold(command)
         if self._position() is None:
             # no encoder count to tell which are due: keep the latest ones (the node refuses
             # an older one sent again as late anyway)
-            while len(self._due) > SCHEDULED_MEMORY:
-                self._forget(*heapq.heappop(self._due))
+            self._forgotten(self._scheduled.keep_earliest_due(SCHEDULED_MEMORY))
 
     def _forget_due(self, enc: int | None = None) -> None:
         """Forget the diverts due by ``enc`` (the latest count by default): their node has
@@ -463,15 +458,10 @@ class MqttLineIO:
             enc = self._position()
             if enc is None:
                 return
-        due = self._due
-        while due and due[0][0] <= enc:
-            self._forget(*heapq.heappop(due))
+        self._forgotten(self._scheduled.forget_due(enc))
 
-    def _forget(self, fire_enc: int, command_id: int, diverter: str) -> None:
-        held = self._scheduled[diverter]
-        command = held.get(command_id)
-        if command is not None and command.fire_enc == fire_enc:  # not a stale heap entry
-            del held[command_id]
+    def _forgotten(self, command_ids: list[int]) -> None:
+        for command_id in command_ids:
             self._restoring.pop(command_id, None)
 
     def _restore(self, node: str) -> None:
@@ -479,11 +469,10 @@ class MqttLineIO:
         dropped them (its fail-safe, a restart). It keeps one it still holds as it is, and
         refuses one it can no longer carry out in time."""
         client = self._client
-        held = self._scheduled.get(node)
-        if client is None or not held:
+        if client is None:
             return
         self._forget_due()
-        commands = list(held.values())
+        commands = [c for c in self._scheduled if c.diverter_id == node]
         if not commands:
             return
         log.warning("mqtt: node %s is online again: sending it its %d still-due diverts",
@@ -733,7 +722,7 @@ class MqttLineIO:
         log.warning("mqtt: node %s refused restored divert %d (%s)", diverter, reply.corr,
                     reply.reason)
         if reply.reason != "fault":  # "fault": in its fail-safe again; restored once armed
-            self._scheduled[diverter].pop(reply.corr, None)
+            self._scheduled.drop(reply.corr)
 
     def _on_status(self, topic: str, node: str, payload: bytes) -> None:
         if not payload:
@@ -803,7 +792,8 @@ class MqttLineIO:
             self._bad("bad_encoder", topic, payload, _validation_summary(exc))
             return
         self._enc_received = enc
-        if self._due and self._due[0][0] <= enc:
+        next_due = self._scheduled.next_due()
+        if next_due is not None and next_due <= enc:
             self._forget_due(enc)
         if self._queued_events == 0:
             self._queue.clear()  # only encoder counts were left: this one supersedes them

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import random
 from collections import deque
@@ -40,6 +39,7 @@ from controller.lineio import (
 )
 from drivers.backoff import Backoff
 from drivers.lineio import wire
+from drivers.lineio.held import HeldDiverts
 from drivers.lineio.link import LinkSession
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,7 @@ class SerialLineIO:
         self._tracking_lost = 0  # TrackingLost events queued, not yet taken
         self._pending: dict[int, asyncio.Future[wire.DivertAnswer]] = {}
         # Accepted diverts not yet due: what the board should hold, to restore after a resync.
-        self._scheduled: dict[int, DivertCommand] = {}
-        self._due: list[tuple[int, int]] = []  # (fire_enc, command_id): a heap over _scheduled
+        self._scheduled = HeldDiverts()
         self._boot_id: int | None = None
         self._last_rx = 0.0
         self._sleeping_until = 0.0
@@ -213,8 +212,7 @@ class SerialLineIO:
             self._pending.pop(command.command_id, None)
         self.stats.answers += 1
         if answer.accepted:
-            self._scheduled[command.command_id] = command
-            heapq.heappush(self._due, (command.fire_enc, command.command_id))
+            self._scheduled.hold(command)
         return DivertReply(command.command_id, answer.accepted, answer.reason.text)
 
     def _expire_due(self) -> None:
@@ -235,7 +233,7 @@ class SerialLineIO:
     async def cancel(self, command_id: int) -> None:
         """Take back a scheduled divert (delivered reliably, in order)."""
         self.stats.cancels += 1
-        self._scheduled.pop(command_id, None)
+        self._scheduled.drop(command_id)
         self._send(wire.Cancel(command_id))
 
     async def set_mode(self, mode: wire.Mode) -> None:
@@ -398,13 +396,10 @@ class SerialLineIO:
     def forget_scheduled(self) -> None:
         """Send none of the diverts accepted so far again: their counts mean nothing now."""
         self._scheduled.clear()
-        self._due.clear()
 
     def _forget_fired(self, enc: int) -> None:
         """Forget the diverts due by ``enc``: the board has carried them out (or never will)."""
-        due = self._due
-        while due and due[0][0] <= enc:
-            self._scheduled.pop(heapq.heappop(due)[1], None)  # a cancelled one is gone already
+        self._scheduled.forget_due(enc)
 
     def _restore_schedule(self, enc: int, held: int) -> None:
         """Send again the diverts the board dropped while the link was out and still due.
@@ -416,7 +411,7 @@ class SerialLineIO:
         if len(self._scheduled) <= held:
             return
         self.stats.restored += len(self._scheduled)
-        for command in self._scheduled.values():
+        for command in self._scheduled:
             self._send(wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
                                    command.fire_enc, round(command.pulse_ms)))
 
