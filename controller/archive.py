@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from controller.config import ArchiveConfig
-from controller.errors import SorterError
+from controller.errors import ArchiveError
 from controller.vision import GrayImage
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,6 @@ _TEMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".del-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _META_RESERVE = 4096  # bytes of the byte bound kept for meta.json
-
-
-class ArchiveError(SorterError):
-    """The archive cannot do what was asked (no such archive, unknown parcel ids)."""
 
 
 @dataclass(frozen=True, slots=True)

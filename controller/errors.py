@@ -5,10 +5,15 @@
     SorterError
      ├── ConfigError              bad line config, with the field path
      ├── DriverError(device, …)   a device or link failed
-     │    ├── DriverUnavailable   unknown backend / library missing
-     │    └── DriverTimeout       also a TimeoutError
+     │    ├── DriverUnavailable   unknown backend, library or program missing: fix the install
+     │    ├── LinkDown            the link is down or the device refused: retry later
+     │    └── DriverTimeout       no answer in time; also a TimeoutError
      ├── ProtocolError            a malformed frame or message from outside
-     └── OrderStoreError          the order store failed or is unreachable
+     │    ├── FrameError          damaged in transit (COBS, length, CRC)
+     │    └── MessageError        arrived intact, but not a valid message
+     ├── OrderStoreError          the order store failed or is unreachable
+     ├── JournalError             the durable journal cannot be written or opened
+     └── ArchiveError             the no-read archive cannot do what was asked
 """
 
 from __future__ import annotations
@@ -38,7 +43,17 @@ class DriverError(SorterError):
 
 
 class DriverUnavailable(DriverError):
-    """The backend named in config is unknown or its library is missing."""
+    """The backend named in config is unknown, or a library or program it needs is missing.
+
+    Retrying does not help: the install or the config must change.
+    """
+
+
+class LinkDown(DriverError):
+    """The link to the device is down (or the device cannot take this request now).
+
+    Transient: the link reconnects by itself, so the same request may succeed later.
+    """
 
 
 class DriverTimeout(DriverError, TimeoutError):
@@ -49,5 +64,25 @@ class ProtocolError(SorterError):
     """Bytes or a message from outside did not parse."""
 
 
+class FrameError(ProtocolError):
+    """The frame was damaged in transit: COBS, length or CRC is wrong."""
+
+
+class MessageError(ProtocolError):
+    """The frame arrived intact (CRC good) but its content is not a valid message."""
+
+    def __init__(self, message: str, seq: int | None = None) -> None:
+        self.seq = seq
+        super().__init__(message)
+
+
 class OrderStoreError(SorterError):
     """The order store failed or could not be reached."""
+
+
+class JournalError(SorterError):
+    """The journal cannot be opened or written: outcomes can no longer be made durable."""
+
+
+class ArchiveError(SorterError):
+    """The archive cannot do what was asked (no such archive, unknown parcel ids)."""
