@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from controller.clock import RealClock
 from controller.config import MqttLinkConfig, load_config
 from controller.lineio import DivertCommand
-from drivers.lineio.mqtt import MqttLineIO, cancel_and_wait
+from drivers.lineio.mqtt import MqttLineIO
+from drivers.lineio.tasks import cancel_and_wait
 from sim_hardware.broker import Mosquitto, mosquitto_path
 from sim_hardware.line import PhysicalLine
 from sim_hardware.mqtt_nodes import MqttNodes

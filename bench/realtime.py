@@ -25,10 +25,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from controller.app.shift_report import parcel_records, summarise  # noqa: E402
+from controller.app.simulate import ShiftResult, run_shift  # noqa: E402
 from controller.clock import RealClock, run_real  # noqa: E402
 from controller.config import LineConfig, load_config  # noqa: E402
-from controller.report import parcel_records, summarise  # noqa: E402
-from controller.simulate import ShiftResult, run_shift  # noqa: E402
 from controller.vision import GrayImage, Symbol  # noqa: E402
 from drivers import decoders  # noqa: E402
 from sim_hardware.scenario import ScenarioSpec  # noqa: E402

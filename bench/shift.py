@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from controller.app.simulate import ShiftResult, run_shift  # noqa: E402
 from controller.clock import VirtualClock, run_virtual  # noqa: E402
 from controller.config import LineConfig, load_config  # noqa: E402
-from controller.simulate import ShiftResult, run_shift  # noqa: E402
 from drivers.decoders import available_decoders, make_decoder  # noqa: E402
 from sim_hardware.labels import LabelSpec  # noqa: E402
 from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel  # noqa: E402

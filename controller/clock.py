@@ -151,6 +151,14 @@ class VirtualClock(RealClock):
         return result
 
 
+def running_clock() -> Clock:
+    """The clock of the running loop: virtual on a :class:`VirtualTimeEventLoop`, else real."""
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, VirtualTimeEventLoop):
+        return VirtualClock(loop)
+    return RealClock(loop)
+
+
 def run_virtual(main: Callable[[VirtualClock], Awaitable[T]], *, start: float = 0.0) -> T:
     """Run ``main(clock)`` to completion on virtual time."""
 

@@ -1,4 +1,4 @@
-"""Orders as the controller needs them, and the store it asks (owned here, built in drivers)."""
+"""Orders as the controller needs them, and the store it asks (owned here, built by a backend)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,14 @@
-"""The line's I/O board at the far end of a serial cable, on a pseudo-terminal.
+"""The line's I/O board at the far end of a serial cable (a pty, or a null modem in memory).
 
 It speaks docs/serial-protocol.md for the physical line: photo-eye edges, encoder, bin
 sensors and diverter commands. Like the firmware it stands in for, it fires only on a
 scheduled command, refuses one it can no longer carry out in time, and drops every
 scheduled divert when the controller's heartbeat stops (fail-safe).
 
-The emulated wire can be slowed to a baud rate (a pty has none), and made bad: flipped and
-lost bytes, late or missing ACKs, and a cable pulled out and plugged back in. The port is
-reached through a stable symlink, as ``/dev/serial/by-id/…`` is on a real machine, because a
-replugged pty gets a new ``/dev/pts/N``.
+The cable is a pty on the real clock and an in-memory null modem on the virtual one
+(:mod:`sim_hardware.board_wire`), either paced like a baud rate and made bad: flipped and
+lost bytes, late or missing ACKs; it can be pulled out and plugged back in, and the board
+power-cycled.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import tty
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from controller.clock import Clock
-from controller.errors import ProtocolError
+from controller.clock import Clock, VirtualTimeEventLoop
 from controller.lineio import (
     BinEntry,
     BinLevel,
@@ -35,51 +32,38 @@ from controller.lineio import (
 )
 from drivers.lineio import wire
 from drivers.lineio.link import LinkSession
+from sim_hardware.board_wire import (
+    BITS_PER_BYTE,
+    BoardStats,
+    BoardWire,
+    Cable,
+    NullModemCable,
+    PtyCable,
+    WireFaults,
+)
 from sim_hardware.line import Fire, PhysicalLine
+
+__all__ = ["BITS_PER_BYTE", "BoardStats", "CableKind", "IoBoard", "WireFaults"]
 
 log = logging.getLogger(__name__)
 
-BITS_PER_BYTE = 10  # start, 8 data, stop
 _REASONS = {"": wire.Reason.OK, "late": wire.Reason.LATE, "busy": wire.Reason.BUSY,
             "unknown_diverter": wire.Reason.UNKNOWN_DIVERTER, "fault": wire.Reason.FAULT}
 
 
-@dataclass
-class WireFaults:
-    """What goes wrong on the cable, per byte or per ACK, from a seeded random stream."""
-
-    garble: float = 0.0  # a byte arrives with one bit flipped (both directions)
-    drop: float = 0.0  # a byte is lost (both directions)
-    drop_acks: float = 0.0  # an ACK the board sends is lost
-    ack_delay_s: float = 0.0  # every ACK the board sends leaves this late
-    seed: int = 0
-
-
-@dataclass
-class BoardStats:
-    bytes_in: int = 0
-    bytes_out: int = 0
-    garbled: int = 0
-    dropped: int = 0
-    acks_dropped: int = 0
-    diverts: int = 0
-    refused: int = 0
-    cancels: int = 0
-    failsafes: int = 0
-    sessions: int = 0
-    unplugs: int = 0
-    restarts: int = 0
-    wire_busy_s: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
+CableKind = Literal["auto", "pty", "nullmodem"]
+"""``auto``: a null modem on the virtual clock (a pty's bytes move in real time), else a pty."""
 
 
 class IoBoard:
-    """An emulated I/O board serving a :class:`PhysicalLine` on a pty."""
+    """An emulated I/O board serving a :class:`PhysicalLine` over its cable."""
 
     def __init__(self, line: PhysicalLine, clock: Clock, *, baudrate: int | None = None,
                  faults: WireFaults | None = None, diverters: Sequence[str] | None = None,
                  heartbeat_ms: float = 100.0, encoder_ms: float = 10.0,
                  failsafe_ms: float = 500.0, link_path: Path | None = None,
-                 on_port: Callable[[str], None] | None = None) -> None:
+                 on_port: Callable[[str], None] | None = None, cable: CableKind = "auto",
+                 ) -> None:
         self.line = line
         self.clock = clock
         self.baudrate = baudrate
@@ -87,22 +71,17 @@ class IoBoard:
         self.stats = BoardStats()
         self.link_path = link_path
         self.on_port = on_port
+        self.cable_kind = cable
         self.mode = wire.Mode.SAFE  # until a controller says HELLO
         self.controller_seen = asyncio.Event()
         self._served = None if diverters is None else list(diverters)
         self._heartbeat_s = heartbeat_ms / 1000
         self._encoder_s = encoder_ms / 1000
         self._failsafe_s = failsafe_ms / 1000
-        self._rng = random.Random(self.faults.seed)
         self._session = LinkSession("board", boot_id=random.getrandbits(32))
         self._controller_session: int | None = None
-        self._master: int | None = None
-        self._slave: int | None = None
-        self.port = ""
+        self._wire: BoardWire | None = None
         self._last_rx = clock.now()
-        self._tx_free_at = 0.0
-        self._rx_free_at = 0.0
-        self._tx_queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._started = clock.now()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_enc = -1
@@ -113,21 +92,37 @@ class IoBoard:
 
     # --- lifetime --------------------------------------------------------------------------
 
+    @property
+    def port(self) -> str:
+        """Where a controller opens the board: the pty's path, or the null modem's name."""
+        return self._wire.port if self._wire is not None else ""
+
     async def start(self) -> str:
-        """Plug the cable in; return the pty's path."""
+        """Plug the cable in; return the port."""
+        self._wire = BoardWire(self._cable(), self.clock, baudrate=self.baudrate,
+                               faults=self.faults, stats=self.stats, receive=self._receive)
+        self._wire.start()
         self._plug()
-        self._tasks = [
-            asyncio.create_task(self._transmitter(), name="board.tx"),
-            asyncio.create_task(self._ticker(), name="board.tick"),
-        ]
+        self._tasks = [asyncio.create_task(self._ticker(), name="board.tick")]
         return self.port
+
+    def _cable(self) -> Cable:
+        kind = self.cable_kind
+        if kind == "auto":
+            virtual = isinstance(asyncio.get_running_loop(), VirtualTimeEventLoop)
+            kind = "nullmodem" if virtual else "pty"
+        if kind == "pty":
+            return PtyCable(self.link_path)
+        return NullModemCable(str(self.link_path) if self.link_path is not None
+                              else f"nullmodem:{id(self):x}")
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        self._unplug_port()
+        if self._wire is not None:
+            await self._wire.close()
         with contextlib.suppress(ValueError):
             self.line.event_sinks.remove(self._line_event)
         with contextlib.suppress(ValueError):
@@ -162,8 +157,8 @@ class IoBoard:
         self.mode = wire.Mode.SAFE
         self.controller_seen.clear()
         self._controller_session = None
-        while not self._tx_queue.empty():
-            self._tx_queue.get_nowait()
+        if self._wire is not None:
+            self._wire.discard_queued()
         await self.clock.sleep(seconds)
         self._session = LinkSession("board", boot_id=random.getrandbits(32))
         if count_restarts:
@@ -180,128 +175,21 @@ class IoBoard:
         """The board's encoder count now."""
         return self._enc(self.line.encoder())
 
-    # --- the pty ---------------------------------------------------------------------------
+    # --- the cable -------------------------------------------------------------------------
 
     def _plug(self) -> None:
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave  # the slave stays open: see FACTS.md
-        self.port = os.ttyname(slave)
-        if self.link_path is not None:
-            tmp = self.link_path.with_name(self.link_path.name + ".new")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(self.port)
-            tmp.replace(self.link_path)
-        asyncio.get_running_loop().add_reader(master, self._readable)
+        assert self._wire is not None
+        self._wire.plug()
         if self.on_port is not None:
             self.on_port(self.port)
 
     def _unplug_port(self) -> None:
-        if self._master is None:
-            return
-        asyncio.get_running_loop().remove_reader(self._master)
-        if self.link_path is not None:
-            self.link_path.unlink(missing_ok=True)
-        for fd in (self._master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)  # type: ignore[arg-type]
-        self._master = self._slave = None
-
-    def _readable(self) -> None:
-        assert self._master is not None
-        try:
-            data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # no controller has the port open
-        data = self._spoil(data)
-        self.stats.bytes_in += len(data)
-        if self.baudrate is None:
-            self._receive(data)
-            return
-        # The bytes are on the wire until their last bit has arrived.
-        now = self.clock.now()
-        wire_s = len(data) * BITS_PER_BYTE / self.baudrate
-        self._rx_free_at = max(self._rx_free_at, now) + wire_s
-        self.stats.wire_busy_s["down"] += wire_s
-        asyncio.get_running_loop().call_later(self._rx_free_at - now, self._receive, data)
-
-    def _spoil(self, data: bytes) -> bytes:
-        faults = self.faults
-        if not (faults.garble or faults.drop):
-            return data
-        out = bytearray()
-        for byte in data:
-            if faults.drop and self._rng.random() < faults.drop:
-                self.stats.dropped += 1
-                continue
-            flip = 0
-            if faults.garble and self._rng.random() < faults.garble:
-                flip = 1 << self._rng.randrange(8)
-                self.stats.garbled += 1
-            out.append(byte ^ flip)
-        return bytes(out)
-
-    async def _transmitter(self) -> None:
-        while True:
-            data = await self._tx_queue.get()
-            if self.baudrate is not None:
-                wire_s = len(data) * BITS_PER_BYTE / self.baudrate
-                self._tx_free_at = max(self._tx_free_at, self.clock.now()) + wire_s
-                self.stats.wire_busy_s["up"] += wire_s
-                await self.clock.sleep_until(self._tx_free_at)
-            self._put_on_wire(data)
-
-    def _put_on_wire(self, data: bytes) -> None:
-        data = self._spoil(data)
-        if self._master is None or not data:
-            return
-        self.stats.bytes_out += len(data)
-        with contextlib.suppress(OSError):
-            os.write(self._master, data)
+        if self._wire is not None:
+            self._wire.unplug()
 
     def _transmit(self, data: bytes) -> None:
-        if not data:
-            return
-        if self.faults.drop_acks or self.faults.ack_delay_s:
-            data = self._hold_back_acks(data)
-        if self.baudrate is None:
-            self._put_on_wire(data)
-        elif data:
-            self._tx_queue.put_nowait(data)
-
-    def _hold_back_acks(self, data: bytes) -> bytes:
-        """Lose or delay the acknowledgements the frames carry, as a bad wire would.
-
-        A lost ACK is the header's ``ack`` gone from a frame (it goes out with 0, or not at
-        all if it is an Ack frame); a late one goes out ``ack_delay_s`` later in an Ack frame.
-        """
-        keep = bytearray()
-        for frame in data.split(b"\x00"):
-            if not frame:
-                continue
-            try:
-                packet = wire.decode_frame(frame)
-            except ProtocolError:
-                packet = None
-            if packet is None or not packet.ack:
-                keep += frame + b"\x00"
-                continue
-            lost = self._rng.random() < self.faults.drop_acks
-            if not lost and not self.faults.ack_delay_s:
-                keep += frame + b"\x00"
-                continue
-            if not isinstance(packet.message, wire.Ack):
-                keep += wire.encode_frame(packet.seq, packet.message)  # without its ack
-            if lost:
-                self.stats.acks_dropped += 1
-            else:
-                asyncio.get_running_loop().call_later(
-                    self.faults.ack_delay_s, self._put_on_wire,
-                    wire.encode_frame(0, wire.Ack(), packet.ack))
-        return bytes(keep)
+        if self._wire is not None:
+            self._wire.transmit(data)
 
     # --- the protocol ----------------------------------------------------------------------
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from controller.app.shift_report import parcel_records, summarise
+from controller.app.simulate import ShiftResult, run_shift
 from controller.clock import VirtualClock, run_virtual
 from controller.config import LineConfig
-from controller.report import parcel_records, summarise
-from controller.simulate import ShiftResult, run_shift
+from controller.kpis import ParcelOutcome
 from sim_hardware.scenario import Case, ScenarioSpec
 
 
 def run_sim(config: LineConfig, spec: ScenarioSpec, workdir: Path,
-            **kwargs: Any) -> tuple[dict[str, Any], list[dict[str, Any]], ShiftResult]:
+            **kwargs: Any) -> tuple[dict[str, Any], list[ParcelOutcome], ShiftResult]:
     async def shift(clock: VirtualClock) -> ShiftResult:
         return await run_shift(config, spec, workdir, clock, **kwargs)
 

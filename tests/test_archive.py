@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from controller.app.cli import main
 from controller.archive import (
     ArchivedFrame,
     ArchivedParcel,
@@ -21,7 +22,6 @@ from controller.archive import (
     NoReadArchive,
     open_archive,
 )
-from controller.cli import main
 from controller.config import load_config
 
 MB = 1024 * 1024

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from controller.cli import main
+from controller.app.cli import main
 from controller.config import load_config
 from controller.errors import ConfigError
 from sim_hardware.scenario import load_scenario
@@ -87,3 +90,34 @@ def test_realtime_shift_on_a_short_line(tmp_path: Path,
     assert summary["missorts"] == 0
     assert 1.0 < summary["line_time_s"] < 10.0  # it really took belt time
     assert summary["wall_time_s"] >= summary["line_time_s"]
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """``parcel-sorter check-config LINE | head``: the reader is gone, so no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader closed before a byte was written: EPIPE for sure
+    try:
+        done = subprocess.run([sys.executable, "-m", "controller", "check-config",
+                               str(EXAMPLE_CONFIG)], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60,
+                              check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
+
+
+def test_output_into_a_reader_that_stops_after_one_line(tmp_path: Path) -> None:
+    """A reader that takes one line of many and leaves: the CLI ends without a traceback."""
+    images = [str(tmp_path / f"missing-{i:04d}.png") for i in range(3000)]  # > a pipe's 64 KiB
+    cli = subprocess.Popen([sys.executable, "-m", "controller", "decode", *images],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert cli.stdout is not None
+    assert cli.stderr is not None
+    first = cli.stdout.readline()
+    cli.stdout.close()
+    err = cli.stderr.read()
+    cli.stderr.close()
+    assert cli.wait(timeout=60) == 141, err
+    assert first.startswith(images[0] + ": error: ")
+    assert err == ""

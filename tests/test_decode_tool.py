@@ -8,10 +8,10 @@ from pathlib import Path
 import cv2
 import pytest
 
-from controller.cli import main
+from controller.app.cli import main
+from controller.app.decode_tool import printable
 from controller.codes import CodeRule
 from controller.config import LineConfig
-from controller.tools import printable
 from sim_hardware.labels import LabelSpec
 from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel
 from sim_hardware.scenario import make_code

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller.config import LineConfig, SortRule
+from controller.orders import Order
 from sim_hardware.scenario import Case, ScenarioSpec
 
 from .shifts import only, run_sim
@@ -267,3 +270,106 @@ def test_no_read_and_multi_read_parcels_are_archived_for_keying(
         if entry.disposition == "MULTI_READ":
             assert len(entry.codes) == 2
             assert expected[parcel_id]["code"] in entry.codes
+
+
+class BrokenOnce:
+    """An order store with a bug: one lookup raises an error that is not OrderStoreError."""
+
+    def __init__(self, store: Any, on_lookup: int) -> None:
+        self.store = store
+        self.on_lookup = on_lookup
+        self.lookups = 0
+        self.broke_on: str | None = None
+
+    async def lookup(self, code: str) -> Any:
+        self.lookups += 1
+        if self.lookups == self.on_lookup:
+            self.broke_on = code
+            raise RuntimeError("the store's driver has a bug")
+        return await self.store.lookup(code)
+
+    async def released(self, limit: int) -> Any:
+        return await self.store.released(limit)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def _check_one_failed_decision(records: list[dict[str, Any]], result: Any, code: str | None,
+                               error: str) -> None:
+    assert code is not None, "the fault was never injected"
+    assert result.stats.decision_errors == 1
+    assert len({row["parcel_id"] for row in result.journal}) == len(result.journal)
+    assert all(row["disposition"] is not None for row in result.journal)
+    failed = [r for r in records if r["code"] == code]
+    assert len(failed) == 1
+    assert failed[0]["disposition"] == "LATE", failed[0]
+    assert failed[0]["reason"] == f"decision failed: RuntimeError: {error}"
+    assert failed[0]["actual_bin"] == failed[0]["controller_bin"] == "END"  # nothing fired
+    later = [r for r in records if r["parcel_id"] > failed[0]["parcel_id"]]
+    assert len(later) >= 5
+    others = [r for r in records if r["code"] != code]
+    assert all(r["disposition"] == "SORTED" for r in others), others
+    assert all(r["actual_bin"] == r["expected_bin"] for r in others)
+    assert result.stats.dispositions == {"SORTED": len(others), "LATE": 1}
+
+
+def test_an_order_store_raising_a_bug_fails_one_decision_and_the_line_goes_on(
+        example_config: LineConfig, tmp_path: Path) -> None:
+    spec = ScenarioSpec(parcels=16, seed=25, scuffed_share=0.0)
+    stores: list[BrokenOnce] = []
+
+    def broken(store: Any) -> BrokenOnce:
+        stores.append(BrokenOnce(store, on_lookup=6))
+        return stores[0]
+
+    _, records, result = run_sim(example_config, spec, tmp_path, order_store_wrapper=broken)
+    assert result.stats.order_store_errors == 0  # a bug, not the store being unreachable
+    _check_one_failed_decision(records, result, stores[0].broke_on,
+                               "the store's driver has a bug")
+
+
+def test_a_sort_plan_raising_fails_one_decision_and_the_line_goes_on(
+        example_config: LineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from controller.sortplan import SortPlan
+
+    destinations = SortPlan.destinations
+    calls: list[str] = []
+
+    def raising_once(plan: SortPlan, order: Order) -> tuple[str | None, list[str]]:
+        calls.append(order.code)
+        if len(calls) == 4:
+            raise RuntimeError("rule table corrupt")
+        return destinations(plan, order)
+
+    monkeypatch.setattr(SortPlan, "destinations", raising_once)
+    spec = ScenarioSpec(parcels=16, seed=26, scuffed_share=0.0)
+    _, records, result = run_sim(example_config, spec, tmp_path)
+    _check_one_failed_decision(records, result, calls[3] if len(calls) > 3 else None,
+                               "rule table corrupt")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug in the writer"), OSError("disk full")])
+def test_archive_write_failures_of_any_kind_are_counted_and_the_line_goes_on(
+        example_config: LineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, error: Exception) -> None:
+    from controller.archive import ArchivedParcel, NoReadArchive
+
+    tried: list[int] = []
+
+    def failing_store(archive: NoReadArchive, entry: ArchivedParcel) -> Path:
+        tried.append(entry.parcel_id)
+        raise error
+
+    monkeypatch.setattr(NoReadArchive, "store", failing_store)
+    spec = ScenarioSpec(parcels=16, seed=27, scuffed_share=0.0,
+                        mix={Case.NOMINAL: 2.0, Case.NO_LABEL: 1.0})
+    with caplog.at_level("WARNING", logger="controller.sorter"):
+        _, records, result = run_sim(example_config, spec, tmp_path)
+    no_reads = [r["parcel_id"] for r in records if r["disposition"] == "NO_READ"]
+    assert no_reads
+    assert sorted(tried) == sorted(no_reads)
+    assert result.stats.archive_errors == len(no_reads)
+    kept_back = [m for m in caplog.messages if "no-read archive: parcel" in m]
+    assert len(kept_back) == len(no_reads)
+    assert all(r["disposition"] == "SORTED" for r in records if r["case"] == Case.NOMINAL)

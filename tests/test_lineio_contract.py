@@ -2,6 +2,9 @@
 
 Written once, run against each backend with the emulator's physical line behind it: the
 controller's view (events, encoder, divert replies) is checked against what the line did.
+The serial driver runs it twice: against the emulated board, which runs the driver's own
+protocol session, and against ``c-board``, the board firmware in C (bench/board_stub.c,
+built with ``cc``) that shares no code with the driver, so a bug of both ends cannot hide.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
+from controller.app.simulate import LinkOptions, Rig, wire_up
 from controller.clock import RealClock, run_real
 from controller.config import LineConfig
 from controller.errors import DriverError
@@ -25,17 +29,42 @@ from controller.lineio import (
     LineIO,
     PhotoEyeEdge,
 )
-from controller.simulate import LineLink, LinkOptions, Rig, wire_up
 from sim_hardware.devices import SimLineIO
 from sim_hardware.line import PhysicalLine
 from sim_hardware.scenario import ScenarioSpec, generate
+from tests.c_board import CBoard, CBoardLineIO, build_stub
 
-BACKENDS = ["inprocess", "serial", "mqtt"]
+Backend = Literal["inprocess", "serial", "mqtt", "c-board"]
+BACKENDS: list[Backend] = ["inprocess", "serial", "c-board", "mqtt"]
 Body = Callable[[Rig, LineIO, RealClock], Coroutine[Any, Any, None]]
 
 
-def _run(config: LineConfig, backend: LineLink, tmp_path: Path, *,
-         broker: tuple[str, int] | None, body: Body, parcels: int = 2) -> None:
+@pytest.fixture(scope="session")
+def board_stub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bench/board_stub.c, compiled once for the run."""
+    binary = build_stub(tmp_path_factory.mktemp("board_stub"))
+    if binary is None:
+        pytest.skip("no C compiler (cc): the board firmware in C cannot be built")
+    return binary
+
+
+async def _c_board(config: LineConfig, rig: Rig, stack: contextlib.AsyncExitStack,
+                   clock: RealClock, binary: Path) -> LineIO:
+    """The serial driver, with the C firmware on the far end of a pty."""
+    from controller.config import SerialLinkConfig
+    from drivers.lineio.serial import SerialLineIO
+
+    stub = await stack.enter_async_context(CBoard(binary, rig.line, clock))
+    rig.board = stub
+    link = SerialLineIO(SerialLinkConfig(port=stub.port), clock=clock)
+    line_io = await stack.enter_async_context(CBoardLineIO(link, stub))
+    await link.wait_up(5.0)
+    return line_io
+
+
+def _run(config: LineConfig, backend: Backend, tmp_path: Path, *,
+         broker: tuple[str, int] | None, body: Body, parcels: int = 2,
+         stub: Path | None = None) -> None:
     spec = ScenarioSpec(parcels=parcels, seed=7, gap_mm=(1200.0, 1200.0),
                         length_mm=(300.0, 300.0), scuffed_share=0.0)
     truth, _ = generate(spec, config)
@@ -46,6 +75,9 @@ def _run(config: LineConfig, backend: LineLink, tmp_path: Path, *,
         async with contextlib.AsyncExitStack() as stack:
             if backend == "inprocess":
                 line_io: LineIO = SimLineIO(line)
+            elif backend == "c-board":
+                assert stub is not None
+                line_io = await _c_board(config, rig, stack, clock, stub)
             else:
                 _, line_io = await wire_up(config, rig, stack, workdir=tmp_path, clock=clock,
                                            line_link=backend,
@@ -64,12 +96,16 @@ def _run(config: LineConfig, backend: LineLink, tmp_path: Path, *,
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> tuple[LineLink, tuple[str, int] | None]:
-    name: LineLink = request.param
+def backend(request: pytest.FixtureRequest) -> tuple[Backend, tuple[str, int] | None]:
+    name: Backend = request.param
     if name != "mqtt":
         return name, None
     broker = request.getfixturevalue("mosquitto")
     return name, (broker.host, broker.port)
+
+
+def _stub(backend: str, request: pytest.FixtureRequest) -> Path | None:
+    return request.getfixturevalue("board_stub") if backend == "c-board" else None
 
 
 async def _next(events: AsyncIterator[LineEvent], kind: type[Any],
@@ -82,7 +118,8 @@ async def _next(events: AsyncIterator[LineEvent], kind: type[Any],
 
 def test_edges_arrive_with_the_encoder_count_latched_at_them(
         example_config: LineConfig, tmp_path: Path,
-        backend: tuple[LineLink, tuple[str, int] | None]) -> None:
+        backend: tuple[Backend, tuple[str, int] | None],
+        request: pytest.FixtureRequest) -> None:
     async def body(rig: Rig, line_io: LineIO, clock: RealClock) -> None:
         events = line_io.events()
         for parcel in rig.line.parcels:
@@ -96,12 +133,14 @@ def test_edges_arrive_with_the_encoder_count_latched_at_them(
             await clock.sleep(0.05)
             assert abs(line_io.encoder() - rig.line.encoder()) <= 30 * cpm
 
-    _run(example_config, backend[0], tmp_path, broker=backend[1], body=body)
+    _run(example_config, backend[0], tmp_path, broker=backend[1], body=body,
+         stub=_stub(backend[0], request))
 
 
 def test_an_accepted_divert_fires_on_its_count_and_the_bin_sees_the_parcel(
         example_config: LineConfig, tmp_path: Path,
-        backend: tuple[LineLink, tuple[str, int] | None]) -> None:
+        backend: tuple[Backend, tuple[str, int] | None],
+        request: pytest.FixtureRequest) -> None:
     diverter = example_config.diverters[2]
     cpm = example_config.belt.encoder_counts_per_mm
 
@@ -122,12 +161,14 @@ def test_an_accepted_divert_fires_on_its_count_and_the_bin_sees_the_parcel(
         assert [(f.command_id, f.diverter_id, f.pushed) for f in rig.line.fires] == \
             [(41, diverter.id, first.sim_id)]
 
-    _run(example_config, backend[0], tmp_path, broker=backend[1], body=body, parcels=1)
+    _run(example_config, backend[0], tmp_path, broker=backend[1], body=body, parcels=1,
+         stub=_stub(backend[0], request))
 
 
 def test_a_divert_past_its_deadline_or_for_no_diverter_never_fires(
         example_config: LineConfig, tmp_path: Path,
-        backend: tuple[LineLink, tuple[str, int] | None]) -> None:
+        backend: tuple[Backend, tuple[str, int] | None],
+        request: pytest.FixtureRequest) -> None:
     diverter = example_config.diverters[0]
 
     async def body(rig: Rig, line_io: LineIO, clock: RealClock) -> None:
@@ -146,12 +187,13 @@ def test_a_divert_past_its_deadline_or_for_no_diverter_never_fires(
         assert rig.line.fires == []
         assert rig.line.scheduled_diverts() == 0
 
-    _run(example_config, backend[0], tmp_path, broker=backend[1], body=body, parcels=1)
+    _run(example_config, backend[0], tmp_path, broker=backend[1], body=body, parcels=1,
+         stub=_stub(backend[0], request))
 
 
-@pytest.mark.parametrize("link", ["serial", "mqtt"])
+@pytest.mark.parametrize("link", ["serial", "c-board", "mqtt"])
 def test_the_far_end_stops_firing_when_the_controller_goes_silent(
-        example_config: LineConfig, tmp_path: Path, link: LineLink,
+        example_config: LineConfig, tmp_path: Path, link: Backend,
         request: pytest.FixtureRequest) -> None:
     broker = None
     if link == "mqtt":
@@ -171,4 +213,5 @@ def test_the_far_end_stops_firing_when_the_controller_goes_silent(
         assert rig.line.scheduled_diverts() == 0
         assert rig.line.fires == []
 
-    _run(example_config, link, tmp_path, broker=broker, body=body, parcels=1)
+    _run(example_config, link, tmp_path, broker=broker, body=body, parcels=1,
+         stub=_stub(link, request))

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from controller.app.simulate import LinkOptions, Rig
 from controller.config import LineConfig
-from controller.simulate import LinkOptions, Rig
 from sim_hardware.broker import Mosquitto
 from tests.test_serial_faults import SPEC, assert_nothing_lost_nothing_wrong, shift
 

@@ -23,7 +23,7 @@ import pytest
 
 from controller.clock import RealClock
 from controller.config import LineConfig, MqttLinkConfig
-from controller.errors import DriverTimeout, DriverUnavailable
+from controller.errors import DriverTimeout, DriverUnavailable, LinkDown
 from controller.lineio import (
     INDUCTION_EYE,
     BinEntry,
@@ -98,7 +98,10 @@ async def rig(broker: Mosquitto, config: LineConfig, *, line: PhysicalLine | Non
         await io.wait_up(5.0)
         await nodes.wait_connected(5.0)
         await nodes.wait_armed(5.0)
-        yield Rig(line, nodes, io, name)
+        try:
+            yield Rig(line, nodes, io, name)
+        finally:
+            line.cancel_diverts()  # the diverts still scheduled far ahead: their fire tasks
     left = [t.get_name() for t in asyncio.all_tasks()
             if t.get_name().startswith(("lineio[mqtt]", "sim.node")) and not t.done()]
     assert not left, f"tasks left running: {left}"
@@ -194,11 +197,11 @@ async def test_late_unknown_and_offline(mqtt: Mosquitto, example_config: LineCon
         await until(lambda: r.io.nodes.get("D2") == "offline")
         (fault,) = await take(r.io, 1, keep=lambda e: isinstance(e, DeviceFault))
         assert fault == DeviceFault("node D2", "offline (lost or shut down)")
-        with pytest.raises(DriverUnavailable, match="offline"):
+        with pytest.raises(LinkDown, match="offline"):
             await r.io.divert(r.command(4, diverter="D2"))
     assert r.io.state is LinkState.DOWN
     assert r.io.stats.outages == 0  # closed, not lost
-    with pytest.raises(DriverUnavailable):
+    with pytest.raises(LinkDown):
         await r.io.divert(r.command(5))
 
 
@@ -237,13 +240,13 @@ async def test_dropped_reply_times_out_and_cancel(mqtt: Mosquitto,
 @pytest.mark.asyncio
 async def test_link_lost_while_waiting_cancels_after_reconnect(
         mqtt: Mosquitto, example_config: LineConfig) -> None:
-    """The broker goes away while a divert waits for its reply: DriverUnavailable at once,
+    """The broker goes away while a divert waits for its reply: LinkDown at once,
     and once everyone is back the node is told to drop it (its fail-safe is not the reason)."""
     async with rig(mqtt, example_config, reply_delay_s=1.0, failsafe_ms=10_000) as r:
         waiting = asyncio.create_task(r.io.divert(r.command(13, diverter="D6")))
         await until(lambda: r.line.scheduled_diverts(["D6"]) == 1)
         await mqtt.arestart()
-        with pytest.raises(DriverUnavailable, match="link down"):
+        with pytest.raises(LinkDown, match="link down"):
             await asyncio.wait_for(waiting, 1.0)
         await until(lambda: r.line.scheduled_diverts() == 0, within_s=5.0,
                     what="the node dropped the divert given up on")
@@ -508,3 +511,4 @@ async def test_deploy_broker_config_auth_and_acl(tmp_path: Path, passwd: Path,
             assert nodes.stats.diverts == 2  # the technician's and D1's never arrived
             assert io.stats.bad_payloads == 0  # D1's forged reply never arrived
             assert line.scheduled_diverts() == 2
+            line.cancel_diverts()

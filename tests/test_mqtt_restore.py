@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.app.simulate import LinkOptions, Rig
 from controller.config import LineConfig
 from controller.lineio import DivertCommand
-from controller.simulate import LinkOptions, Rig
 from drivers.lineio.mqtt import MqttLineIO
 from sim_hardware.broker import Mosquitto, mosquitto_path
 from sim_hardware.mqtt_nodes import MqttNodes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller.config import LineConfig
+from controller.reading import decode_crops, merge_spans
 from drivers.decoders import make_decoder
 from sim_hardware.labels import LabelSpec
 from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel
@@ -58,3 +59,30 @@ def test_destroyed_labels_never_read(example_config: LineConfig) -> None:
                           damage="destroyed", seed=i)
         image, _ = _frame(example_config, label, angle, i)
         assert decoder.decode(image) == [], angle  # type: ignore[arg-type]
+
+
+def test_crop_spans_merge_where_parcels_overlap_and_empty_ones_drop() -> None:
+    assert merge_spans([(300, 500), (0, 120), (100, 200), (600, 600), (500, 550)]) == [
+        (0, 200), (300, 550)]
+    assert merge_spans([]) == []
+
+
+def test_crop_reads_are_placed_in_the_whole_frame(example_config: LineConfig) -> None:
+    """Reads from a crop carry the frame's column, so they are assigned to the right parcel."""
+    cam = example_config.cameras[0]
+    renderer = FrameRenderer(*cam.resolution, cam.mm_per_px, seed=3)
+    codes = [make_code(300_001), make_code(300_002)]
+    parcels = [ParcelTop(lead_x_mm=cam.view_start_mm + lead, length_mm=300, width_mm=300,
+                         y_mm=0.0, shade=150, labels=(PlacedLabel(LabelSpec(code, seed=k),
+                                                                  0.0, 0.0, 0.0),))
+               for k, (code, lead) in enumerate(zip(codes, (350.0, 720.0), strict=True))]
+    image = renderer.render(cam.view_start_mm, parcels)
+    spans = [(int((p.lead_x_mm - p.length_mm - cam.view_start_mm) / cam.mm_per_px),
+              int((p.lead_x_mm - cam.view_start_mm) / cam.mm_per_px)) for p in parcels]
+    symbols = [s for s in decode_crops(make_decoder("located-zxing"), image, spans)
+               if s.symbology == "code128"]
+    assert sorted(s.text for s in symbols) == sorted(codes)
+    for parcel, code in zip(parcels, codes, strict=True):
+        col, _ = renderer.label_centre_px(cam.view_start_mm, parcel, parcel.labels[0])
+        (found,) = [s for s in symbols if s.text == code]
+        assert abs(found.x - col) < 25, (code, found, col)

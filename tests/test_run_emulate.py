@@ -14,13 +14,19 @@ from typing import IO, Any
 
 import pytest
 
+from controller.app.shift_report import emulated_summary, parcel_records
+from controller.app.simulate import ShiftResult
+from controller.config import LineConfig
+from controller.report import format_summary, write_report
+from controller.sorter import SorterStats
+from sim_hardware.scenario import ScenarioSpec, generate
 from tests.conftest import ROOT
 
 PARCELS = 12
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "controller.cli", *args]
+    return [sys.executable, "-m", "controller", *args]
 
 
 def _wait_for(stream: IO[str], pattern: str, seen: list[str]) -> re.Match[str]:
@@ -60,6 +66,8 @@ def _shift(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], list[str]]:
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+            if process is not None and process.stdout is not None:
+                process.stdout.close()
     return json.loads(report.read_text(encoding="utf-8")), seen
 
 
@@ -88,3 +96,36 @@ def test_run_refuses_a_config_without_line_io(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 2
     assert "[line_io]" in done.stderr
+
+
+def test_emulate_report_with_a_parcel_still_open_at_the_end(example_config: LineConfig,
+                                                             tmp_path: Path) -> None:
+    """A controller that has not closed a parcel when the drain is over: the report names it."""
+    parcels, _ = generate(ScenarioSpec(parcels=3, seed=4), example_config)
+    rows = []
+    for i, parcel in enumerate(parcels):
+        parcel.induct_enc = 1000 * (i + 1)
+        parcel.actual = parcel.expected_bin if i < 2 else None
+        done = i < 2
+        rows.append({"parcel_id": i + 1, "inducted_enc": parcel.induct_enc,
+                     "inducted_at": float(i), "length_mm": parcel.length_mm,
+                     "code": parcel.code if done else None, "order_id": None,
+                     "disposition": "SORTED" if done else None,
+                     "bin": parcel.expected_bin if done else None,
+                     "reason": "confirmed" if done else None, "decided_at": None,
+                     "final_at": 10.0 + i if done else None, "order_created_at": None})
+    result = ShiftResult(config=example_config, truth=parcels, journal=rows,
+                         stats=SorterStats(), line_counters={"frames": 7}, bins={},
+                         line_time_s=12.0, extra={"board": {"unplugs": 0}})
+    records = parcel_records(result)
+    summary = emulated_summary(result, records)
+    assert summary["dispositions"] == {"SORTED": 2, None: 1}
+    assert [r["parcel_id"] for r in records] == [1, 2, 3]
+    assert records[2]["disposition"] is None
+    assert summary["outcome_differs_from_truth"] == 1
+    assert summary["board"] == {"unplugs": 0}
+    assert "controller" not in summary
+    assert "(still open)" in format_summary(summary)
+    write_report(tmp_path / "r.json", summary, records)
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["summary"]["dispositions"] == {"SORTED": 2, "null": 1}

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from controller.errors import DriverUnavailable
+from controller.errors import DriverUnavailable, LinkDown
 from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState, TrackingLost
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from controller.config import LineConfig
 
 __all__ = ["LineLink", "LineLinks", "open_line_io"]
+
+log = logging.getLogger(__name__)
 
 
 class LineLink(Protocol):
@@ -68,13 +71,15 @@ class LineLinks:
         self._merged: asyncio.Queue[tuple[LineEvent, int]] = asyncio.Queue()
         self._enc_delivered = 0
         self._pumps: list[asyncio.Task[None]] = []
+        self._failed: dict[str, str] = {}  # link name -> why its events pump died
         self._tracking_lost = 0  # TrackingLost events merged, not yet taken
 
     async def __aenter__(self) -> LineLinks:
         for link in self.links.values():
             await self._stack.enter_async_context(link)
         if len(self.links) > 1:
-            self._pumps = [asyncio.create_task(self._pump(link), name=f"lineio[{name}].events")
+            self._pumps = [asyncio.create_task(self._pump(name, link),
+                                               name=f"lineio[{name}].events")
                            for name, link in self.links.items()]
         return self
 
@@ -85,16 +90,26 @@ class LineLinks:
         await asyncio.gather(*self._pumps, return_exceptions=True)
         await self._stack.aclose()
 
-    async def _pump(self, link: LineLink) -> None:
-        async for event in link.events():
-            if isinstance(event, TrackingLost):
-                self._tracking_lost += 1
-                for other in self.links.values():  # their fire_enc count from before too
-                    other.forget_scheduled()
-            self._merged.put_nowait((event, self._sensors.encoder()))
+    async def _pump(self, name: str, link: LineLink) -> None:
+        """Merge one link's events; if they fail, say so and leave the other links running."""
+        try:
+            async for event in link.events():
+                if isinstance(event, TrackingLost):
+                    self._tracking_lost += 1
+                    for other in self.links.values():  # their fire_enc count from before too
+                        other.forget_scheduled()
+                self._merged.put_nowait((event, self._sensors.encoder()))
+        except Exception as exc:
+            self._failed[name] = f"failed: {exc!r}"
+            log.exception("line I/O link %s: its events failed; the other links keep running",
+                          name)
+        else:
+            self._failed[name] = "failed: its events ended"
+            log.error("line I/O link %s: its events ended; the other links keep running", name)
 
-    def states(self) -> dict[str, LinkState]:
-        return {name: link.state for name, link in self.links.items()}
+    def states(self) -> dict[str, str]:
+        """Each link's state, or why its events stopped coming."""
+        return {name: self._failed.get(name) or link.state for name, link in self.links.items()}
 
     async def wait_up(self, within_s: float) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -121,10 +136,10 @@ class LineLinks:
     async def divert(self, command: DivertCommand) -> DivertReply:
         link = self._diverters.get(command.diverter_id)
         if link is None:
-            raise DriverUnavailable(command.diverter_id, "no link serves this diverter")
+            raise LinkDown(command.diverter_id, "no link serves this diverter")
         if self._tracking_lost:
             # As each link does: its fire_enc may count from before the count began again.
-            raise DriverUnavailable(command.diverter_id, "tracking lost: the controller has "
+            raise LinkDown(command.diverter_id, "tracking lost: the controller has "
                                     "not yet given up the parcels placed by the old count")
         return await link.divert(command)
 

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
 from typing import Literal
 
 from controller.errors import ProtocolError
+from drivers.lineio.sequence import (
+    HALF_RANGE,
+    LinkStats,
+    Received,
+    SentFrame,
+    later_of,
+    seq_after,
+    seq_ahead,
+    seq_before,
+)
 from drivers.lineio.wire import (
     SEQ_MAX,
     SPECS,
@@ -33,53 +42,6 @@ from drivers.lineio.wire import (
 
 Role = Literal["controller", "board"]
 _SESSION_OWN = frozenset({Hello, HelloReply, Ack, Nak})
-HALF_RANGE = SEQ_MAX // 2
-"""A sequence number up to this far ahead of the expected one is a gap; further is old."""
-
-
-def seq_after(seq: int) -> int:
-    """The next sequence number: 1..65535, wrapping from 65535 to 1 (0 is never used)."""
-    return seq % SEQ_MAX + 1
-
-
-def seq_before(seq: int) -> int:
-    return (seq - 2) % SEQ_MAX + 1
-
-
-def seq_ahead(base: int, seq: int) -> int:
-    """How many steps after ``base`` ``seq`` is, counted forward through the wrap."""
-    return (seq - base) % SEQ_MAX
-
-
-@dataclass(slots=True)
-class LinkStats:
-    frames_in: int = 0
-    frames_out: int = 0
-    bad_frames: int = 0
-    naks_sent: int = 0
-    naks_received: int = 0
-    resends: int = 0
-    duplicates: int = 0
-    gaps: int = 0
-    dropped: int = 0
-    """Queued messages thrown away, oldest first, because the queue was over its limit."""
-    voided: int = 0
-    """Messages never acknowledged by a board that then restarted: not sent to the new boot."""
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """What one :meth:`LinkSession.receive` produced: messages for the app, bytes to write."""
-
-    messages: list[Message]
-    out: bytes
-    errors: list[ProtocolError]
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    seq: int
-    frame: bytes
 
 
 class LinkSession:
@@ -132,7 +94,7 @@ class LinkSession:
         self.stats = LinkStats()
         self._reader = FrameReader()
         self._next_seq = initial_seq
-        self._unacked: deque[_Sent] = deque()
+        self._unacked: deque[SentFrame] = deque()
         self._queue: deque[tuple[Message, bytes]] = deque()  # with its encoded payload
         self._timer_start = 0.0
         self._head_resends = 0
@@ -341,7 +303,7 @@ class LinkSession:
             self.session = hello.session
             self._expect = hello.first_seq
         else:
-            self._expect = _later(self._expect, hello.first_seq)
+            self._expect = later_of(self._expect, hello.first_seq)
         self.synced = False
         self._nak_expect = None
 
@@ -355,7 +317,7 @@ class LinkSession:
             self.boot_id = reply.boot_id
             self._expect = reply.first_seq
         else:
-            self._expect = _later(self._expect, reply.first_seq)
+            self._expect = later_of(self._expect, reply.first_seq)
         self.synced = True
         self._nak_expect = None
         return self._resync(now)
@@ -442,13 +404,8 @@ class LinkSession:
             if not self._unacked:
                 self._timer_start = now
                 self._head_resends = 0
-            self._unacked.append(_Sent(seq, frame))
+            self._unacked.append(SentFrame(seq, frame))
             self.stats.frames_out += 1
             out += frame
         return bytes(out)
 
-
-def _later(expect: int, first_seq: int) -> int:
-    """Keep what we expect unless the peer says it starts later (it cannot resend older)."""
-    ahead = seq_ahead(expect, first_seq)
-    return first_seq if 0 < ahead <= HALF_RANGE else expect

@@ -1,10 +1,12 @@
 """The line's I/O board on a serial port, spoken to in the protocol of docs/serial-protocol.md.
 
-One task owns the port: it opens it (pyserial-asyncio-fast), says HELLO, keeps heartbeats
-and resends going, and on any loss (unplugged adapter, silent board, resends exhausted)
-closes it and opens it again with backoff and jitter, for as long as the driver lives. The
-reliable delivery itself (sequence numbers, ACK/NAK, go-back-N, resync) is the sans-I/O
-:class:`~drivers.lineio.link.LinkSession`; this module only moves its bytes.
+One task owns the port: it opens it (through the ``open_transport`` seam of
+:mod:`drivers.lineio.port`: by default pyserial-asyncio-fast, exclusively), says HELLO,
+keeps heartbeats and resends going, and on any loss (unplugged adapter, silent board,
+resends exhausted) closes it and opens it again with backoff and jitter, for as long as the
+driver lives. The reliable delivery itself (sequence numbers, ACK/NAK, go-back-N, resync)
+is the sans-I/O :class:`~drivers.lineio.link.LinkSession`, and what a resync means for the
+held diverts is :mod:`drivers.lineio.resync`; this module only moves their bytes.
 
 Encoder updates travel in order with the events: :meth:`SerialLineIO.encoder` never runs
 ahead of the events the controller has taken, so after a reconnect the belt position does
@@ -15,17 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from controller.clock import Clock
 from controller.config import SerialLinkConfig
-from controller.errors import DriverTimeout, DriverUnavailable
+from controller.errors import DriverTimeout, DriverUnavailable, LinkDown
 from controller.lineio import (
     BinEntry,
     BinLevel,
@@ -41,6 +42,10 @@ from drivers.backoff import Backoff
 from drivers.lineio import wire
 from drivers.lineio.held import HeldDiverts
 from drivers.lineio.link import LinkSession
+from drivers.lineio.port import OpenTransport, PortProtocol, open_serial_port
+from drivers.lineio.replies import PendingReplies
+from drivers.lineio.resync import Resync, plan_resync
+from drivers.lineio.serial_stats import SerialStats
 
 log = logging.getLogger(__name__)
 
@@ -50,42 +55,13 @@ SILENT_HEARTBEATS = 3  # board heartbeats missed before the link counts as lost
 ACK_DELAY_S = 0.002  # well inside the board's ACK timeout (docs/serial-protocol.md, §4)
 
 
-@dataclass
-class SerialStats:
-    """Counters of the serial link for diagnostics."""
-
-    opens: int = 0
-    reconnects: int = 0
-    open_failures: int = 0
-    commands: int = 0
-    answers: int = 0
-    timeouts: int = 0
-    cancels: int = 0
-    bad_frames: int = 0
-    board_restarts: int = 0
-    board_failsafes: int = 0
-    restored: int = 0  # diverts sent again after a resync, the board having dropped them
-    fired: int = 0
-    last_error: str | None = None
-
-
-class _PortProtocol(asyncio.Protocol):
-    def __init__(self, owner: SerialLineIO) -> None:
-        self._owner = owner
-
-    def data_received(self, data: bytes) -> None:
-        self._owner._data(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._owner._lost(exc)
-
-
 class SerialLineIO:
     """:class:`~controller.lineio.LineIO` over the I/O board's serial link."""
 
     def __init__(self, config: SerialLinkConfig, *, clock: Clock,
                  diverters: Sequence[str] | None = None, session: int | None = None,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None,
+                 open_transport: OpenTransport | None = None) -> None:
         self.config = config
         self.clock = clock
         self.stats = SerialStats()
@@ -93,7 +69,11 @@ class SerialLineIO:
         self._session = LinkSession(
             "controller", session=session if session is not None else random.getrandbits(32),
             ack_timeout_s=config.ack_timeout_ms / 1000, max_resends=config.max_resends)
-        self._backoff = backoff or Backoff(0.05, config.reconnect_max_s)
+        # Jitter drawn from the session id: a controller's reconnects are reproducible.
+        self._backoff = backoff or Backoff(0.05, config.reconnect_max_s,
+                                           rng=random.Random(self._session.session))
+        self._open: OpenTransport = open_transport or functools.partial(open_serial_port, config)
+        self._protocol: PortProtocol | None = None  # the open port's, to tell stale losses
         self._state = LinkState.CONNECTING
         self._transport: asyncio.Transport | None = None
         self._closed = asyncio.Event()
@@ -105,17 +85,14 @@ class SerialLineIO:
         self._enc_delivered = 0
         self._undelivered = 0  # events queued, not yet taken by the controller
         self._tracking_lost = 0  # TrackingLost events queued, not yet taken
-        self._pending: dict[int, asyncio.Future[wire.DivertAnswer]] = {}
+        self._replies: PendingReplies[wire.DivertAnswer] = PendingReplies(
+            config.reply_timeout_ms / 1000)
         # Accepted diverts not yet due: what the board should hold, to restore after a resync.
         self._scheduled = HeldDiverts()
         self._boot_id: int | None = None
         self._last_rx = 0.0
         self._sleeping_until = 0.0
         self._ack_timer: asyncio.TimerHandle | None = None
-        # Reply deadlines in the order the diverts went out (the timeout is the same for all),
-        # watched by one timer for the oldest rather than one timer per divert.
-        self._deadlines: deque[tuple[float, asyncio.Future[wire.DivertAnswer]]] = deque()
-        self._deadline_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- lifetime --------------------------------------------------------------------------
@@ -136,12 +113,8 @@ class SerialLineIO:
                 await self._task
             self._task = None
         self._drop_port()
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(DriverUnavailable(DEVICE, "driver closed"))
+        self._replies.close()
+        self._replies.fail_all(lambda: LinkDown(DEVICE, "driver closed"))
 
     async def wait_up(self, within_s: float) -> None:
         """Wait until the board has answered HELLO."""
@@ -149,8 +122,9 @@ class SerialLineIO:
             async with asyncio.timeout(within_s):
                 await self._up.wait()
         except TimeoutError:
+            why = f" ({self.stats.last_error})" if self.stats.last_error else ""
             raise DriverTimeout(DEVICE, f"no answer from {self.config.port} within "
-                                        f"{within_s:g} s") from None
+                                        f"{within_s:g} s{why}") from None
 
     @property
     def state(self) -> LinkState:
@@ -183,23 +157,16 @@ class SerialLineIO:
 
     async def divert(self, command: DivertCommand) -> DivertReply:
         if self._diverters is not None and command.diverter_id not in self._diverters:
-            raise DriverUnavailable(DEVICE, f"diverter {command.diverter_id} is not on this board")
+            raise LinkDown(DEVICE, f"diverter {command.diverter_id} is not on this board")
         if self._state is not LinkState.UP:
-            raise DriverUnavailable(DEVICE, f"link {self._state}")
+            raise LinkDown(DEVICE, f"link {self._state}")
         if self._tracking_lost:
             # Its fire_enc may count from before the board's count began again.
-            raise DriverUnavailable(DEVICE, "tracking lost: the controller has not yet given "
-                                            "up the parcels placed by the old count")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[wire.DivertAnswer] = loop.create_future()
-        self._pending[command.command_id] = future
+            raise LinkDown(DEVICE, "tracking lost: the controller has not yet given up the "
+                                   "parcels placed by the old count")
+        future = self._replies.expect(command.command_id)
         self.stats.commands += 1
-        self._send(wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
-                               command.fire_enc, round(command.pulse_ms)))
-        deadline = loop.time() + self.config.reply_timeout_ms / 1000
-        self._deadlines.append((deadline, future))
-        if self._deadline_timer is None:
-            self._deadline_timer = loop.call_at(deadline, self._expire_due)
+        self._send(_divert(command))
         try:
             answer = await future
         except TimeoutError:
@@ -209,26 +176,11 @@ class SerialLineIO:
             raise DriverTimeout(DEVICE, f"no answer to divert {command.command_id} within "
                                         f"{self.config.reply_timeout_ms:g} ms") from None
         finally:
-            self._pending.pop(command.command_id, None)
+            self._replies.forget(command.command_id)
         self.stats.answers += 1
         if answer.accepted:
             self._scheduled.hold(command)
         return DivertReply(command.command_id, answer.accepted, answer.reason.text)
-
-    def _expire_due(self) -> None:
-        """Time out the diverts whose answer is overdue; watch the next one still waiting."""
-        self._deadline_timer = None
-        deadlines = self._deadlines
-        now = asyncio.get_running_loop().time()
-        while deadlines:
-            deadline, future = deadlines[0]
-            if not future.done():
-                if deadline > now:
-                    self._deadline_timer = asyncio.get_running_loop().call_at(
-                        deadline, self._expire_due)
-                    return
-                future.set_exception(TimeoutError())
-            deadlines.popleft()
 
     async def cancel(self, command_id: int) -> None:
         """Take back a scheduled divert (delivered reliably, in order)."""
@@ -242,18 +194,17 @@ class SerialLineIO:
     # --- the port --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        import serial
-        import serial_asyncio_fast
-
-        loop = asyncio.get_running_loop()
         first = True
         while True:
             self._closed.clear()
+            protocol = self._protocol = PortProtocol(self._data, self._lost_port)
             try:
-                transport, _ = await serial_asyncio_fast.create_serial_connection(
-                    loop, lambda: _PortProtocol(self), self.config.port,
-                    baudrate=self.config.baudrate)
-            except (serial.SerialException, OSError, ValueError) as exc:
+                transport = await self._open(protocol)
+            except DriverUnavailable as exc:
+                self._went_down(str(exc))
+                log.error("serial %s: %s", self.config.port, exc)  # noqa: TRY400 (no trace)
+                return
+            except (OSError, ValueError) as exc:
                 self.stats.open_failures += 1
                 self._went_down(f"cannot open {self.config.port}: {exc}")
                 await self.clock.sleep(self._backoff.next_delay())
@@ -311,11 +262,10 @@ class SerialLineIO:
             log.warning("serial %s: link down: %s (reconnecting)", self.config.port, reason)
             self._event(DeviceFault(DEVICE, f"link down: {reason}"))
         self._state = LinkState.DOWN
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(DriverUnavailable(DEVICE, f"link down: {reason}"))
+        self._replies.fail_all(lambda: LinkDown(DEVICE, f"link down: {reason}"))
 
     def _drop_port(self) -> None:
+        self._protocol = None
         if self._transport is not None:
             transport, self._transport = self._transport, None
             with contextlib.suppress(Exception):
@@ -342,7 +292,9 @@ class SerialLineIO:
         # No wake-up needed: the port's task wakes at least once per ACK timeout anyway.
         self._write(self._session.send(message, self.clock.now()))
 
-    def _lost(self, exc: Exception | None) -> None:
+    def _lost_port(self, protocol: PortProtocol, exc: Exception | None) -> None:
+        if protocol is not self._protocol:
+            return  # the loss of a port already given up
         self._transport = None
         self.stats.last_error = str(exc) if exc else "port closed"
         self._closed.set()
@@ -368,12 +320,7 @@ class SerialLineIO:
                 if self._synced.is_set():  # until then it may be a restarted board's new count
                     self._enc(enc)
             case wire.DivertAnswer(command_id=command_id):
-                future = self._pending.get(command_id)
-                if future is not None and not future.done():
-                    future.set_result(message)
-                deadlines = self._deadlines
-                while deadlines and deadlines[0][1].done():
-                    deadlines.popleft()
+                self._replies.answer(command_id, message)
             case wire.EyeEdge(eye=eye, blocked=blocked, enc=enc):
                 self._event(PhotoEyeEdge(eye, blocked, enc))
             case wire.BinEntered(bin_id=bin_id, enc=enc):
@@ -401,33 +348,24 @@ class SerialLineIO:
         """Forget the diverts due by ``enc``: the board has carried them out (or never will)."""
         self._scheduled.forget_due(enc)
 
-    def _restore_schedule(self, enc: int, held: int) -> None:
-        """Send again the diverts the board dropped while the link was out and still due.
-
-        The board keeps a held command as it is (same command id), and refuses one it can
-        no longer carry out in time; nothing else changes for the controller.
-        """
-        self._forget_fired(enc)
-        if len(self._scheduled) <= held:
-            return
-        self.stats.restored += len(self._scheduled)
-        for command in self._scheduled:
-            self._send(wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
-                                   command.fire_enc, round(command.pulse_ms)))
-
     def _enc(self, enc: int) -> None:
         self._enc_received = enc
         self._events.put_nowait(enc)
 
     def _synced_with(self, boot_id: int, enc: int, scheduled: int) -> None:
-        count_restarted = False
-        if self._boot_id is not None and boot_id != self._boot_id:
-            count_restarted = self._board_restarted(enc)
+        plan = plan_resync(self._scheduled, known_boot=self._boot_id, boot_id=boot_id,
+                           enc=enc, last_enc=self._enc_received, scheduled=scheduled,
+                           device=DEVICE)
+        if plan.restarted:
+            self._board_restarted(plan, enc)
         if self._boot_id is None:
             self._enc_received = self._enc_delivered = enc
         self._boot_id = boot_id
-        if not count_restarted:
-            self._restore_schedule(enc, scheduled)
+        # The board keeps a held command as it is (same command id) and refuses one it can
+        # no longer carry out in time; nothing else changes for the controller.
+        self.stats.restored += len(plan.resend)
+        for command in plan.resend:
+            self._send(_divert(command))
         self._synced.set()
         self._wake.set()
         self._backoff.reset()
@@ -438,35 +376,25 @@ class SerialLineIO:
             self._state = LinkState.UP
         self._up.set()
 
-    def _board_restarted(self, enc: int) -> bool:
-        """The board came back with a new boot id; return whether its count began again.
-
-        Its scheduled diverts and unsent events are gone, and the session has voided what the
-        old boot never acknowledged, so the diverts still waiting for an answer fail now. A
-        count that carried on (an absolute encoder, or a counter apart from the board's CPU)
-        keeps every position good: the still-due diverts are sent again. A count that began
-        again makes every position from before meaningless: nothing is sent again, and the
-        controller is told to give up the parcels it tracks.
-        """
+    def _board_restarted(self, plan: Resync, enc: int) -> None:
+        """The board came back with a new boot id: what it held and had not sent is gone,
+        and so is what its old boot never acknowledged (the diverts awaiting an answer)."""
         self.stats.board_restarts += 1
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(DriverUnavailable(DEVICE, "the board restarted"))
-        last = self._enc_received
-        if enc >= last:
+        self._replies.fail_all(lambda: LinkDown(DEVICE, "the board restarted"))
+        if not plan.count_began_again:
             log.warning("serial %s: the board restarted; its encoder count carried on",
                         self.config.port)
-            self._event(DeviceFault(
-                DEVICE, "the board restarted: its events while down are lost, still-due "
-                        "diverts are sent again"))
-            return False
-        log.error("serial %s: the board restarted and its encoder count began again "
-                  "(%d after %d): the parcels on the belt are given up", self.config.port,
-                  enc, last)
-        self.forget_scheduled()
-        self._tracking_lost += 1
-        self._event(TrackingLost(
-            DEVICE, f"the board restarted and its encoder count began again ({enc} after "
-                    f"{last})"))
-        self._enc(enc)  # taken after the events of the old count, and the loss of it
-        return True
+        else:
+            log.error("serial %s: the board restarted and its encoder count began again "
+                      "(%d after %d): the parcels on the belt are given up", self.config.port,
+                      enc, self._enc_received)
+            self._tracking_lost += 1
+        if plan.event is not None:
+            self._event(plan.event)
+        if plan.count_began_again:
+            self._enc(enc)  # taken after the events of the old count, and the loss of it
+
+
+def _divert(command: DivertCommand) -> wire.Divert:
+    return wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
+                       command.fire_enc, round(command.pulse_ms))

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from controller.config import OrderStoreConfig
 from controller.errors import DriverUnavailable
 from controller.orders import OrderStore
 
+if TYPE_CHECKING:
+    from controller.clock import Clock
 
-def open_order_store(config: OrderStoreConfig) -> OrderStore:
+
+def open_order_store(config: OrderStoreConfig, clock: Clock | None = None) -> OrderStore:
+    """The store the config names; lookups run on ``clock`` (the running loop's if None)."""
     if config.backend == "sqlite":
         from drivers.orders.sqlite import SqliteOrderStore
 
-        return SqliteOrderStore(config.path)
+        return SqliteOrderStore(config.path, timeout_s=config.timeout_ms / 1000, clock=clock)
     raise DriverUnavailable("order_store", f"unknown backend {config.backend!r}")

@@ -22,11 +22,15 @@ from controller.config import LineConfig
 from controller.encoder import EncoderHistory
 from controller.journal import FinalRecord, Journal
 from controller.lineio import LineIO
+from controller.orders import OrderStore
 from controller.sorter import Sorter, SorterStats
 from controller.vision import BarcodeDecoder, Camera
 
-if TYPE_CHECKING:
-    pass
+if TYPE_CHECKING:  # the emulator's modules are imported when a shift runs, not before
+    from sim_hardware.board import IoBoard, WireFaults
+    from sim_hardware.line import Fire, PhysicalLine
+    from sim_hardware.mqtt_nodes import MqttNodes
+    from sim_hardware.scenario import ScenarioSpec, SimParcel
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class ShiftResult:
     """What a simulated shift left behind: the truth, the journal and the counters."""
 
     config: LineConfig
-    truth: list[Any]  # sim_hardware.scenario.SimParcel
+    truth: list[SimParcel]
     journal: list[dict[str, Any]]
     stats: SorterStats
     line_counters: dict[str, int]
@@ -58,7 +62,7 @@ class ShiftResult:
     line_time_s: float
     wall_time_s: float = 0.0
     frames_dropped: int = 0
-    fires: list[Any] = field(default_factory=list)  # sim_hardware.line.Fire
+    fires: list[Fire] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -66,10 +70,10 @@ class ShiftResult:
 class Rig:
     """The emulated hardware of a running shift, for fault injection while it runs."""
 
-    line: Any  # sim_hardware.line.PhysicalLine
-    board: Any = None  # sim_hardware.board.IoBoard
-    nodes: Any = None  # sim_hardware.mqtt_nodes.MqttNodes
-    line_io: Any = None  # the controller's LineIO
+    line: PhysicalLine
+    board: IoBoard | None = None
+    nodes: MqttNodes | None = None
+    line_io: LineIO | None = None  # the controller's
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class LinkOptions:
     """The emulated wire between controller and line, for ``line_link`` other than in-process."""
 
     baudrate: int | None = None  # pace the pty like a serial line at this rate
-    wire_faults: Any = None  # sim_hardware.board.WireFaults
+    wire_faults: WireFaults | None = None
     broker: tuple[str, int] | None = None  # the MQTT broker (host, port)
     serial: dict[str, Any] = field(default_factory=dict)  # SerialLinkConfig overrides
     mqtt: dict[str, Any] = field(default_factory=dict)  # MqttLinkConfig overrides
@@ -96,14 +100,14 @@ def _fresh_workdir(workdir: Path) -> tuple[Path, Path]:
 
 async def run_shift(
     config: LineConfig,
-    scenario: Any,  # sim_hardware.scenario.ScenarioSpec
+    scenario: ScenarioSpec,
     workdir: Path,
     clock: Clock,
     *,
     on_final: Callable[[FinalRecord], None] | None = None,
     decode_threads: int | None = None,
     decode_cost_s: float = DECODE_COST_S,
-    order_store_wrapper: Callable[[Any], Any] | None = None,
+    order_store_wrapper: Callable[[OrderStore], OrderStore] | None = None,
     camera_link: CameraLink = "inprocess",
     line_link: LineLink = "inprocess",
     link_options: LinkOptions = LinkOptions(),
@@ -155,8 +159,8 @@ async def run_shift(
         )
 
 
-def fresh_books(config: LineConfig, scenario: Any,
-                 workdir: Path) -> tuple[LineConfig, list[Any], Any]:
+def fresh_books(config: LineConfig, scenario: ScenarioSpec,
+                workdir: Path) -> tuple[LineConfig, list[SimParcel], OrderStore]:
     """The config pointed at a fresh order book, journal and archive; the parcels; the store."""
     from drivers.orders import open_order_store
     from drivers.orders.sqlite import SqliteOrderStore
@@ -199,7 +203,7 @@ async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
     return records
 
 
-async def _cameras(config: LineConfig, line: Any, camera_link: CameraLink, *, clock: Clock,
+async def _cameras(config: LineConfig, line: PhysicalLine, camera_link: CameraLink, *, clock: Clock,
                    history: EncoderHistory, stack: contextlib.AsyncExitStack) -> list[Camera]:
     from drivers.cameras import open_camera
     from sim_hardware.devices import SimCamera
@@ -232,11 +236,11 @@ async def wire_up(config: LineConfig, rig: Rig, stack: contextlib.AsyncExitStack
 
         link_path = workdir / "ttyIOBOARD"
         board_diverters: list[str] | None = None if line_link == "serial" else []
-        rig.board = IoBoard(rig.line, clock, baudrate=options.baudrate,
-                            faults=options.wire_faults, diverters=board_diverters,
-                            link_path=link_path)
-        await rig.board.start()
-        stack.push_async_callback(rig.board.close)
+        board = rig.board = IoBoard(rig.line, clock, baudrate=options.baudrate,
+                                    faults=options.wire_faults, diverters=board_diverters,
+                                    link_path=link_path)
+        await board.start()
+        stack.push_async_callback(board.close)
         serial_config = SerialLinkConfig(port=str(link_path), **options.serial)
     if "mqtt" in line_link:
         from sim_hardware.mqtt_nodes import MqttNodes
@@ -244,9 +248,9 @@ async def wire_up(config: LineConfig, rig: Rig, stack: contextlib.AsyncExitStack
         if options.broker is None:
             raise ValueError(f"line_link {line_link!r} needs link_options.broker")
         host, port = options.broker
-        rig.nodes = MqttNodes(rig.line, host, port, line_name=config.line.name,
-                              sensors=line_link == "mqtt", clock=clock)
-        await stack.enter_async_context(rig.nodes)
+        rig.nodes = await stack.enter_async_context(MqttNodes(
+            rig.line, host, port, line_name=config.line.name, sensors=line_link == "mqtt",
+            clock=clock))
         mqtt_config = MqttLinkConfig(host=host, port=port, **options.mqtt)
     config = config.model_copy(update={"line_io": LineIOConfig(
         sensors="mqtt" if line_link == "mqtt" else "serial",
@@ -258,7 +262,7 @@ async def wire_up(config: LineConfig, rig: Rig, stack: contextlib.AsyncExitStack
     return config, line_io
 
 
-def line_outcome(line: Any) -> dict[str, Any]:
+def line_outcome(line: PhysicalLine) -> dict[str, Any]:
     """What the emulated line did, as ShiftResult fields: counters, bins and every fire."""
     return {
         "line_counters": dataclasses.asdict(line.counters),

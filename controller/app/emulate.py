@@ -17,16 +17,20 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
+from controller.app.simulate import ShiftResult, fresh_books, line_outcome
 from controller.clock import Clock
 from controller.config import LineConfig
 from controller.errors import DriverTimeout
 from controller.journal import read_records
-from controller.simulate import ShiftResult, fresh_books, line_outcome
 from controller.sorter import SorterStats
+
+if TYPE_CHECKING:
+    from sim_hardware.board import IoBoard
+    from sim_hardware.scenario import ScenarioSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,8 @@ BOARD_LINK = "ttyIOBOARD"
 
 @dataclass
 class EmulateOptions:
+    """What ``parcel-sorter emulate`` was asked for: where to write, and the faults to make."""
+
     config_path: Path
     write_config: Path
     workdir: Path
@@ -51,7 +57,7 @@ class EmulateOptions:
     drain_s: float = 30.0
 
 
-async def emulate(config: LineConfig, scenario: Any, options: EmulateOptions, clock: Clock,
+async def emulate(config: LineConfig, scenario: ScenarioSpec, options: EmulateOptions, clock: Clock,
                   say: Callable[[str], None]) -> ShiftResult:
     """Serve the line until every parcel settled and the controller journalled them."""
     from sim_hardware.board import IoBoard, WireFaults
@@ -108,13 +114,14 @@ async def emulate(config: LineConfig, scenario: Any, options: EmulateOptions, cl
         **line_outcome(line))
 
 
-async def _unplug_at(board: Any, clock: Clock, started: float, at: float, length: float) -> None:
+async def _unplug_at(board: IoBoard, clock: Clock, started: float, at: float,
+                     length: float) -> None:
     await clock.sleep_until(started + at)
     log.warning("emulator: serial cable pulled for %.1f s", length)
     await board.unplug(length)
 
 
-async def _restart_at(board: Any, clock: Clock, started: float, at: float,
+async def _restart_at(board: IoBoard, clock: Clock, started: float, at: float,
                       length: float) -> None:
     await clock.sleep_until(started + at)
     log.warning("emulator: I/O board power-cycled for %.1f s", length)

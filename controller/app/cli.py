@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from controller.app.archive_tool import add_archive_command
+from controller.app.decode_tool import add_decode_command
+from controller.app.example_line import EXAMPLE_CONFIG
+from controller.app.simulate import DECODE_COST_S, ShiftResult
+from controller.clock import Clock
 from controller.config import load_config
 from controller.errors import ConfigError, SorterError
-from controller.simulate import DECODE_COST_S
-from controller.tools import TOOL_COMMANDS, add_archive_command, add_decode_command, run_tool
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "line.example.toml"
+if TYPE_CHECKING:
+    from controller.sorter import SorterStats
+    from sim_hardware.scenario import ScenarioSpec
+
+log = logging.getLogger(__name__)
+
+EXIT_BROKEN_PIPE = 128 + 13
+"""The exit status of a command whose reader closed its output early (as killed by SIGPIPE)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,67 +109,46 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` names; its exit status (2 for a bad config or option)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "sim":
-            return _sim(args)
-        if args.command == "run":
-            return _run(args)
-        if args.command == "emulate":
-            return _emulate(args)
-        if args.command == "check-config":
-            return _check_config(args.config)
-        if args.command in TOOL_COMMANDS:
-            return run_tool(args)
+        status = _command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit as a traceback
+    except BrokenPipeError:
+        # The reader went away (`| head`): say nothing more, and keep the interpreter's
+        # last flush at exit from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except SorterError as exc:
         print(f"parcel-sorter: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return status
 
 
-def _check_config(path: Path) -> int:
-    from drivers.cameras import needs_latency
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "sim":
+        return _sim(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "emulate":
+        return _emulate(args)
+    if args.command == "check-config":
+        from controller.app.check_config import check_config
 
-    config = load_config(path)
-    print(f"{path}: valid line {config.line.name!r}")
-    print(f"  belt {config.belt.speed_mm_s:.0f} mm/s, {config.belt.encoder_counts_per_mm} "
-          f"counts/mm, PE-IN at {config.induction.photo_eye_mm:.0f} mm")
-    for cam in config.cameras:
-        print(f"  camera {cam.id}: {cam.view_start_mm:.0f}-{cam.view_end_mm:.0f} mm, "
-              f"{cam.resolution[0]}x{cam.resolution[1]} @ {cam.fps:g} fps, "
-              f"{cam.mm_per_px:.3f} mm/px, decoder {cam.decoder}, source {cam.source}")
-        if needs_latency(cam.source) and cam.latency_ms == 0:
-            offset = config.belt.speed_mm_s * 0.016
-            print(f"  WARNING camera {cam.id}: its frames carry no encoder count, and "
-                  f"latency_ms is 0: measure its capture-to-arrival delay and set it (each "
-                  f"16 ms uncorrected puts reads {offset:.0f} mm off at full belt speed, "
-                  f"onto the neighbouring parcel when gaps are small)")
-    for d in config.diverters:
-        print(f"  diverter {d.id} at {d.position_mm:.0f} mm -> bin {d.bin} "
-              f"(capacity {config.bin(d.bin).capacity})")
-    print(f"  end of line ({config.end_of_line.role}) at {config.end_of_line.position_mm:.0f} mm")
-    print(f"  sort plan: {len(config.sort_plan.rules)} rules, "
-          f"overflow {config.sort_plan.overflow or 'none'}")
-    line_io = config.line_io
-    if line_io is None:
-        print("  line I/O: none ([line_io] absent: `sim` only, `run` needs it)")
-        return 0
-    if line_io.serial is not None:
-        print(f"  serial I/O board: {line_io.serial.port} at {line_io.serial.baudrate} baud")
-    if line_io.mqtt is not None:
-        print(f"  MQTT broker: {line_io.mqtt.host}:{line_io.mqtt.port}, topics under "
-              f"{line_io.mqtt.topic_prefix}/{config.line.name}/io/, QoS {line_io.mqtt.qos}")
-    print(f"  sensors on {line_io.sensors}; diverters on " + ", ".join(
-        f"{d.id} {config.diverter_link(d)}" for d in config.diverters))
-    return 0
+        return check_config(args.config)
+    status: int = args.tool_handler(args)  # decode and archive name their own handler
+    return status
 
 
 def _sim(args: argparse.Namespace) -> int:
+    from controller.app.shift_report import parcel_records, summarise
+    from controller.app.simulate import run_shift
     from controller.clock import run_real, run_virtual
-    from controller.report import format_summary, parcel_records, summarise, write_report
-    from controller.simulate import run_shift
+    from controller.report import format_summary, write_report
 
     if args.cameras != "inprocess" and not args.realtime:
         raise ConfigError("--cameras", [("--cameras", f"{args.cameras} streams run on the real "
@@ -171,7 +161,7 @@ def _sim(args: argparse.Namespace) -> int:
         workdir = args.workdir or Path(tmp)
         started = time.perf_counter()
 
-        async def shift(clock: Any) -> Any:
+        async def shift(clock: Clock) -> ShiftResult:
             return await run_shift(config, spec, workdir, clock, on_final=progress.update,
                                    decode_threads=args.decode_threads,
                                    decode_cost_s=args.decode_ms / 1000,
@@ -206,7 +196,7 @@ def _unplug(text: str) -> tuple[float, float]:
     return at, length
 
 
-def _scenario(args: argparse.Namespace) -> Any:
+def _scenario(args: argparse.Namespace) -> ScenarioSpec:
     from sim_hardware.scenario import DEMO_MIX, ScenarioSpec, load_scenario
 
     spec = load_scenario(args.scenario) if args.scenario else ScenarioSpec(
@@ -223,12 +213,12 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from controller.app import run_line
+    from controller.app.run import run_line
     from controller.clock import RealClock
 
     config = load_config(args.config)
 
-    async def main() -> Any:
+    async def main() -> SorterStats:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -244,9 +234,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _emulate(args: argparse.Namespace) -> int:
+    from controller.app.emulate import EmulateOptions, emulate
+    from controller.app.shift_report import emulated_summary, parcel_records
     from controller.clock import run_real
-    from controller.emulate import EmulateOptions, emulate
-    from controller.report import format_summary, parcel_records, summarise, write_report
+    from controller.report import format_summary, write_report
 
     config = load_config(args.config)
     spec = _scenario(args)
@@ -259,18 +250,13 @@ def _emulate(args: argparse.Namespace) -> int:
         drain_s=args.drain)
     started = time.perf_counter()
 
-    async def shift(clock: Any) -> Any:
+    async def shift(clock: Clock) -> ShiftResult:
         return await emulate(config, spec, options, clock, lambda line: print(line, flush=True))
 
     result = run_real(shift)
     result.wall_time_s = time.perf_counter() - started
     records = parcel_records(result)
-    summary = summarise(result, records)
-    # The controller ran in another process: its own counters are in its log, not here.
-    summary["frames"]["seen"] = summary["frames"]["decoded"] = None
-    summary["frames"]["dropped"] = None
-    summary.pop("controller", None)
-    summary["board"] = result.extra.get("board", {})
+    summary = emulated_summary(result, records)
     print(format_summary(summary), flush=True)
     write_report(args.report, summary, records)
     print(f"report written to {args.report}", flush=True)
@@ -299,6 +285,3 @@ class _Progress:
         if self._tty:
             print(file=sys.stderr)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

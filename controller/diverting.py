@@ -1,0 +1,78 @@
+"""Carrying out a route: the deadline check, the bin booking, the divert command and its answer."""
+
+from __future__ import annotations
+
+import logging
+
+from controller.config import LineConfig
+from controller.disposition import Disposition
+from controller.errors import DriverError, DriverTimeout
+from controller.lineio import DivertCommand, LineIO
+from controller.parcel import Belt, ParcelState
+from controller.routing import Route
+
+log = logging.getLogger(__name__)
+
+
+class DivertScheduler:
+    """Schedules a parcel's divert for when its centre is at the diverter, if still in time.
+
+    A divert that cannot be sent in time, or that the line's I/O side refuses, is not
+    retried: the parcel rides to the end of the line (LATE or DIVERT_FAULT).
+    """
+
+    def __init__(self, config: LineConfig, line_io: LineIO, belt: Belt) -> None:
+        self._config = config
+        self._line_io = line_io
+        self._belt = belt
+        self._cpm = config.belt.encoder_counts_per_mm
+        self._next_command_id = 1
+
+    async def divert(self, parcel: ParcelState, route: Route) -> None:
+        """Send the divert the route asks for; the parcel's route and reason say what came of it."""
+        if parcel.lost_track:
+            return  # decided while tracking was lost: already finalised, never fired for
+        bin_id, disposition, reason = route.bin, route.disposition, route.reason
+        diverter = self._config.diverter_for_bin(bin_id)
+        fire_enc = parcel.window.enc_when_centre_at(diverter.position_mm)
+        lead_mm = diverter.actuation_ms / 1000 * self._config.belt.speed_mm_s
+        deadline_enc = fire_enc - round((lead_mm + self._config.decision.margin_mm) * self._cpm)
+        if self._line_io.encoder() > deadline_enc:
+            parcel.to_end(Disposition.LATE,
+                          f"decision for {bin_id} came {self._line_io.encoder() - deadline_enc}"
+                          " counts after its deadline")
+            return
+        command = DivertCommand(self._next_command_id, parcel.parcel_id, diverter.id,
+                                fire_enc, diverter.pulse_ms)
+        self._next_command_id += 1
+        # Booked before the reply: a bin must not be over-booked by decisions in flight.
+        self._belt.book(parcel, bin_id)
+        try:
+            reply = await self._line_io.divert(command)
+        except DriverTimeout as exc:
+            # Sent but unanswered: the driver takes it back, yet it may have fired already.
+            # Kept as sent, so the bin's photo-eye or the end of the line settles it.
+            self._belt.stats.unanswered_diverts += 1
+            parcel.command, parcel.route = command, bin_id
+            parcel.disposition = disposition
+            parcel.reason = f"{reason}; divert unanswered ({exc}), cancelled"
+            return
+        except DriverError as exc:  # LinkDown and the like: never sent
+            self._belt.unbook(parcel, bin_id)
+            parcel.to_end(Disposition.DIVERT_FAULT, f"divert not sent: {exc}")
+            return
+        except BaseException:
+            # Not known whether it went out: the decision fails and the parcel goes to the end.
+            self._belt.unbook(parcel, bin_id)
+            raise
+        if parcel.lost_track:  # given up while the answer was on its way
+            self._belt.unbook(parcel, bin_id)
+            return
+        if not reply.accepted:
+            self._belt.unbook(parcel, bin_id)
+            late = reply.reason == "late"
+            parcel.to_end(Disposition.LATE if late else Disposition.DIVERT_FAULT,
+                          f"{diverter.id} refused the divert: {reply.reason}")
+            return
+        parcel.command, parcel.route = command, bin_id
+        parcel.disposition, parcel.reason = disposition, reason

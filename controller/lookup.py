@@ -1,0 +1,61 @@
+"""The order of a parcel code: the store's answer in time, else the local cache's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from controller.config import OrderStoreConfig
+from controller.errors import OrderStoreError
+from controller.orders import Order, OrderCache, OrderStore
+from controller.parcel import SorterStats
+
+log = logging.getLogger(__name__)
+
+WARM_TIMEOUT_FACTOR = 10  # warming reads many orders at once: ten lookups' time
+
+
+class OrderLookup:
+    """Asks the store with a timeout; while the store fails, sorts from the cache it warmed."""
+
+    def __init__(self, store: OrderStore, config: OrderStoreConfig, stats: SorterStats) -> None:
+        self.store = store
+        self._config = config
+        self._stats = stats
+        self._cache = OrderCache(config.cache_size)
+
+    async def warm(self) -> None:
+        """Fill the cache with released orders, so an outage of the store does not stop us."""
+        size = self._config.cache_size
+        if not size:
+            return
+        try:
+            async with asyncio.timeout(WARM_TIMEOUT_FACTOR * self._config.timeout_ms / 1000):
+                orders = await self.store.released(size)
+        except (OrderStoreError, TimeoutError) as exc:
+            self._stats.order_store_errors += 1
+            log.warning("order store: cannot warm the cache: %s", exc or "timed out")
+            return
+        for order in reversed(orders):
+            self._cache.put(order)
+
+    async def order(self, code: str) -> tuple[Order | None, str]:
+        """The order (it knows of holds and cancellations), and why there is none if none.
+
+        The reason is empty when the store answered that it has no such order. Errors other
+        than the store's own (and its timeout) are not the store being down: they propagate.
+        """
+        try:
+            async with asyncio.timeout(self._config.timeout_ms / 1000):
+                order = await self.store.lookup(code)
+        except (OrderStoreError, TimeoutError) as exc:
+            self._stats.order_store_errors += 1
+            cached = self._cache.get(code)
+            log.warning("order store: %s%s", exc or "timed out",
+                        "; sorting from the cache" if cached else "")
+            if cached is None:
+                return None, f"order store unavailable and order not cached: {exc or 'timeout'}"
+            return cached, ""
+        if order is not None:
+            self._cache.put(order)
+        return order, ""

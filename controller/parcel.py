@@ -1,0 +1,123 @@
+"""The state the pipeline's stages share: each tracked parcel, the bins, the counters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+from controller.archive import ArchivedFrame
+from controller.codes import ParcelReads, ReadVerdict
+from controller.disposition import END_OF_LINE, Disposition
+from controller.lineio import DivertCommand
+from controller.orders import Order
+from controller.tracking import Tracker, TrackingWindow
+
+
+@dataclass
+class ParcelState:
+    """Everything the controller knows about one tracked parcel."""
+
+    window: TrackingWindow
+    reads: ParcelReads
+    inducted_at: float
+    verdict: ReadVerdict = ReadVerdict.PENDING
+    code: str | None = None
+    order: Order | None = None
+    disposition: Disposition | None = None
+    reason: str = ""
+    route: str | None = None  # a bin id or END_OF_LINE, once decided
+    decided_at: float | None = None
+    command: DivertCommand | None = None
+    zone_exit_at: float | None = None
+    booked: bool = False  # counted in its bin's in-flight parcels until confirmed or given up
+    strayed_into: str | None = None  # a bin that took a parcel unbidden while it was in front
+    lost_track: bool = False  # given up: its position is not known, so it is never diverted
+    frames: list[tuple[bool, ArchivedFrame]] = field(default_factory=list)  # (whole, crop)
+
+    def keep_frame(self, frame: ArchivedFrame, *, whole: bool, limit: int) -> None:
+        """Keep the latest frames, those showing the whole parcel before the others."""
+        self.frames.append((whole, frame))
+        if len(self.frames) > limit:
+            partial = next((i for i, (w, _) in enumerate(self.frames) if not w), 0)
+            del self.frames[partial]
+
+    def to_end(self, disposition: Disposition, reason: str) -> None:
+        """Send it nowhere: it rides to the end of the line, where it ends ``disposition``."""
+        self.disposition, self.reason, self.route = disposition, reason, END_OF_LINE
+
+    @property
+    def parcel_id(self) -> int:
+        return self.window.parcel_id
+
+
+@dataclass
+class BinState:
+    """A dispatch bin's fill as the controller counts it, and its full sensor."""
+
+    capacity: int
+    full_sensor: bool = False
+    confirmed: int = 0
+    in_flight: int = 0
+
+    @property
+    def available(self) -> bool:
+        return not self.full_sensor and self.confirmed + self.in_flight < self.capacity
+
+
+@dataclass
+class SorterStats:
+    """Counters beside the dispositions: what went wrong that is not a parcel's outcome."""
+
+    dispositions: Counter[str] = field(default_factory=Counter)
+    frames: int = 0
+    frames_decoded: int = 0
+    frames_ahead_of_events: int = 0  # skipped: the line's events had not caught up with them
+    reads_unassigned: int = 0
+    reads_ambiguous: int = 0  # within reach of two parcels: given to neither
+    duplicate_codes: int = 0
+    unexpected_bin_entries: int = 0
+    unknown_end_arrivals: int = 0
+    spurious_edges: int = 0
+    device_faults: int = 0
+    tracking_lost: int = 0  # times the belt positions of all parcels on it were given up
+    unanswered_diverts: int = 0
+    order_store_errors: int = 0
+    decision_errors: int = 0  # decisions that raised: their parcels went to the end as LATE
+    archive_errors: int = 0
+
+
+Finalise = Callable[[ParcelState, Disposition, str], Awaitable[None]]
+"""Ends a parcel with its one disposition, at a bin id, END_OF_LINE or "UNKNOWN"."""
+
+
+@dataclass
+class Belt:
+    """The parcels on the belt, where they are, and the bins they are booked into."""
+
+    tracker: Tracker
+    bins: dict[str, BinState]
+    stats: SorterStats = field(default_factory=SorterStats)
+    parcels: dict[int, ParcelState] = field(default_factory=dict)
+    finalising: set[int] = field(default_factory=set)  # being ended: no stage touches them
+
+    def active(self) -> Iterator[ParcelState]:
+        """The tracked parcels not being ended, in induction order (a snapshot)."""
+        return iter([p for p in self.parcels.values() if p.parcel_id not in self.finalising])
+
+    def book(self, parcel: ParcelState, bin_id: str) -> None:
+        """Count the parcel into its bin before it is there, so decisions do not over-fill."""
+        self.bins[bin_id].in_flight += 1
+        parcel.booked = True
+
+    def unbook(self, parcel: ParcelState, bin_id: str) -> None:
+        if parcel.booked:
+            self.bins[bin_id].in_flight -= 1
+            parcel.booked = False
+
+    def full_bins(self) -> frozenset[str]:
+        return frozenset(b for b, state in self.bins.items() if not state.available)
+
+    def track_afresh(self) -> None:
+        """Forget every belt position: tracking starts again with the next parcel inducted."""
+        self.tracker = Tracker(self.tracker.photo_eye_mm, self.tracker.counts_per_mm)

@@ -1,0 +1,116 @@
+"""The emulated line's cameras: frames captured as parcels pass, stalls and outages."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from controller.config import CameraConfig
+from controller.vision import Frame
+from sim_hardware.line_state import FrameSink, LineState
+from sim_hardware.render import FrameRenderer, ParcelTop
+from sim_hardware.scenario import Case, SimParcel
+
+log = logging.getLogger(__name__)
+
+
+class LineCameras(LineState):
+    """The cameras over the belt, each rendering what is in its view at its frame times."""
+
+    free_running: bool
+    render: bool
+    frame_sinks: dict[str, list[FrameSink]]
+    _renderers: dict[str, FrameRenderer]
+    _backlogs: dict[str, list[Frame]]
+    _stalled: set[int]
+
+    def _init_cameras(self, *, render: bool, free_running: bool) -> None:
+        self.render = render
+        # Triggered cameras capture only while a parcel is in view (cheap to simulate);
+        # free-running ones, like IP cameras streaming to a controller, capture always.
+        self.free_running = free_running
+        self.frame_sinks = {c.id: [] for c in self.config.cameras}
+        self._renderers = {c.id: FrameRenderer(c.resolution[0], c.resolution[1], c.mm_per_px,
+                                               seed=self.scenario.seed + i)
+                           for i, c in enumerate(self.config.cameras)}
+        self._backlogs = {}
+        self._stalled = set()
+
+    async def _camera(self, camera: CameraConfig) -> None:
+        period = 1.0 / camera.fps
+        renderer = self._renderers[camera.id]
+        t: float | None = self.clock.now()
+        first = 0  # parcels before this index have left this camera's view for good
+        while t is not None:
+            while first < len(self.parcels) and self._leaves_view(camera, self.parcels[first]) < t:
+                first += 1
+            t = self._next_trigger(camera, first, t, period)
+            if t is None:
+                return
+            await self.clock.sleep_until(t)
+            travel = self.belt.travel()
+            in_view = self._in_view(camera, travel)
+            if in_view or self.free_running:
+                self._capture(camera, renderer, travel, in_view)
+            t += period
+
+    def _leaves_view(self, camera: CameraConfig, parcel: SimParcel) -> float:
+        return self.belt.time_at(parcel.offset_mm + camera.view_end_mm + parcel.length_mm)
+
+    def _next_trigger(self, camera: CameraConfig, first: int, t: float,
+                      period: float) -> float | None:
+        """The next frame time: the next period, or for a triggered camera, a parcel in view."""
+        if first >= len(self.parcels):
+            return None
+        if self.free_running:
+            return t
+        enter = self.belt.time_at(self.parcels[first].offset_mm + camera.view_start_mm)
+        if enter <= t:
+            return t
+        return t + math.ceil((enter - t) / period - 1e-9) * period
+
+    def _in_view(self, camera: CameraConfig, travel: float) -> list[SimParcel]:
+        return [p for p in self.on_belt.values()
+                if self.lead_mm(p, travel) >= camera.view_start_mm
+                and self.lead_mm(p, travel) - p.length_mm <= camera.view_end_mm]
+
+    def _capture(self, camera: CameraConfig, renderer: FrameRenderer, travel: float,
+                 parcels: list[SimParcel]) -> None:
+        tops = [ParcelTop(self.lead_mm(p, travel), p.length_mm, p.width_mm, p.y_mm, p.shade,
+                          p.labels) for p in parcels]
+        image = renderer.render(camera.view_start_mm, tops) if self.render else \
+            renderer.render(camera.view_start_mm, [])
+        frame = Frame(camera.id, image, self.belt.enc_at_travel(travel), self.clock.now())
+        self.counters.frames += 1
+        backlog = self._backlogs.setdefault(camera.id, [])
+        stalling = any(p.case is Case.CAMERA_STALL and p.sim_id not in self._stalled
+                       for p in parcels)
+        if stalling and self.scenario.camera_stall_s > 0 and not backlog:
+            # A camera hiccup: frames are buffered and handed over late, still in order.
+            self._stalled.update(p.sim_id for p in parcels if p.case is Case.CAMERA_STALL)
+            backlog.append(frame)
+            self._spawn(self._flush_after(camera.id, self.scenario.camera_stall_s),
+                        f"sim.{camera.id}.stall")
+        elif backlog:
+            backlog.append(frame)
+        else:
+            self._deliver(camera.id, frame)
+
+    def camera_down(self, camera_id: str) -> bool:
+        """Whether the camera is in one of the scenario's outages now."""
+        t = self.clock.now() - self.belt.start
+        return any(cam == camera_id and start <= t < end
+                   for cam, start, end in self.scenario.camera_outages)
+
+    def _deliver(self, camera_id: str, frame: Frame) -> None:
+        if self.camera_down(camera_id):
+            self.counters.frames_lost_in_outages += 1
+            return
+        for sink in self.frame_sinks[camera_id]:
+            sink(frame)
+
+    async def _flush_after(self, camera_id: str, delay: float) -> None:
+        await self.clock.sleep(delay)
+        backlog = self._backlogs[camera_id]
+        while backlog:
+            self._deliver(camera_id, backlog.pop(0))

@@ -1,0 +1,154 @@
+"""The emulated line's diverters and bins: diverts held and fired, pushes, bins that fill."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from controller.config import DiverterConfig
+from controller.lineio import BinEntry, BinLevel, DivertCommand, DivertReply
+from sim_hardware.line_state import LineState
+from sim_hardware.scenario import Case, SimParcel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BinModel:
+    bin_id: str
+    capacity: int
+    fill: int = 0
+    full: bool = False
+    overfilled: int = 0
+    parcels: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    """A diverter fired: for which controller parcel, and which emulated parcel it pushed."""
+
+    command_id: int
+    parcel_id: int
+    diverter_id: str
+    pushed: int | None  # the emulated parcel's sim_id; None for an empty or jammed push
+    enc: int = 0
+
+
+class LineDiverters(LineState):
+    """Pusher diverters that fire on an encoder count, and the bins they push into."""
+
+    bins: dict[str, BinModel]
+    jammed: set[str]  # diverters whose arm is stuck: they fire, nothing moves
+    fires: list[Fire]
+    fire_sinks: list[Callable[[Fire], None]]
+    _diverters: dict[str, DiverterConfig]
+    _scheduled: dict[int, tuple[str, asyncio.Task[None]]]
+
+    def _init_diverters(self) -> None:
+        self.bins = {b.id: BinModel(b.id, b.capacity) for b in self.config.bins}
+        self._diverters = {d.id: d for d in self.config.diverters}
+        self._scheduled = {}
+        self.jammed = set()
+        self.fires = []
+        self.fire_sinks = []
+
+    def accept_divert(self, command: DivertCommand) -> DivertReply:
+        """The I/O side: take a scheduled divert if it can still be carried out in time."""
+        diverter = self._diverters.get(command.diverter_id)
+        if diverter is None:
+            return DivertReply(command.command_id, False, "unknown_diverter")
+        if command.command_id in self._scheduled:
+            return DivertReply(command.command_id, True)  # a resent command: already held
+        lead_counts = diverter.actuation_ms / 1000 * self.belt.speed * self.belt.counts_per_mm
+        if self.belt.encoder() > command.fire_enc - lead_counts:
+            self.counters.late_commands += 1
+            return DivertReply(command.command_id, False, "late")
+        task = asyncio.create_task(self._fire(diverter, command),
+                                   name=f"sim.{diverter.id}.fire[{command.command_id}]")
+        self._tasks.add(task)
+        self._scheduled[command.command_id] = (diverter.id, task)
+
+        def _done(t: asyncio.Task[None], command_id: int = command.command_id) -> None:
+            self._tasks.discard(t)
+            self._scheduled.pop(command_id, None)
+
+        task.add_done_callback(_done)
+        return DivertReply(command.command_id, True)
+
+    def cancel_divert(self, command_id: int) -> bool:
+        """Drop a scheduled divert that has not fired; False if there is none."""
+        held = self._scheduled.pop(command_id, None)
+        if held is None:
+            return False
+        held[1].cancel()
+        self.counters.cancelled_commands += 1
+        return True
+
+    def cancel_diverts(self, diverter_ids: Sequence[str] | None = None) -> int:
+        """Drop every scheduled divert (of these diverters): the fail-safe of a lost controller."""
+        dropped = [cid for cid, (did, _) in self._scheduled.items()
+                   if diverter_ids is None or did in diverter_ids]
+        return sum(self.cancel_divert(cid) for cid in dropped)
+
+    def scheduled_diverts(self, diverter_ids: Sequence[str] | None = None) -> int:
+        return sum(1 for did, _ in self._scheduled.values()
+                   if diverter_ids is None or did in diverter_ids)
+
+    async def _fire(self, diverter: DiverterConfig, command: DivertCommand) -> None:
+        # A board fires on an encoder compare, in hardware: the push happens at the commanded
+        # count whenever this task wakes (on the real clock it may wake late under load).
+        travel = command.fire_enc / self.belt.counts_per_mm
+        await self.clock.sleep_until(self.belt.time_at(travel))
+        self._scheduled.pop(command.command_id, None)
+        hit: SimParcel | None = None
+        for parcel in self.on_belt.values():
+            lead = self.lead_mm(parcel, travel)
+            centre = lead - parcel.length_mm / 2
+            if abs(centre - diverter.position_mm) <= diverter.window_mm / 2:
+                hit = parcel
+            elif lead - parcel.length_mm <= diverter.position_mm <= lead:
+                self.counters.glancing_fires += 1
+                parcel.events.append(f"glanced by {diverter.id}")
+        jammed = hit is not None and (hit.case is Case.JAMMED_DIVERTER
+                                      or diverter.id in self.jammed)
+        fire = Fire(command.command_id, command.parcel_id, diverter.id,
+                    hit.sim_id if hit is not None and not jammed else None, command.fire_enc)
+        self.fires.append(fire)
+        for sink in self.fire_sinks:
+            sink(fire)
+        if hit is None:
+            self.counters.empty_fires += 1
+            return
+        hit.events.append(f"fired at by {diverter.id} for controller parcel {command.parcel_id}")
+        if jammed:
+            self.counters.jammed_fires += 1
+            hit.events.append(f"{diverter.id} jammed")
+            return
+        await self._push(hit, diverter)
+
+    async def _push(self, parcel: SimParcel, diverter: DiverterConfig) -> None:
+        del self.on_belt[parcel.sim_id]
+        await self.clock.sleep(self.scenario.drop_time_s)
+        self._land(parcel, self.bins[diverter.bin])
+
+    def _land(self, parcel: SimParcel, bin_model: BinModel) -> None:
+        if bin_model.full:
+            bin_model.overfilled += 1
+        bin_model.fill += 1
+        bin_model.parcels.append(parcel.sim_id)
+        self._settle(parcel, bin_model.bin_id)
+        self._emit(BinEntry(bin_model.bin_id, self.belt.encoder()))
+        if not bin_model.full and bin_model.fill >= bin_model.capacity:
+            bin_model.full = True
+            self._emit(BinLevel(bin_model.bin_id, True))
+            if self.scenario.bin_empty_after_s is not None:
+                self._spawn(self._operator_empties(bin_model), f"sim.{bin_model.bin_id}.empty")
+
+    async def _operator_empties(self, bin_model: BinModel) -> None:
+        assert self.scenario.bin_empty_after_s is not None
+        await self.clock.sleep(self.scenario.bin_empty_after_s)
+        bin_model.fill = 0
+        bin_model.full = False
+        self._emit(BinLevel(bin_model.bin_id, False))

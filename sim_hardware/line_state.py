@@ -1,0 +1,82 @@
+"""What every part of the emulated line shares: config, clock, belt, the parcels on it.
+
+The parts (:mod:`sim_hardware.line_cameras`, :mod:`sim_hardware.line_diverters`) build on
+this state; :class:`sim_hardware.line.PhysicalLine` assembles them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from controller.clock import Clock
+from controller.config import LineConfig
+from controller.lineio import LineEvent
+from controller.vision import Frame
+from sim_hardware.belt import Belt
+from sim_hardware.scenario import ScenarioSpec, SimParcel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LineCounters:
+    empty_fires: int = 0
+    glancing_fires: int = 0
+    late_commands: int = 0
+    cancelled_commands: int = 0
+    jammed_fires: int = 0
+    frames: int = 0
+    frames_lost_in_outages: int = 0
+
+
+EventSink = Callable[[LineEvent], None]
+FrameSink = Callable[[Frame], None]
+
+
+class LineState:
+    """The belt and the parcels on it, the line's event sinks and its background tasks."""
+
+    def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: list[SimParcel],
+                 clock: Clock) -> None:
+        self.config = config
+        self.scenario = scenario
+        self.parcels = parcels
+        self.clock = clock
+        self.belt = Belt(clock, config.belt.speed_mm_s, config.belt.encoder_counts_per_mm,
+                         scenario.speed_changes)
+        self.counters = LineCounters()
+        self.on_belt: dict[int, SimParcel] = {}
+        self.event_sinks: list[EventSink] = []
+        self.done = asyncio.Event()
+        self._settled = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start_belt(self) -> None:
+        """Start the belt now: the shift's parcels and speed changes count from here."""
+        self.belt = Belt(self.clock, self.config.belt.speed_mm_s,
+                         self.config.belt.encoder_counts_per_mm, self.scenario.speed_changes)
+
+    # --- geometry --------------------------------------------------------------------------
+
+    def lead_mm(self, parcel: SimParcel, travel: float | None = None) -> float:
+        return (self.belt.travel() if travel is None else travel) - parcel.offset_mm
+
+    def _emit(self, event: LineEvent) -> None:
+        for sink in self.event_sinks:
+            sink(event)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _settle(self, parcel: SimParcel, where: str) -> None:
+        parcel.actual = where
+        self._settled += 1
+
+    def encoder(self) -> int:
+        return self.belt.encoder()
