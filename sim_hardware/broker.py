@@ -8,6 +8,11 @@ SIGKILL after a timeout); :meth:`Mosquitto.restart` brings it back on the **same
 is the broker-restart fault the MQTT links must ride through. Usable as a context manager,
 sync or async (the async forms run the blocking parts in a thread).
 
+With ``deploy=True`` it runs the production rules instead: deploy/mosquitto.conf's settings,
+deploy/mosquitto.acl, no anonymous access, and a password file generated for this broker
+(``mosquitto_passwd -b``) with a random password for every user the ACL names
+(:attr:`Mosquitto.passwords`; :meth:`Mosquitto.write_secrets` hands them to ``emulate``).
+
 Without a mosquitto binary (``apt-get install mosquitto``) it raises
 :class:`~controller.errors.DriverUnavailable`; tests call :func:`mosquitto_path` first and
 skip.
@@ -19,13 +24,14 @@ import asyncio
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -33,6 +39,13 @@ from controller.errors import DriverUnavailable
 
 DEVICE = "mosquitto"
 _SBIN_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY_CONF = DEPLOY / "mosquitto.conf"
+DEPLOY_ACL = DEPLOY / "mosquitto.acl"
+# the deploy config's lines this launcher sets itself (loopback port, files, log)
+_OWN_SETTINGS = frozenset({"listener", "log_dest", "log_type", "persistence",
+                           "connection_messages", "password_file", "acl_file",
+                           "allow_anonymous", "per_listener_settings", "user"})
 
 
 def mosquitto_path() -> str | None:
@@ -41,6 +54,51 @@ def mosquitto_path() -> str | None:
     if found:
         return found
     return next((p for p in _SBIN_CANDIDATES if os.access(p, os.X_OK)), None)
+
+
+def acl_users(acl: Path = DEPLOY_ACL) -> list[str]:
+    """The users an ACL file grants anything to, in its order."""
+    users = []
+    for line in acl.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "user":
+            users.append(words[1])
+    return users
+
+
+def deploy_settings(conf: Path = DEPLOY_CONF) -> list[str]:
+    """The deploy config's settings but those a test broker sets itself."""
+    kept = []
+    for line in conf.read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if text and not text.startswith("#") and text.split()[0] not in _OWN_SETTINGS:
+            kept.append(text)
+    return kept
+
+
+def write_password_file(path: Path, passwords: Mapping[str, str]) -> None:
+    """A mosquitto password file (salted hashes) for these users, by ``mosquitto_passwd -b``."""
+    tool = shutil.which("mosquitto_passwd")
+    if tool is None:
+        raise DriverUnavailable(DEVICE, "mosquitto_passwd is not installed "
+                                        "(Debian: apt-get install mosquitto)")
+    path.touch(mode=0o600)
+    for user, password in passwords.items():
+        done = subprocess.run([tool, "-b", str(path), user, password],  # our own tool
+                              capture_output=True, check=False)
+        if done.returncode != 0:
+            raise DriverUnavailable(DEVICE, f"mosquitto_passwd failed for {user}: "
+                                            f"{done.stderr.decode(errors='replace')[:200]}")
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """``user:password`` lines (as :meth:`Mosquitto.write_secrets` writes them)."""
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        user, sep, password = line.partition(":")
+        if sep and user:
+            found[user] = password
+    return found
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -58,6 +116,7 @@ class Mosquitto:
 
     def __init__(self, port: int | None = None, *, executable: str | None = None,
                  allow_anonymous: bool = True, settings: Sequence[str] = (),
+                 deploy: bool = False, acl: Path = DEPLOY_ACL,
                  start_timeout_s: float = 5.0, stop_timeout_s: float = 3.0) -> None:
         exe = executable or mosquitto_path()
         if exe is None:
@@ -66,8 +125,13 @@ class Mosquitto:
         self.executable = exe
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port(self.host)
-        self.allow_anonymous = allow_anonymous
+        self.deploy = deploy
+        self.acl = acl
+        self.allow_anonymous = allow_anonymous and not deploy
         self.settings = tuple(settings)
+        # the deploy rules' users and their passwords (empty without ``deploy``)
+        self.passwords = ({u: secrets.token_urlsafe(18) for u in acl_users(acl)} if deploy
+                          else {})
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -89,6 +153,26 @@ class Mosquitto:
     @property
     def log_path(self) -> Path:
         return self.directory / "mosquitto.log"
+
+    @property
+    def passwd_path(self) -> Path:
+        return self.directory / "mosquitto.passwd"
+
+    def credentials(self, user: str) -> tuple[str, str]:
+        """``(username, password)`` of a deploy user, for a client."""
+        return user, self.passwords[user]
+
+    def node_credentials(self, line: str) -> dict[str, tuple[str, str]]:
+        """Each node of ``line`` (by node id) with its own deploy user, for MqttNodes."""
+        prefix = f"{line}-"
+        return {u.removeprefix(prefix): (u, pw) for u, pw in self.passwords.items()
+                if u.startswith(prefix)}
+
+    def write_secrets(self, path: Path) -> None:
+        """The deploy users' plain passwords as ``user:password`` lines (mode 600)."""
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{u}:{pw}\n" for u, pw in self.passwords.items()),
+                        encoding="utf-8")
 
     def log_text(self) -> str:
         """What the broker logged so far, and its stderr (for a failing test's message)."""
@@ -122,9 +206,18 @@ class Mosquitto:
             # Run as root (containers, CI), mosquitto would switch to the user "mosquitto",
             # who cannot write our log; as anyone else it ignores this line.
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
+            *self._deploy_lines(),
             *self.settings,
         ]
         self.conf_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def _deploy_lines(self) -> list[str]:
+        if not self.deploy:
+            return []
+        if not self.passwd_path.exists():
+            write_password_file(self.passwd_path, self.passwords)
+        return [*deploy_settings(), f"password_file {self.passwd_path}",
+                f"acl_file {self.acl}"]
 
     # --- lifetime --------------------------------------------------------------------------
 

@@ -64,8 +64,45 @@ def test_a_reply_is_handed_to_its_divert_once() -> None:
     assert reply(book, "D1", 7) is NOTHING  # a QoS 1 duplicate
     assert (book.stats.commands, book.stats.replies, book.stats.bad_payloads) == (1, 1, 0)
     book.settled(7)
-    assert reply(book, "D1", 7) is NOTHING
-    assert book.stats.bad_by_kind == {"unknown_corr": 1}  # settled and never given up on
+    assert reply(book, "D1", 7) is NOTHING  # a duplicate of the answer taken: no error
+    assert reply(book, "D1", 99) is NOTHING
+    assert book.stats.bad_by_kind == {"unknown_corr": 1}  # never sent
+    assert book.stats.conflicting_replies == 0
+
+
+def test_two_different_replies_for_one_command_are_counted_either_order() -> None:
+    """A forged "refused: late" racing the node's "accepted": whichever comes first is taken,
+    the other is counted as a conflict (the node's word and the forger's disagree)."""
+    book = make_book()
+    book.sent(command(7))
+    book.sent(command(8))
+    assert reply(book, "D1", 7, False, "late").answer == DivertReply(7, False, "late")
+    assert reply(book, "D1", 7) is NOTHING  # still waiting: the second is not believed
+    assert reply(book, "D1", 8).answer == DivertReply(8, True, "")
+    book.settled(8)
+    assert reply(book, "D1", 8, False, "late") is NOTHING  # after it settled
+    assert book.stats.conflicting_replies == 2
+    assert (book.stats.replies, book.stats.refused, book.stats.bad_payloads) == (2, 1, 0)
+
+
+def test_statuses_and_events_of_unknown_nodes_are_refused_and_bounded() -> None:
+    """Only the configured node ids are followed: made-up ones are refused and counted, and
+    the heartbeat's acknowledgements never name them."""
+    book = make_book()
+    for n in range(200):
+        status(book, f"X{n}", b"offline")
+        book.receive(TOPICS.events, codec.encode_event(codec.SensorEvent(
+            f"fake{n}", BOOT, 1, BinLevel("B1", True), 1)))
+    assert book.nodes == {}
+    assert book.acks() == {}
+    assert drain(book.queue) == []
+    assert book.stats.unknown_nodes == 200
+    assert book.stats.foreign_statuses == 200  # another link's nodes: ignored, not an error
+    assert book.stats.bad_by_kind == {"unknown_node": 200}
+    event(book, 1, 1)
+    assert set(book.acks()) == {"sensors"}
+    assert status(book, "D1", b"offline").queued
+    assert book.node_offline("D1")
 
 
 def test_a_refusal_is_counted() -> None:

@@ -45,6 +45,7 @@ class EmulateOptions:
     write_config: Path
     workdir: Path
     mqtt: tuple[str, int] | None = None
+    mqtt_secrets: Path | None = None  # user:password lines of the broker's deploy accounts
     baudrate: int | None = 115200
     garble: float = 0.0
     drop: float = 0.0
@@ -84,7 +85,8 @@ async def emulate(config: LineConfig, scenario: ScenarioSpec, options: EmulateOp
             from sim_hardware.mqtt_nodes import MqttNodes
 
             host, port = options.mqtt
-            nodes = MqttNodes(line, host, port, line_name=config.line.name, clock=clock)
+            nodes = MqttNodes(line, host, port, line_name=config.line.name, clock=clock,
+                              credentials=_node_credentials(options, config.line.name))
             await stack.enter_async_context(nodes)
         _write_line_config(options, config, {c.id: server.url(c.id) for c in config.cameras})
         say(f"config: {options.write_config}")
@@ -140,6 +142,32 @@ async def _controller_outcome(config: LineConfig, inducted: int, clock: Clock,
         await clock.sleep(0.2)
 
 
+def _node_credentials(options: EmulateOptions, line: str) -> dict[str, tuple[str, str]]:
+    """Each node's own deploy account (``<line>-<node id>``), from the secrets file."""
+    if options.mqtt_secrets is None:
+        return {}
+    from sim_hardware.broker import read_secrets
+
+    prefix = f"{line}-"
+    return {user.removeprefix(prefix): (user, password)
+            for user, password in read_secrets(options.mqtt_secrets).items()
+            if user.startswith(prefix)}
+
+
+def _controller_account(options: EmulateOptions) -> dict[str, str]:
+    """The controller's username and a password file of its own for the written config."""
+    if options.mqtt_secrets is None:
+        return {}
+    from sim_hardware.broker import read_secrets
+
+    password = read_secrets(options.mqtt_secrets)["controller"]
+    path = options.workdir / "mqtt.password"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(password + "\n", encoding="utf-8")
+    return {"username": "controller", "password_file": str(path)}
+
+
 def _write_line_config(options: EmulateOptions, config: LineConfig,
                        camera_urls: dict[str, str]) -> None:
     """The base config pointed at the emulator's devices and this shift's books."""
@@ -156,7 +184,8 @@ def _write_line_config(options: EmulateOptions, config: LineConfig,
     if options.baudrate is not None:
         line_io["serial"]["baudrate"] = options.baudrate
     if options.mqtt is not None:
-        line_io["mqtt"] = {"host": options.mqtt[0], "port": options.mqtt[1]}
+        line_io["mqtt"] = {"host": options.mqtt[0], "port": options.mqtt[1],
+                           **_controller_account(options)}
     data["line_io"] = line_io
     options.write_config.parent.mkdir(parents=True, exist_ok=True)
     header = ("# Written by `parcel-sorter emulate`: the emulated line's I/O board, diverter "

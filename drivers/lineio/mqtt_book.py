@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from controller.lineio import DeviceFault, DivertCommand, DivertReply, LineEvent, LinkState
 from drivers.lineio import mqtt_codec as codec
 from drivers.lineio.held import HeldDiverts
 from drivers.lineio.mqtt_codec import Ack, BadPayload, NodeStatus, SensorEvent
 from drivers.lineio.mqtt_events import EventQueue
+from drivers.lineio.mqtt_stats import MqttStats
+
+__all__ = ["CommandBook", "Inbound", "MqttStats"]
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +31,8 @@ DEVICE = "mqtt"
 GAVE_UP_MEMORY = 4096  # command ids given up on, to tell a late reply from a stray one
 RECANCEL_S = 30.0  # a divert given up on this recently may still be held by its node
 SCHEDULED_MEMORY = 256  # accepted diverts kept to restore when no encoder count is known
-
-
-@dataclass
-class MqttStats:
-    """Counters of the MQTT link for diagnostics."""
-
-    connects: int = 0
-    reconnects: int = 0  # links re-established after an outage
-    outages: int = 0
-    connect_failures: int = 0
-    commands: int = 0
-    replies: int = 0
-    refused: int = 0  # replies with accepted = false
-    timeouts: int = 0
-    cancels: int = 0
-    late_replies: int = 0  # replies to commands already given up on
-    heartbeats: int = 0
-    events: int = 0
-    duplicate_events: int = 0
-    early_events: int = 0  # overtook an event still on its way: dropped, it comes again
-    missed_events: int = 0  # gaps in a node's sequence (its backlog overflowed)
-    node_restarts: int = 0
-    nodes_offline: int = 0
-    node_failsafes: int = 0  # an online node said "safe": it dropped what it held
-    restored: int = 0  # still-due diverts sent again to a node that came (back) online
-    restore_refused: int = 0  # of those, refused by the node (mostly late: their time passed)
-    bad_payloads: int = 0
-    bad_by_kind: dict[str, int] = field(default_factory=dict)
-    last_error: str | None = None
+ANSWER_MEMORY = 4096  # replies remembered per command id, to notice a second, different one
+SENSOR_NODES = frozenset({"sensors"})  # the sensor node ids a line has by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +58,13 @@ class CommandBook:
     """Diverts in flight and held, node states and sensor event numbering of one link."""
 
     def __init__(self, topics: codec.Topics, diverters: Iterable[str], *, sensors: bool,
-                 where: str = "") -> None:
+                 where: str = "", sensor_nodes: Iterable[str] = SENSOR_NODES) -> None:
         self.topics = topics
         self.diverters = frozenset(diverters)
         self.sensors = sensors
+        # only these node ids are followed: state per node is bounded by the config
+        self.sensor_nodes = frozenset(sensor_nodes) if sensors else frozenset()
+        self.known_nodes = self.diverters | self.sensor_nodes
         self.where = where  # the broker, for log lines
         self.stats = MqttStats()
         self.queue = EventQueue()  # what the controller takes from the link, in order
@@ -102,6 +81,8 @@ class CommandBook:
         self._held = HeldDiverts()  # accepted, not yet due: what each node should hold
         self._restoring: dict[int, str] = {}  # sent again, reply not yet taken: id -> node
         self._logged: set[str] = set()
+        # command id -> (diverter, accepted, reason) of the first reply taken
+        self._answers: OrderedDict[int, tuple[str, bool, str]] = OrderedDict()
 
     # --- the link ------------------------------------------------------------------------
 
@@ -157,9 +138,15 @@ class CommandBook:
                 reply = codec.decode_reply(payload)
                 return Inbound(answer=reply) if self.take_reply(diverter, reply) else NOTHING
             case codec.Route(kind="node_status", name=node):
-                return self.on_status(node, codec.decode_node_status(node, payload))
+                status = codec.decode_node_status(node, payload)
+                if node not in self.known_nodes:  # another link's node, or a made-up one
+                    self.stats.foreign_statuses += 1
+                    return NOTHING
+                return self.on_status(node, status)
             case codec.Route(kind="events") if self.sensors:
-                event = self.on_event(codec.decode_event(payload))
+                message = codec.decode_event(payload)
+                self._known_sensor(message.node)
+                event = self.on_event(message)
                 if event is None:
                     return NOTHING
                 self.queue.push(event)
@@ -170,6 +157,11 @@ class CommandBook:
                 self.queue.count(enc)
                 return NOTHING
         raise BadPayload("unknown_topic")
+
+    def _known_sensor(self, node: str) -> None:
+        if node not in self.sensor_nodes:
+            self.stats.unknown_nodes += 1
+            raise BadPayload("unknown_node", f"node {node[:40]!r} is not configured")
 
     def refused(self, error: BadPayload, topic: str, payload: bytes) -> None:
         """Count a payload refused; log the first of each kind (the rest at debug)."""
@@ -202,16 +194,20 @@ class CommandBook:
         waiting = self._waiting.get(reply.command_id)
         if waiting is None:
             if self._restoring.get(reply.command_id) == diverter:
-                self._restore_answered(diverter, reply)
+                self._restore_answered(diverter, reply)  # a new answer: may differ
             elif reply.command_id in self._gave_up:
+                self._compare(diverter, reply)
                 self.stats.late_replies += 1
                 log.debug("mqtt: reply to divert %d after it was given up on", reply.command_id)
+            elif reply.command_id in self._answers:
+                self._compare(diverter, reply)  # answered already: a duplicate, or a liar
             else:
                 raise BadPayload("unknown_corr")
             return False
         if diverter != waiting.diverter:
             raise BadPayload("wrong_diverter",
                              f"divert {reply.command_id} went to {waiting.diverter}")
+        self._compare(diverter, reply)
         if waiting.answered:
             return False
         waiting.answered = True
@@ -219,6 +215,20 @@ class CommandBook:
         if not reply.accepted:
             self.stats.refused += 1
         return True
+
+    def _compare(self, diverter: str, reply: DivertReply) -> None:
+        """Remember the first reply per command id; count and log one that says otherwise."""
+        first = self._answers.get(reply.command_id)
+        now = (diverter, reply.accepted, reply.reason)
+        if first is None:
+            self._answers[reply.command_id] = now
+            while len(self._answers) > ANSWER_MEMORY:
+                self._answers.popitem(last=False)
+        elif first != now:
+            self.stats.conflicting_replies += 1
+            log.warning("mqtt %s: divert %d answered twice, differently: %s then %s "
+                        "(forged or confused node; the first was taken)", self.where,
+                        reply.command_id, first, now)
 
     def settled(self, command_id: int) -> None:
         """The divert's caller stopped waiting (answered, timed out or failed)."""
