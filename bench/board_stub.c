@@ -62,6 +62,7 @@ enum { OK = 0, LATE = 1, BUSY = 2, UNKNOWN_DIVERTER = 3, REFUSED_FAULT = 4 };
 enum { BAD_FRAME = 1, GAP = 2, MALFORMED = 3, NO_SESSION = 4 };
 enum { MAX_FRAME = 253, MAX_BODY = 250, WINDOW = 64, QUEUE = 512, MAX_RESENDS = 8 };
 enum { MAX_DIVERTERS = 32, MAX_HELD = 256 };
+enum { PROTOCOL_VERSION = 3, FROM_BOARD = 0x80 };
 static const double ACK_TIMEOUT_S = 0.040, HEARTBEAT_S = 0.100, FAILSAFE_S = 0.500;
 
 typedef struct { uint8_t type; uint8_t size; uint8_t payload[MAX_BODY]; uint16_t seq; } Message;
@@ -86,6 +87,7 @@ static size_t first, count, sent;
 static uint16_t next_seq = 1;
 static double timer_start;
 static int head_resends, failed;
+static unsigned long echoes; /* frames of our own direction heard back */
 
 static int answer_only; /* no diverters given: the bench's far end */
 static Diverter diverters[MAX_DIVERTERS];
@@ -132,7 +134,7 @@ static void send_frame(uint8_t type, uint16_t seq, const uint8_t *payload, size_
     uint8_t body[MAX_BODY + 2];
     uint16_t ack = has_session ? seq_before(expect) : 0;
     if (out_len + 2 * sizeof body > sizeof out) flush_out();
-    body[0] = 2;
+    body[0] = PROTOCOL_VERSION | FROM_BOARD;
     body[1] = type;
     body[2] = (uint8_t)(seq >> 8);
     body[3] = (uint8_t)seq;
@@ -289,7 +291,7 @@ static int well_formed(uint8_t type, uint16_t seq, const uint8_t *p, size_t n) {
     case HELLO: return n == 6;
     case ACK: return n == 0;
     case NAK: return n == 3 && p[2] >= BAD_FRAME && p[2] <= NO_SESSION;
-    case HEARTBEAT: return n == 5 && p[4] <= MAINTENANCE;
+    case HEARTBEAT: return n == 6 && p[4] <= MAINTENANCE && p[5] <= 1;
     case DIVERT:
         return n >= 9 && p[8] >= 1 && p[8] <= 32 && n == 19u + p[8] && printable(p + 9, p[8]);
     case CANCEL: return n == 4;
@@ -353,7 +355,8 @@ static void handle(const uint8_t *frame, size_t frame_len, double now) {
     uint16_t seq = (uint16_t)(raw[2] << 8 | raw[3]), ack = (uint16_t)(raw[4] << 8 | raw[5]);
     const uint8_t *p = raw + 6;
     size_t n = size - 6;
-    int form = raw[0] == 2 ? well_formed(type, seq, p, n) : 0;
+    if (raw[0] == (PROTOCOL_VERSION | FROM_BOARD)) { echoes++; return; } /* our own, echoed */
+    int form = raw[0] == PROTOCOL_VERSION ? well_formed(type, seq, p, n) : 0;
     if (form == 0) {
         if (has_session) nak(expect, MALFORMED, now);
         return;
@@ -440,7 +443,8 @@ static void tick(double now) {
         uint8_t p[13];
         put_u32(p, (uint32_t)((now - started) * 1000));
         p[4] = (uint8_t)mode;
-        send_frame(HEARTBEAT, 0, p, 5);
+        p[5] = !has_session || failed; /* the controller must say Hello again */
+        send_frame(HEARTBEAT, 0, p, 6);
         put_u64(p, enc);
         send_frame(ENCODER, 0, p, 8);
         last_heartbeat = now;

@@ -2,19 +2,27 @@
 
 A parcel is written when inducted and again, exactly once, when it reaches its final
 disposition; the count only moves after that write is committed. Parcels left open by a
-crash are closed as LOST when the journal is opened again.
+crash are closed as LOST when the journal is opened again. A write the storage refuses
+(disk full, I/O error) raises :class:`JournalError`: outcomes can no longer be made durable.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.clock import Clock
 from controller.disposition import Disposition
+from controller.errors import JournalError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parcels (
@@ -61,9 +69,16 @@ class Journal:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._db: sqlite3.Connection | None = None
 
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the writer thread; a storage failure becomes a JournalError."""
+        try:
+            return await self._clock.offload(self._writer, fn, *args)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"journal {self.path}: {what} failed: {exc}") from exc
+
     async def open(self) -> list[int]:
         """Open (creating) the journal; close parcels a crash left open as LOST; return them."""
-        return await self._clock.offload(self._writer, self._open, self._clock.now())
+        return await self._call("open", self._open, self._clock.now())
 
     def _open(self, now: float) -> list[int]:
         if self.path != ":memory:":
@@ -83,7 +98,7 @@ class Journal:
         return open_ids
 
     async def next_parcel_id(self) -> int:
-        return await self._clock.offload(self._writer, self._next_id)
+        return await self._call("reading the last parcel id", self._next_id)
 
     def _next_id(self) -> int:
         assert self._db is not None
@@ -91,13 +106,14 @@ class Journal:
         return int(last) + 1
 
     async def inducted(self, parcel_id: int, enc: int, at: float) -> None:
-        await self._clock.offload(self._writer, self._write,
-                                  "INSERT INTO parcels (parcel_id, inducted_enc, inducted_at) "
-                                  "VALUES (?, ?, ?)", (parcel_id, enc, at))
+        await self._call(f"writing parcel {parcel_id}", self._write,
+                         "INSERT INTO parcels (parcel_id, inducted_enc, inducted_at) "
+                         "VALUES (?, ?, ?)", (parcel_id, enc, at))
 
     async def finalise(self, record: FinalRecord) -> bool:
         """Write the final disposition; False if the parcel already had one (never overwritten)."""
-        return await self._clock.offload(self._writer, self._finalise, record)
+        return await self._call(f"writing parcel {record.parcel_id}'s disposition",
+                                self._finalise, record)
 
     def _finalise(self, r: FinalRecord) -> bool:
         assert self._db is not None
@@ -116,7 +132,7 @@ class Journal:
             self._db.execute(sql, params)
 
     async def records(self) -> list[dict[str, Any]]:
-        return await self._clock.offload(self._writer, self._records)
+        return await self._call("reading", self._records)
 
     def _records(self) -> list[dict[str, Any]]:
         assert self._db is not None
@@ -126,7 +142,10 @@ class Journal:
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._clock.offload(self._writer, self._db.close)
+            try:
+                await self._call("closing", self._db.close)
+            except JournalError as exc:  # what was committed stays; nothing more to do
+                log.warning("%s", exc)
             self._db = None
         self._writer.shutdown(wait=True)
 

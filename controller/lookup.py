@@ -34,7 +34,7 @@ class OrderLookup:
                 orders = await self.store.released(size)
         except (OrderStoreError, TimeoutError) as exc:
             self._stats.order_store_errors += 1
-            log.warning("order store: cannot warm the cache: %s", exc or "timed out")
+            log.warning("order store: cannot warm the cache: %s", str(exc) or "timed out")
             return
         for order in reversed(orders):
             self._cache.put(order)
@@ -51,10 +51,10 @@ class OrderLookup:
         except (OrderStoreError, TimeoutError) as exc:
             self._stats.order_store_errors += 1
             cached = self._cache.get(code)
-            log.warning("order store: %s%s", exc or "timed out",
-                        "; sorting from the cache" if cached else "")
+            why = str(exc) or "timed out"
+            log.warning("order store: %s%s", why, "; sorting from the cache" if cached else "")
             if cached is None:
-                return None, f"order store unavailable and order not cached: {exc or 'timeout'}"
+                return None, f"order store unavailable and order not cached: {why}"
             return cached, ""
         if order is not None:
             self._cache.put(order)

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from controller.archive import ArchivedParcel, NoReadArchive
 from controller.clock import Clock
@@ -26,7 +27,7 @@ from controller.confirming import Confirmations
 from controller.disposition import Disposition
 from controller.diverting import DivertScheduler
 from controller.encoder import EncoderHistory
-from controller.errors import ArchiveError
+from controller.errors import ArchiveError, JournalError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import (
     END_EYE,
@@ -64,6 +65,11 @@ class Sorter:
     ``stats.decision_errors``; its parcel takes the fail-safe route: nothing is fired, and
     it ends LATE at the end of the line with the reason "decision failed: <error>" (LATE,
     not DIVERT_FAULT: no decision was reached in time and no diverter was involved).
+
+    A journal write that fails (:class:`JournalError`) faults the line: it is logged once,
+    no divert is sent from then on, no parcel inducted after it is tracked, and :meth:`run`
+    raises the error, so whoever runs the line stops it (closing its links, whose fail-safe
+    drops any divert still scheduled). What was journaled before stays.
     """
 
     def __init__(
@@ -109,6 +115,8 @@ class Sorter:
         self._archiving: set[asyncio.Task[None]] = set()
         self._decisions: set[asyncio.Task[None]] = set()
         self._next_parcel_id = 1
+        self.fault: JournalError | None = None  # set once: the line is stopped safely
+        self.faulted_at: float | None = None
 
     @property
     def tracker(self) -> Tracker:
@@ -136,6 +144,10 @@ class Sorter:
                 for camera in self.cameras:
                     tg.create_task(self._reading.run_camera(camera),
                                    name=f"{name}.{camera.camera_id}")
+        except BaseExceptionGroup as group:
+            if self.fault is not None and group.subgroup(JournalError) is not None:
+                raise self.fault from None
+            raise
         finally:
             for task in list(self._decisions):
                 task.cancel()
@@ -164,7 +176,17 @@ class Sorter:
                     self._belt.track_afresh()
                     self._reading.forget_progress()
 
+    def _journal_fault(self, exc: JournalError) -> NoReturn:
+        """Fault the line once: nothing fired from now on; the error ends :meth:`run`."""
+        if self.fault is None:
+            self.fault, self.faulted_at = exc, self.clock.now()
+            log.error("line %s stopped: %s; no divert is sent from now on, parcels on the belt "
+                      "ride to the end", self.config.line.name, exc)
+        raise exc
+
     async def _induction_edge(self, blocked: bool, enc: int) -> None:
+        if self.fault is not None:
+            return  # faulted: nothing new is tracked, so nothing is decided for it
         if blocked:
             if self.tracker.inducting is not None:
                 self.stats.spurious_edges += 1
@@ -175,7 +197,12 @@ class Sorter:
             now = self.clock.now()
             self.parcels[parcel_id] = ParcelState(
                 window, ParcelReads(self.config.decision.min_agreeing_reads), now)
-            await self.journal.inducted(parcel_id, enc, now)
+            try:
+                await self.journal.inducted(parcel_id, enc, now)
+            except JournalError as exc:
+                del self.parcels[parcel_id]
+                self.tracker.forget(parcel_id)
+                self._journal_fault(exc)
             return
         if self.tracker.cleared(enc) is None:
             self.stats.spurious_edges += 1
@@ -203,7 +230,9 @@ class Sorter:
         """Route a settled parcel and send its divert; a failure sends it to the end."""
         try:
             route = await self._route(parcel)
-            if route.diverts:
+            if self.fault is not None:
+                parcel.to_end(Disposition.LATE, f"line faulted: {self.fault}")
+            elif route.diverts:
                 await self._diverting.divert(parcel, route)
             else:
                 parcel.to_end(route.disposition, route.reason)
@@ -241,7 +270,11 @@ class Sorter:
             final_at=self.clock.now(),
             order_created_at=order.created_at if order else None)
         try:
-            if await self.journal.finalise(record):
+            try:
+                written = await self.journal.finalise(record)
+            except JournalError as exc:
+                self._journal_fault(exc)
+            if written:
                 self.stats.dispositions[disposition.value] += 1
                 for listener in self.listeners:
                     listener(record)

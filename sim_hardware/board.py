@@ -222,6 +222,7 @@ class IoBoard:
     def _handle(self, message: wire.Message) -> None:
         match message:
             case wire.Hello(session=session):
+                self.stats.hellos += 1
                 if session != self._controller_session:
                     # A new controller: its predecessor's commands are void.
                     self.stats.sessions += 1
@@ -282,12 +283,17 @@ class IoBoard:
                 self._send(wire.Encoder(enc))
             if now >= next_heartbeat:
                 uptime = round((now - self._started) * 1000) & 0xFFFFFFFF
-                self._send(wire.Heartbeat(uptime, self.mode))
+                self._send(wire.Heartbeat(uptime, self.mode, self._session.gave_up))
                 next_heartbeat = now + self._heartbeat_s
             if self.mode is wire.Mode.RUN and self.controller_seen.is_set() \
                     and now - self._last_rx > self._failsafe_s:
                 self._failsafe(now - self._last_rx)
+            was_failed = self._session.failed is not None
             self._transmit(self._session.poll(now))
+            if self._session.failed is not None and not was_failed:
+                self.stats.gave_up += 1
+                log.warning("board: %s; heartbeats say so until a HELLO",
+                            self._session.failed)
             await self.clock.sleep(self._encoder_s)
 
     def _failsafe(self, silent_s: float) -> None:

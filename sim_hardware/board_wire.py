@@ -54,6 +54,9 @@ class BoardStats:
     cancels: int = 0
     failsafes: int = 0
     sessions: int = 0
+    hellos: int = 0
+    gave_up: int = 0
+    """Times the board's session gave up resending (and heartbeated ``failed``)."""
     unplugs: int = 0
     restarts: int = 0
     wire_busy_s: dict[str, float] = field(default_factory=lambda: {"up": 0.0, "down": 0.0})
@@ -275,11 +278,12 @@ class BoardWire:
                 keep += frame + b"\x00"
                 continue
             if not isinstance(packet.message, wire.Ack):
-                keep += wire.encode_frame(packet.seq, packet.message)  # without its ack
+                keep += wire.encode_frame(packet.seq, packet.message,  # without its ack
+                                          from_board=packet.from_board)
             if lost:
                 self.stats.acks_dropped += 1
             else:
                 asyncio.get_running_loop().call_later(
                     self.faults.ack_delay_s, self._put_on_wire,
-                    wire.encode_frame(0, wire.Ack(), packet.ack))
+                    wire.encode_frame(0, wire.Ack(), packet.ack, from_board=packet.from_board))
         return bytes(keep)

@@ -46,11 +46,13 @@ class Stub:
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
 
-    def send(self, seq: int, message: wire.Message, ack: int = 0) -> None:
-        os.write(self.fd, wire.encode_frame(seq, message, ack))
+    def send(self, seq: int, message: wire.Message, ack: int = 0, *,
+             from_board: bool = False) -> None:
+        os.write(self.fd, wire.encode_frame(seq, message, ack, from_board=from_board))
 
-    def packets(self, seconds: float) -> list[wire.Packet]:
-        """Every frame the stub sends for ``seconds`` (heartbeats and encoder reports left out)."""
+    def packets(self, seconds: float, *, beats: bool = False) -> list[wire.Packet]:
+        """Every frame the stub sends for ``seconds`` (heartbeats and encoder reports left out,
+        heartbeats kept with ``beats``)."""
         until = time.monotonic() + seconds
         out: list[wire.Packet] = []
         while (left := until - time.monotonic()) > 0:
@@ -59,7 +61,10 @@ class Stub:
                 break
             for item in self.reader.feed(os.read(self.fd, 4096)):
                 assert isinstance(item, wire.Packet), item
-                if not isinstance(item.message, wire.Heartbeat | wire.Encoder):
+                assert item.from_board
+                if isinstance(item.message, wire.Encoder):
+                    continue
+                if beats or not isinstance(item.message, wire.Heartbeat):
                     out.append(item)
         return out
 
@@ -137,3 +142,25 @@ def test_the_stub_speaks_the_documented_link(stub: Stub) -> None:
     faults = {(p.seq, p.message) for p in stub.packets(0.6)}
     assert faults == {(5, wire.Fault("io-board", 1, "controller heartbeat lost"))}
     assert stub.output() == "drop 1001"
+
+
+def _beats(packets: list[wire.Packet]) -> list[bool]:
+    return [p.message.failed for p in packets if isinstance(p.message, wire.Heartbeat)]
+
+
+def test_the_stub_says_its_session_failed_and_ignores_its_own_frames(stub: Stub) -> None:
+    assert set(_beats(stub.packets(0.25, beats=True))) == {True}  # no Hello yet
+    stub.send(0, wire.Hello(7, 1))
+    stub.send(1, wire.Divert(1, 1, "D1", 10**9, 80))
+    got = stub.packets(0.03, beats=True)
+    assert any(isinstance(p.message, wire.DivertAnswer) for p in got)
+    # Our own side's Ack echoed back acknowledges nothing: the answer is still resent.
+    stub.send(0, wire.Ack(), ack=1, from_board=True)
+    again = stub.packets(0.1)
+    assert {p.seq for p in again} == {1}
+    # Never acknowledged: after 8 resends it gives up and says so in its heartbeats.
+    assert _beats(stub.packets(0.45, beats=True))[-1] is True
+    stub.send(0, wire.Hello(7, 2), ack=1)  # the controller's answer to it
+    after = stub.packets(0.25, beats=True)
+    assert any(isinstance(p.message, wire.HelloReply) for p in after)
+    assert _beats(after)[-1] is False

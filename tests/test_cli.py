@@ -121,3 +121,54 @@ def test_output_into_a_reader_that_stops_after_one_line(tmp_path: Path) -> None:
     assert cli.wait(timeout=60) == 141, err
     assert first.startswith(images[0] + ": error: ")
     assert err == ""
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_unusable_state_paths_are_one_line_each_never_a_traceback(tmp_path: Path,
+                                                                  command: str) -> None:
+    """A journal path that is a directory, an order-store folder that cannot be created."""
+    (tmp_path / "journal.sqlite").mkdir()
+    (tmp_path / "afile").write_text("in the way\n")
+    text = EXAMPLE_CONFIG.read_text()
+    text = text.replace("/var/lib/parcel-sorter/journal.sqlite", str(tmp_path / "journal.sqlite"))
+    text = text.replace("/var/lib/parcel-sorter/orders.sqlite",
+                        str(tmp_path / "afile" / "db" / "orders.sqlite"))
+    assert "/var/lib" not in text
+    path = tmp_path / "line.toml"
+    path.write_text(text)
+    args = [command, str(path)] if command == "check-config" else [command, "--config", str(path)]
+    done = subprocess.run([sys.executable, "-m", "controller", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == f"parcel-sorter: invalid line config {path}:"
+    assert sorted(lines[1:]) == sorted([
+        f"  journal.path: {tmp_path / 'journal.sqlite'} is a directory, not a database file",
+        f"  order_store.path: folder {tmp_path / 'afile' / 'db'} cannot be created: "
+        f"{tmp_path / 'afile'} is not a directory",
+    ])
+    assert not (tmp_path / "journal.sqlite.lock").exists()  # refused before anything is made
+
+
+def test_run_stopped_by_a_storage_fault_exits_3_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.app import run
+    from controller.errors import JournalError
+
+    async def faulted(*args: object, **kwargs: object) -> None:
+        raise JournalError("journal j.sqlite: writing parcel 7 failed: database or disk is full")
+
+    monkeypatch.setattr(run, "run_line", faulted)
+    path = tmp_path / "line.toml"
+    path.write_text(EXAMPLE_CONFIG.read_text().replace("/var/lib/parcel-sorter", str(tmp_path)))
+    assert main(["run", "--config", str(path)]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("parcel-sorter: line stopped, storage fault: journal j.sqlite: writing "
+                       "parcel 7 failed: database or disk is full")
+    assert "Traceback" not in "\n".join(err)
+    lock = tmp_path / "journal.sqlite.lock"
+    assert lock.exists()
+    main_again = main(["run", "--config", str(path)])  # the lock went with the first run
+    assert main_again == 3

@@ -104,8 +104,11 @@ def test_cli_check_config_reports_bad_field(tmp_path: Path,
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "belt.speed_mm_s: Input should be greater than 0" in err
-    assert main(["check-config", str(EXAMPLE_CONFIG)]) == 0
+    state = tmp_path / "state"
+    path.write_text(EXAMPLE_CONFIG.read_text().replace("/var/lib/parcel-sorter", str(state)))
+    assert main(["check-config", str(path)]) == 0
     assert "valid line 'line1'" in capsys.readouterr().out
+    assert not state.exists()  # checked, not created
 
 
 def test_check_config_warns_of_an_uncalibrated_ip_camera(
@@ -216,7 +219,7 @@ def test_the_walk_finds_the_float_fields_of_every_section() -> None:
 def test_nan_and_infinity_are_refused_in_every_float_field(
         loc: tuple[str | int, ...], value: float) -> None:
     data = _full_example()
-    target = data
+    target: Any = data
     for part in loc[:-1]:
         target = target[part]
     target[loc[-1]] = value

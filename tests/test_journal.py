@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from controller.clock import VirtualClock, run_virtual
 from controller.disposition import Disposition
+from controller.errors import JournalError
 from controller.journal import FinalRecord, Journal
 
 
@@ -56,3 +59,31 @@ def test_parcels_open_at_a_crash_become_lost_on_restart(tmp_path: Path) -> None:
     assert recovered == [2, 3]
     assert next_id == 4  # ids are never reused across restarts
     assert dispositions == ["SORTED", "LOST", "LOST"]
+
+
+def test_storage_failures_are_journal_errors(tmp_path: Path) -> None:
+    """Opening a directory, or a write the database refuses: JournalError naming the journal."""
+    (tmp_path / "dir.sqlite").mkdir()
+
+    async def main(clock: VirtualClock) -> list[str]:
+        errors = []
+        journal = Journal(tmp_path / "dir.sqlite", clock)
+        with pytest.raises(JournalError) as info:
+            await journal.open()
+        errors.append(str(info.value))
+        await journal.close()
+        journal = Journal(tmp_path / "j.sqlite", clock)
+        await journal.open()
+        await journal.inducted(1, 100, clock.now())
+        with pytest.raises(JournalError) as info:
+            await journal.inducted(1, 200, clock.now())  # the same id again: refused
+        errors.append(str(info.value))
+        rows = await journal.records()
+        await journal.close()
+        assert [r["inducted_enc"] for r in rows] == [100]  # what was written stays
+        return errors
+
+    opened, written = run_virtual(main)
+    assert opened.startswith(f"journal {tmp_path / 'dir.sqlite'}: open failed: ")
+    assert written == (f"journal {tmp_path / 'j.sqlite'}: writing parcel 1 failed: "
+                       "UNIQUE constraint failed: parcels.parcel_id")

@@ -87,15 +87,21 @@ MESSAGES: dict[type[Message], st.SearchStrategy[Message]] = {
 def packets(draw: st.DrawFn) -> Packet:
     message = draw(st.one_of(*MESSAGES.values()))
     seq = draw(st.integers(1, 0xFFFF)) if is_sequenced(message) else 0
-    return Packet(seq, message, draw(u16))
+    direction = SPECS[type(message)].direction
+    from_board = draw(st.booleans()) if direction == "both" else direction == "up"
+    return Packet(seq, message, draw(u16), from_board)
+
+
+def _encoded(packet: Packet) -> bytes:
+    return encode_frame(packet.seq, packet.message, packet.ack, from_board=packet.from_board)
 
 
 SAMPLE = [
     Packet(0, Ack(), 7),
-    Packet(3, EyeEdge("induct", True, 1_000_000), 65535),
+    Packet(3, EyeEdge("induct", True, 1_000_000), 65535, from_board=True),
     Packet(7, Divert(1001, 42, "D3", 1_001_200, 80)),
-    Packet(0, HelloReply(0xC0FFEE01, 0x1A2B3C4D, 1, Mode.RUN, 2**40 + 5, 3)),
-    Packet(9, Fault("io-board", 0, "diverter D3 coil open")),
+    Packet(0, HelloReply(0xC0FFEE01, 0x1A2B3C4D, 1, Mode.RUN, 2**40 + 5, 3), from_board=True),
+    Packet(9, Fault("io-board", 0, "diverter D3 coil open"), from_board=True),
 ]
 
 
@@ -107,7 +113,7 @@ def test_every_message_type_is_covered() -> None:
 
 @given(packets())
 def test_every_message_round_trips(packet: Packet) -> None:
-    frame = encode_frame(packet.seq, packet.message, packet.ack)
+    frame = _encoded(packet)
     assert frame.endswith(b"\x00")
     assert 0 not in frame[:-1]
     assert len(frame) - 1 <= MAX_FRAME
@@ -133,7 +139,7 @@ def test_the_longest_message_fits_one_cobs_block() -> None:
 def test_out_of_range_fields_raise_value_error(message: Message) -> None:
     seq = 1 if is_sequenced(message) else 0
     with pytest.raises(ValueError):  # noqa: PT011 - the field names vary
-        encode_frame(seq, message)
+        encode_frame(seq, message, from_board=False)
 
 
 @pytest.mark.parametrize("message", [
@@ -145,7 +151,7 @@ def test_out_of_range_fields_raise_value_error(message: Message) -> None:
 ])
 def test_wrong_field_types_raise_type_error(message: Message) -> None:
     with pytest.raises(TypeError):
-        encode_frame(1 if is_sequenced(message) else 0, message)
+        encode_frame(1 if is_sequenced(message) else 0, message, from_board=False)
 
 
 @pytest.mark.parametrize(("seq", "message"), [
@@ -153,13 +159,13 @@ def test_wrong_field_types_raise_type_error(message: Message) -> None:
 ])
 def test_seq_must_suit_the_message(seq: int, message: Message) -> None:
     with pytest.raises(ValueError, match="seq"):
-        encode_frame(seq, message)
+        encode_frame(seq, message, from_board=False)
 
 
 @pytest.mark.parametrize("ack", [-1, 65536])
 def test_ack_must_fit_its_field(ack: int) -> None:
     with pytest.raises(ValueError, match="ack"):
-        encode_frame(0, Ack(), ack)
+        encode_frame(0, Ack(), ack, from_board=False)
 
 
 def test_reason_maps_to_the_controllers_divert_reply() -> None:
@@ -189,13 +195,14 @@ def test_intact_frames_with_arbitrary_bodies_decode_or_raise_protocol_error(body
         packet = decode_frame(_intact(body))
     except ProtocolError:
         return
-    assert encode_frame(packet.seq, packet.message, packet.ack) == _intact(body) + b"\x00"
+    assert _encoded(packet) == _intact(body) + b"\x00"
 
 
 @given(st.sampled_from(list(SPECS)), st.binary(max_size=40), st.integers(0, 0xFFFF))
 def test_valid_headers_with_arbitrary_payloads(cls: type[Message], payload: bytes,
                                                seq: int) -> None:
-    body = bytes([2, SPECS[cls].code]) + seq.to_bytes(2, "big") + b"\x00\x07" + payload
+    version = 0x83 if SPECS[cls].direction == "up" else 3
+    body = bytes([version, SPECS[cls].code]) + seq.to_bytes(2, "big") + b"\x00\x07" + payload
     outcome: Packet | ProtocolError
     try:
         outcome = decode_frame(_intact(body))
@@ -210,17 +217,17 @@ def test_valid_headers_with_arbitrary_payloads(cls: type[Message], payload: byte
 
 @pytest.mark.parametrize(("body", "why"), [
     (bytes([1, 0x22, 0, 1, 0, 0, 0, 0, 0, 1]), "version"),
-    (bytes([2, 0x7F, 0, 1, 0, 0]), "unknown message type"),
-    (bytes([2, 0x22, 0, 0, 0, 0, 0, 0, 0, 1]), "seq 0"),
-    (bytes([2, 0x03, 0, 1, 0, 1]), "unsequenced"),
-    (bytes([2, 0x22, 0, 1, 0, 0, 0, 0, 0, 1, 9]), "after"),
-    (bytes([2, 0x22, 0, 1, 0, 0, 0, 0, 1]), "short"),
-    (bytes([2, 0x03, 0, 0, 0, 5, 9]), "after"),
-    (bytes([2, 0x13, 0, 1, 0, 0, 1, 0x41, 2]), "boolean"),
-    (bytes([2, 0x13, 0, 1, 0, 0, 1, 0x07, 1]), "printable"),
-    (bytes([2, 0x13, 0, 1, 0, 0, 0, 1]), "string of 0 bytes"),
-    (bytes([2, 0x23, 0, 1, 0, 0, 3]), "Mode"),
-    (bytes([2, 0x04, 0, 0, 0, 0, 0, 1, 0]), "NakReason"),
+    (bytes([3, 0x7F, 0, 1, 0, 0]), "unknown message type"),
+    (bytes([3, 0x22, 0, 0, 0, 0, 0, 0, 0, 1]), "seq 0"),
+    (bytes([3, 0x03, 0, 1, 0, 1]), "unsequenced"),
+    (bytes([3, 0x22, 0, 1, 0, 0, 0, 0, 0, 1, 9]), "after"),
+    (bytes([3, 0x22, 0, 1, 0, 0, 0, 0, 1]), "short"),
+    (bytes([3, 0x03, 0, 0, 0, 5, 9]), "after"),
+    (bytes([0x83, 0x13, 0, 1, 0, 0, 1, 0x41, 2]), "boolean"),
+    (bytes([0x83, 0x13, 0, 1, 0, 0, 1, 0x07, 1]), "printable"),
+    (bytes([0x83, 0x13, 0, 1, 0, 0, 0, 1]), "string of 0 bytes"),
+    (bytes([3, 0x23, 0, 1, 0, 0, 3]), "Mode"),
+    (bytes([3, 0x04, 0, 0, 0, 0, 0, 1, 0]), "NakReason"),
 ])
 def test_malformed_bodies_raise_message_error(body: bytes, why: str) -> None:
     with pytest.raises(MessageError, match=why):
@@ -257,7 +264,7 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
 def test_reader_survives_any_stream_in_any_chunks(parts: list[Packet | bytes],
                                                   cuts: list[int]) -> None:
     stream = b"".join(p if isinstance(p, bytes)
-                      else b"\x00" + encode_frame(p.seq, p.message, p.ack) for p in parts)
+                      else b"\x00" + _encoded(p) for p in parts)
     reader = FrameReader()
     items: list[Packet | ProtocolError] = []
     for chunk in _chunks(stream, cuts):
@@ -275,7 +282,7 @@ def test_reader_survives_any_stream_in_any_chunks(parts: list[Packet | bytes],
 def test_reader_resyncs_after_garbage(garbage: bytes, packet: Packet, cuts: list[int]) -> None:
     reader = FrameReader()
     items: list[Packet | ProtocolError] = []
-    frame = encode_frame(packet.seq, packet.message, packet.ack)
+    frame = _encoded(packet)
     for chunk in _chunks(garbage + b"\x00" + frame, cuts):
         items += reader.feed(chunk)
     assert items[-1] == packet
@@ -298,7 +305,7 @@ def test_an_endless_run_is_dropped_and_reported_once() -> None:
 
 
 def test_empty_frames_are_ignored() -> None:
-    frame = encode_frame(0, Ack(), 1)
+    frame = encode_frame(0, Ack(), 1, from_board=False)
     assert FrameReader().feed(b"\x00\x00" + frame + b"\x00" + frame) == [Packet(0, Ack(), 1)] * 2
 
 
@@ -344,7 +351,7 @@ def _undetected(raw: bytes, bits: tuple[int, ...]) -> bool:
 
 def test_crc_catches_every_1_and_2_bit_error() -> None:
     for packet in SAMPLE:
-        raw = cobs_decode(encode_frame(packet.seq, packet.message, packet.ack)[:-1])
+        raw = cobs_decode(_encoded(packet)[:-1])
         width = 8 * len(raw)
         for bit in range(width):
             flipped = int.from_bytes(raw, "big") ^ (1 << bit)
@@ -356,12 +363,12 @@ def test_crc_catches_every_1_and_2_bit_error() -> None:
 
 
 def test_crc_catches_every_3_bit_error() -> None:
-    short = cobs_decode(encode_frame(0, Ack(), 7)[:-1])
+    short = cobs_decode(encode_frame(0, Ack(), 7, from_board=False)[:-1])
     assert not any(_undetected(short, bits)
                    for bits in itertools.combinations(range(8 * len(short)), 3))
     rng = random.Random(3)
     for packet in SAMPLE[1:]:
-        raw = cobs_decode(encode_frame(packet.seq, packet.message, packet.ack)[:-1])
+        raw = cobs_decode(_encoded(packet)[:-1])
         triples = (tuple(rng.sample(range(8 * len(raw)), 3)) for _ in range(20_000))
         assert not any(_undetected(raw, bits) for bits in triples)
 
@@ -402,14 +409,16 @@ def test_the_documents_vectors_decode_to_what_it_says() -> None:
         message = _message_from_doc(vector["message"])
         seq = int(vector["seq"])
         ack = int(vector["ack"])
+        from_board = vector["from"] == "board"
         on_wire = bytes.fromhex(vector["wire"])
         body = bytes.fromhex(vector["body"].replace("|", ""))
         crc = bytes.fromhex(vector["crc"])
-        assert decode_frame(on_wire) == Packet(seq, message, ack), vector["message"]
-        assert FrameReader().feed(on_wire) == [Packet(seq, message, ack)]
+        packet = Packet(seq, message, ack, from_board)
+        assert decode_frame(on_wire) == packet, vector["message"]
+        assert FrameReader().feed(on_wire) == [packet]
         assert cobs_decode(on_wire[:-1]) == body + crc
         assert crc16(body).to_bytes(2, "big") == crc
-        assert encode_frame(seq, message, ack) == on_wire
+        assert encode_frame(seq, message, ack, from_board=from_board) == on_wire
 
 
 _TYPE_NAMES = {"mode": "Mode", "reason": "Reason", "nak": "NakReason"}

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from controller.config import load_config
+from controller.config import load_config, require_paths
 from drivers.cameras import needs_latency
 
 log = logging.getLogger(__name__)
 
 
 def check_config(path: Path) -> int:
-    """Validate the line config at ``path`` and print its layout; warn of unset latencies."""
+    """Validate the line config at ``path`` and its state paths, print its layout, warn."""
     config = load_config(path)
+    require_paths(config, str(path))  # every state path run would refuse, one line each
     print(f"{path}: valid line {config.line.name!r}")
     print(f"  belt {config.belt.speed_mm_s:.0f} mm/s, {config.belt.encoder_counts_per_mm} "
           f"counts/mm, PE-IN at {config.induction.photo_eye_mm:.0f} mm")

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 EXIT_BROKEN_PIPE = 128 + 13
 """The exit status of a command whose reader closed its output early (as killed by SIGPIPE)."""
+EXIT_STORAGE_FAULT = 3
+"""The exit status of ``run`` stopped because the journal could no longer be written."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -176,6 +178,9 @@ def _sim(args: argparse.Namespace) -> int:
     if args.report:
         write_report(args.report, summary, records)
         print(f"report written to {args.report}")
+    if result.fault is not None:
+        print(f"parcel-sorter: line stopped, storage fault: {result.fault}", file=sys.stderr)
+        return EXIT_STORAGE_FAULT
     return 0
 
 
@@ -215,8 +220,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from controller.app.run import run_line
     from controller.clock import RealClock
+    from controller.config import require_paths
+    from controller.errors import JournalError
+    from controller.line_lock import LineLock
 
     config = load_config(args.config)
+    require_paths(config, str(args.config))
+    lock = LineLock(config.journal.path)
+    if config.journal.path != ":memory:":
+        lock.acquire()  # before the journal or any link is opened; held until exit
 
     async def main() -> SorterStats:
         stop = asyncio.Event()
@@ -227,7 +239,13 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         return await run_line(config, RealClock(), stop)
 
-    stats = asyncio.run(main())
+    try:
+        stats = asyncio.run(main())
+    except JournalError as exc:
+        print(f"parcel-sorter: line stopped, storage fault: {exc}", file=sys.stderr, flush=True)
+        return EXIT_STORAGE_FAULT
+    finally:
+        lock.release()
     finished = ", ".join(f"{k} {v}" for k, v in sorted(stats.dispositions.items()))
     print(f"parcel-sorter: stopped; parcels finished: {finished or 'none'}", flush=True)
     return 0

@@ -4,7 +4,8 @@ Cameras, decoders, order store, journal, archive and the line I/O links are each
 their driver registry from the config. The controller runs until ``stop`` is set (SIGINT or
 SIGTERM from the CLI); then it stops taking decisions, closes its links (the board's and the
 nodes' heartbeat fail-safe then drops any divert still scheduled) and closes the journal, so
-parcels still open are closed as LOST at the next start.
+parcels still open are closed as LOST at the next start. A journal the storage stops taking
+ends it the same way, raising the JournalError (the CLI takes the line's lock beforehand).
 """
 
 from __future__ import annotations

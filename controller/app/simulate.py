@@ -20,6 +20,7 @@ from controller.archive import open_archive
 from controller.clock import Clock
 from controller.config import LineConfig
 from controller.encoder import EncoderHistory
+from controller.errors import JournalError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import LineIO
 from controller.orders import OrderStore
@@ -64,6 +65,8 @@ class ShiftResult:
     frames_dropped: int = 0
     fires: list[Fire] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    fault: JournalError | None = None  # the storage fault that stopped the controller
+    faulted_at: float | None = None  # on the shift's clock
 
 
 @dataclass
@@ -152,6 +155,7 @@ async def run_shift(
         records = await _run_to_end(sorter, rig, clock, during)
         return ShiftResult(
             config=config, truth=parcels, journal=records, stats=sorter.stats,
+            fault=sorter.fault, faulted_at=sorter.faulted_at,
             line_time_s=clock.now() - started,
             frames_dropped=sum(c.dropped for c in cameras),
             extra=_link_figures(rig),
@@ -180,7 +184,10 @@ def fresh_books(config: LineConfig, scenario: ScenarioSpec,
 async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
                       during: Callable[[Rig], Coroutine[Any, Any, None]] | None,
                       ) -> list[dict[str, Any]]:
-    """Run the line until every parcel settled and the controller disposed of them all."""
+    """Run the line until every parcel settled and the controller disposed of them all.
+
+    A controller stopped by a storage fault ends the drain; the fault is the sorter's.
+    """
     sorter_task = asyncio.create_task(sorter.run(), name=f"sorter[{sorter.config.line.name}]")
     tasks = [sorter_task]
     if during is not None:
@@ -188,12 +195,12 @@ async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
     try:
         await rig.line.run()
         drain_until = clock.now() + DRAIN_LIMIT_S
-        while sorter.open_parcels and clock.now() < drain_until:
+        while sorter.open_parcels and clock.now() < drain_until and not sorter_task.done():
             await clock.sleep(0.05)
         records = await sorter.journal.records()
     finally:
         crashed = sorter_task.done() and not sorter_task.cancelled() \
-            and sorter_task.exception() is not None
+            and sorter_task.exception() is not None and sorter.fault is None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -17,6 +17,7 @@ from enum import IntEnum
 from controller.errors import FrameError, MessageError
 from drivers.lineio.framing import HEADER_SIZE, MAX_BODY, seal, unseal
 from drivers.lineio.messages import (
+    FROM_BOARD,
     MAX_ID,
     MAX_TEXT,
     PROTOCOL_VERSION,
@@ -242,11 +243,13 @@ def encode_payload(message: Message) -> bytes:
     return _CODECS[type(message)].encode(message)
 
 
-def encode_frame(seq: int, message: Message, ack: int = 0) -> bytes:
+def encode_frame(seq: int, message: Message, ack: int = 0, *,
+                 from_board: bool | None = None) -> bytes:
     """The complete wire bytes of one frame, trailing 0x00 included.
 
     ``seq`` must be 1..65535 for a sequenced message and 0 for any other, ``ack`` 0..65535;
-    a field out of its range raises :class:`ValueError`.
+    a field out of its range raises :class:`ValueError`. ``from_board`` says who sends it:
+    a message only one side sends may leave it out, Ack, Nak and Heartbeat may not.
     """
     spec = SPECS[type(message)]
     if spec.sequenced and not 1 <= seq <= SEQ_MAX:
@@ -255,12 +258,27 @@ def encode_frame(seq: int, message: Message, ack: int = 0) -> bytes:
         raise ValueError(f"an unsequenced {type(message).__name__} carries seq 0, not {seq}")
     if not 0 <= ack <= SEQ_MAX:
         raise ValueError(f"ack {ack} not in 0..65535")
-    return frame_with_payload(seq, message, encode_payload(message), ack)
+    return frame_with_payload(seq, message, encode_payload(message), ack,
+                              from_board=sender_is_board(message, from_board))
 
 
-def frame_with_payload(seq: int, message: Message, payload: bytes, ack: int = 0) -> bytes:
+def sender_is_board(message: Message, from_board: bool | None) -> bool:
+    """Who sends ``message``: as given, or as its direction says when only one side sends it."""
+    direction = SPECS[type(message)].direction
+    if from_board is None:
+        if direction == "both":
+            raise ValueError(f"say who sends a {type(message).__name__}: both sides do")
+        return direction == "up"
+    if direction != "both" and from_board != (direction == "up"):
+        raise ValueError(f"a {type(message).__name__} goes {direction} only")
+    return from_board
+
+
+def frame_with_payload(seq: int, message: Message, payload: bytes, ack: int = 0, *,
+                       from_board: bool) -> bytes:
     """:func:`encode_frame` for a payload already encoded by :func:`encode_payload`."""
-    body = _HEADER.pack(PROTOCOL_VERSION, SPECS[type(message)].code, seq, ack) + payload
+    version = PROTOCOL_VERSION | FROM_BOARD if from_board else PROTOCOL_VERSION
+    body = _HEADER.pack(version, SPECS[type(message)].code, seq, ack) + payload
     if len(body) > MAX_BODY:
         raise ValueError(f"{type(message).__name__} body of {len(body)} bytes > {MAX_BODY}")
     return seal(body)
@@ -271,6 +289,8 @@ def decode_body(body: bytes) -> Packet:
     if len(body) < HEADER_SIZE:
         raise FrameError(f"body of {len(body)} bytes is shorter than the header")
     version, code, seq, ack = _HEADER.unpack_from(body)
+    from_board = bool(version & FROM_BOARD)
+    version &= ~FROM_BOARD
     if version != PROTOCOL_VERSION:
         raise MessageError(f"protocol version {version}, want {PROTOCOL_VERSION}", seq)
     known = _BY_CODE.get(code)
@@ -282,7 +302,10 @@ def decode_body(body: bytes) -> Packet:
             raise MessageError(f"sequenced {cls.__name__} with seq 0", seq)
     elif seq != 0:
         raise MessageError(f"unsequenced {cls.__name__} with seq {seq}", seq)
-    return Packet(seq, codec.decode(body, seq), ack)
+    if spec.direction != "both" and from_board != (spec.direction == "up"):
+        raise MessageError(f"a {cls.__name__} marked as sent by the "
+                           f"{'board' if from_board else 'controller'}", seq)
+    return Packet(seq, codec.decode(body, seq), ack, from_board)
 
 
 def decode_frame(frame: bytes) -> Packet:

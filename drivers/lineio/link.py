@@ -28,6 +28,7 @@ from drivers.lineio.wire import (
     SPECS,
     Ack,
     FrameReader,
+    Heartbeat,
     Hello,
     HelloReply,
     Message,
@@ -76,6 +77,7 @@ class LinkSession:
             raise ValueError(f"initial_seq {initial_seq} not in 1..{SEQ_MAX}")
         self.role: Role = role
         self._sends = "down" if role == "controller" else "up"
+        self._is_board = role == "board"
         self.boot_id: int | None = boot_id
         """The board's boot id: the board's own, or the one the controller last heard."""
         self.session: int | None = session
@@ -105,6 +107,11 @@ class LinkSession:
         self._hello_at = 0.0
         self._hello_first = initial_seq  # the first_seq our latest HELLO announced
         self._hellos = 0
+
+    @property
+    def gave_up(self) -> bool:
+        """What this end's Heartbeat says as ``failed``: its session failed, or it has none."""
+        return self.failed is not None or (self._is_board and self.session is None)
 
     @property
     def pending(self) -> int:
@@ -178,6 +185,9 @@ class LinkSession:
                     else NakReason.BAD_FRAME
                 if self._receiving and self._expect is not None:
                     out += self._nak(self._expect, reason, now)
+                continue
+            if item.from_board == self._is_board:
+                self.stats.echoes += 1
                 continue
             self.stats.frames_in += 1
             message = item.message
@@ -278,15 +288,21 @@ class LinkSession:
                 self._on_hello(message)
             case HelloReply() if self.role == "controller":
                 return self._on_hello_reply(message, now)
+            case Heartbeat(failed=True) if self.role == "controller":
+                return self._rehello(now)
         return b""
+
+    def _rehello(self, now: float) -> bytes:
+        """Controller: the board's session gave up (or it lost ours): handshake again."""
+        if not self.synced or self.failed is not None:
+            return b""
+        self.synced = False
+        self._hellos = 0
+        return self._hello(now)
 
     def _on_nak(self, expect: int, reason: NakReason, now: float) -> bytes:
         if reason is NakReason.NO_SESSION:
-            if self.role == "controller" and self.synced and self.failed is None:
-                self.synced = False
-                self._hellos = 0
-                return self._hello(now)
-            return b""
+            return self._rehello(now) if self.role == "controller" else b""
         if not self._unacked or expect == 0:
             return b""
         ahead = seq_ahead(self._unacked[0].seq, expect)
@@ -342,7 +358,7 @@ class LinkSession:
 
     def _frame(self, message: Message) -> bytes:
         self.stats.frames_out += 1
-        return encode_frame(0, message, self._ack())
+        return encode_frame(0, message, self._ack(), from_board=self._is_board)
 
     def _ack(self) -> int:
         """The header's ack for a frame going out now: 0 while we expect nothing (§5)."""
@@ -380,6 +396,8 @@ class LinkSession:
 
     def _resend(self, now: float) -> bytes:
         if self._head_resends >= self.max_resends:
+            if self.role == "controller":
+                return self._rehello(now)  # the board may have given up: ask where it is
             self.failed = (f"seq {self._unacked[0].seq} resent {self._head_resends} times "
                            f"without an ACK")
             return b""
@@ -399,7 +417,7 @@ class LinkSession:
         while self._queue and len(self._unacked) < self.window:
             seq = self._next_seq
             message, payload = self._queue.popleft()
-            frame = frame_with_payload(seq, message, payload, ack)
+            frame = frame_with_payload(seq, message, payload, ack, from_board=self._is_board)
             self._next_seq = seq_after(seq)
             if not self._unacked:
                 self._timer_start = now

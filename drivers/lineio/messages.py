@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+FROM_BOARD = 0x80
+"""The version byte's top bit: set on every frame the board sends, clear on the controller's."""
 MAX_ID = 32
 MAX_TEXT = 64
 SEQ_MAX = 0xFFFF
@@ -98,6 +100,8 @@ class Nak:
 class Heartbeat:
     uptime_ms: int
     mode: Mode
+    failed: bool = False
+    """The sender's session gave up (or it has none): the controller must say HELLO again."""
 
 
 # --- board → controller --------------------------------------------------------------------
@@ -190,7 +194,7 @@ SPECS: dict[type[Message], MessageSpec] = {
     HelloReply: MessageSpec(0x02, False, "up", ("u32", "u32", "u16", "mode", "u64", "u16")),
     Ack: MessageSpec(0x03, False, "both", ()),
     Nak: MessageSpec(0x04, False, "both", ("u16", "nak")),
-    Heartbeat: MessageSpec(0x05, False, "both", ("u32", "mode")),
+    Heartbeat: MessageSpec(0x05, False, "both", ("u32", "mode", "bool")),
     Encoder: MessageSpec(0x10, False, "up", ("u64",)),
     EyeEdge: MessageSpec(0x11, True, "up", ("id", "bool", "u64")),
     BinEntered: MessageSpec(0x12, True, "up", ("id", "u64")),
@@ -215,4 +219,6 @@ class Packet:
     ack: int = 0
     """The sender's cumulative acknowledgement: every sequenced message up to and including
     this seq arrived in order; 0 when it acknowledges nothing."""
+    from_board: bool = False
+    """Which side sent the frame: the version byte's :data:`FROM_BOARD` bit."""
 

@@ -40,6 +40,8 @@ class LinkStats:
     gaps: int = 0
     dropped: int = 0
     """Queued messages thrown away, oldest first, because the queue was over its limit."""
+    echoes: int = 0
+    """Frames marked as sent by this very side (the wire echoing us back): discarded."""
     voided: int = 0
     """Messages never acknowledged by a board that then restarted: not sent to the new boot."""
 

@@ -237,7 +237,8 @@ class SerialLineIO:
             if self._synced.is_set() and now - self._last_rx > silent_s:
                 return f"board silent for {now - self._last_rx:.2f} s"
             if now >= next_heartbeat:
-                self._send(wire.Heartbeat(round(now * 1000) & 0xFFFFFFFF, wire.Mode.RUN))
+                self._send(wire.Heartbeat(round(now * 1000) & 0xFFFFFFFF, wire.Mode.RUN,
+                                          self._session.gave_up))
                 next_heartbeat = now + heartbeat_s
             self._write(self._session.poll(now))
             self._forget_fired(self._enc_received)
