@@ -19,6 +19,7 @@ from controller.app.simulate import ShiftResult
 from controller.config import LineConfig
 from controller.report import format_summary, write_report
 from controller.sorter import SorterStats
+from sim_hardware.broker import Mosquitto
 from sim_hardware.scenario import ScenarioSpec, generate
 from tests.conftest import ROOT
 
@@ -86,9 +87,16 @@ def test_run_sorts_the_shift_that_emulate_serves_over_serial(tmp_path: Path) -> 
 
 def test_run_sorts_with_the_diverters_on_mqtt(tmp_path: Path,
                                               request: pytest.FixtureRequest) -> None:
-    broker = request.getfixturevalue("mosquitto")
-    report, _ = _shift(tmp_path, "--mqtt", f"{broker.host}:{broker.port}")
+    """Through a broker with the deploy rules: no anonymous client, each node its own account."""
+    request.getfixturevalue("mosquitto")  # skips where mosquitto is not installed
+    with Mosquitto(deploy=True) as broker:
+        secrets = tmp_path / "mqtt.secrets"
+        broker.write_secrets(secrets)
+        report, _ = _shift(tmp_path, "--mqtt", f"{broker.host}:{broker.port}",
+                           "--mqtt-secrets", str(secrets))
     _assert_every_parcel_in_its_bin(report)
+    written = (tmp_path / "line.toml").read_text()
+    assert 'username = "controller"' in written
 
 
 def test_run_refuses_a_config_without_line_io(tmp_path: Path) -> None:

@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                           "beside --write-config)")
     emu.add_argument("--mqtt", type=_host_port, default=None, metavar="HOST:PORT",
                      help="serve the diverters as MQTT nodes through this broker")
+    emu.add_argument("--mqtt-secrets", type=Path, default=None, metavar="FILE",
+                     help="user:password lines of the broker's deploy accounts (deploy/"
+                          "mosquitto.acl): each node logs in as itself, and the written "
+                          "config logs the controller in with its own account")
     emu.add_argument("--baud", type=int, default=115200,
                      help="pace the serial wire like this baud rate (0: as fast as the pty)")
     emu.add_argument("--garble", type=float, default=0.0,
@@ -262,7 +266,8 @@ def _emulate(args: argparse.Namespace) -> int:
     workdir = args.workdir or args.write_config.with_name(args.write_config.stem + ".d")
     options = EmulateOptions(
         config_path=args.config, write_config=args.write_config, workdir=workdir.resolve(),
-        mqtt=args.mqtt, baudrate=args.baud or None, garble=args.garble, drop=args.drop_bytes,
+        mqtt=args.mqtt, mqtt_secrets=args.mqtt_secrets, baudrate=args.baud or None,
+        garble=args.garble, drop=args.drop_bytes,
         drop_acks=args.drop_acks, ack_delay_ms=args.ack_delay_ms, unplug=args.unplug,
         restart=args.restart, jam=args.jam, wait_controller_s=args.wait_controller,
         drain_s=args.drain)
