@@ -4,18 +4,15 @@ link comes back by itself and the parcels inducted after the last freeze sort (i
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from controller.config import load_config
 from sim_hardware.scenario import ScenarioSpec, generate
-from tests.conftest import ROOT
-from tests.test_run_emulate import _wait_for
+from tests.bench_processes import start_emulate, start_run, stop, wait_for
 
 PARCELS = 30
 SEED = 5
@@ -24,10 +21,6 @@ FREEZES_AT_S = (1.0, 2.2, 3.4)
 """Seconds after the belt started; every freeze is longer than the board's resend budget."""
 SETTLE_S = 1.0
 """Margin after the last freeze: the resync bound of docs/serial-protocol.md, §6, and more."""
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "controller", *args]
 
 
 def _freeze(process: subprocess.Popen[str], seconds: float) -> None:
@@ -39,22 +32,15 @@ def _freeze(process: subprocess.Popen[str], seconds: float) -> None:
 
 
 def _frozen_shift(tmp_path: Path) -> dict[str, Any]:
-    report, config = tmp_path / "report.json", tmp_path / "line.toml"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    emulator = subprocess.Popen(
-        _cli("emulate", "--parcels", str(PARCELS), "--seed", str(SEED), "--report", str(report),
-             "--write-config", str(config), "--wait-controller", "60"),
-        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    emulator, report, config = start_emulate(tmp_path, parcels=PARCELS, seed=SEED)
     controller: subprocess.Popen[str] | None = None
     seen: list[str] = []
     try:
         assert emulator.stdout is not None
-        _wait_for(emulator.stdout, r"^serial: (/dev/pts/\d+)$", seen)
-        _wait_for(emulator.stdout, r"^config: ", seen)
-        controller = subprocess.Popen(_cli("run", "--config", str(config)), cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True)
-        _wait_for(emulator.stdout, r"^controller connected", seen)
+        wait_for(emulator.stdout, r"^serial: (/dev/pts/\d+)$", seen)
+        wait_for(emulator.stdout, r"^config: ", seen)
+        controller = start_run(config)
+        wait_for(emulator.stdout, r"^controller connected", seen)
         started = time.monotonic()
         for at in FREEZES_AT_S:
             time.sleep(max(0.0, started + at - time.monotonic()))
@@ -65,12 +51,7 @@ def _frozen_shift(tmp_path: Path) -> dict[str, Any]:
         output, _ = controller.communicate(timeout=30)
         assert controller.returncode == 0, output
     finally:
-        for process in (emulator, controller):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
-            if process is not None and process.stdout is not None:
-                process.stdout.close()
+        stop(emulator, controller)
     data: dict[str, Any] = json.loads(report.read_text(encoding="utf-8"))
     data["config"] = str(config)
     return data

@@ -4,13 +4,10 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -21,41 +18,22 @@ from controller.report import format_summary, write_report
 from controller.sorter import SorterStats
 from sim_hardware.broker import Mosquitto
 from sim_hardware.scenario import ScenarioSpec, generate
+from tests.bench_processes import cli, start_emulate, start_run, stop, wait_for
 from tests.conftest import ROOT
 
 PARCELS = 12
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "controller", *args]
-
-
-def _wait_for(stream: IO[str], pattern: str, seen: list[str]) -> re.Match[str]:
-    for line in stream:
-        seen.append(line)
-        found = re.match(pattern, line)
-        if found:
-            return found
-    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
-
-
 def _shift(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], list[str]]:
-    report, config = tmp_path / "report.json", tmp_path / "line.toml"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    emulator = subprocess.Popen(
-        _cli("emulate", "--parcels", str(PARCELS), "--seed", "5", "--report", str(report),
-             "--write-config", str(config), "--wait-controller", "60", *extra),
-        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    emulator, report, config = start_emulate(tmp_path, parcels=PARCELS, seed=5, extra=extra)
     controller: subprocess.Popen[str] | None = None
     seen: list[str] = []
     try:
         assert emulator.stdout is not None
-        port = _wait_for(emulator.stdout, r"^serial: (/dev/pts/\d+)$", seen).group(1)
+        port = wait_for(emulator.stdout, r"^serial: (/dev/pts/\d+)$", seen).group(1)
         assert Path(port).exists()
-        _wait_for(emulator.stdout, r"^config: ", seen)
-        controller = subprocess.Popen(_cli("run", "--config", str(config)), cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True)
+        wait_for(emulator.stdout, r"^config: ", seen)
+        controller = start_run(config)
         seen += emulator.stdout.readlines()
         assert emulator.wait(timeout=180) == 0, "".join(seen)
         controller.send_signal(signal.SIGINT)
@@ -63,12 +41,7 @@ def _shift(tmp_path: Path, *extra: str) -> tuple[dict[str, Any], list[str]]:
         assert controller.returncode == 0, output
         assert "stopped; parcels finished" in output
     finally:
-        for process in (emulator, controller):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
-            if process is not None and process.stdout is not None:
-                process.stdout.close()
+        stop(emulator, controller)
     return json.loads(report.read_text(encoding="utf-8")), seen
 
 
@@ -100,7 +73,7 @@ def test_run_sorts_with_the_diverters_on_mqtt(tmp_path: Path,
 
 
 def test_run_refuses_a_config_without_line_io(tmp_path: Path) -> None:
-    done = subprocess.run(_cli("run", "--config", str(ROOT / "deploy" / "line.example.toml")),
+    done = subprocess.run(cli("run", "--config", str(ROOT / "deploy" / "line.example.toml")),
                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert done.returncode == 2
     assert "[line_io]" in done.stderr
