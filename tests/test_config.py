@@ -16,8 +16,9 @@ import tomli_w
 from pydantic import BaseModel
 
 from controller.app.cli import main
-from controller.config import LineConfig, check_paths, load_config, parse_config, require_paths
+from controller.config import LineConfig, load_config, parse_config
 from controller.errors import ConfigError
+from controller.state_paths import check_paths, require_paths
 
 from .conftest import EXAMPLE_CONFIG
 

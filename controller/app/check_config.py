@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from controller.config import load_config, require_paths
+from controller.config import load_config
+from controller.state_paths import require_paths
 from drivers.cameras import needs_latency
 
 log = logging.getLogger(__name__)

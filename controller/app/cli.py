@@ -224,9 +224,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from controller.app.run import run_line
     from controller.clock import RealClock
-    from controller.config import require_paths
     from controller.errors import JournalError
     from controller.line_lock import LineLock
+    from controller.state_paths import require_paths
 
     config = load_config(args.config)
     require_paths(config, str(args.config))
