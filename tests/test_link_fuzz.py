@@ -1,7 +1,8 @@
 """Fuzzing the link: random and mutated byte streams into FrameReader and both LinkSessions.
 
-Bounded to a couple of seconds by default; ``FUZZ_SECONDS=600 pytest tests/test_link_fuzz.py``
-runs longer (``FUZZ_SEED`` picks the stream).
+Bounded to a couple of seconds by default;
+``FUZZ_SECONDS=600 pytest -o timeout=0 tests/test_link_fuzz.py`` runs longer (``FUZZ_SEED``
+picks the stream).
 """
 
 from __future__ import annotations
