@@ -92,16 +92,19 @@ async def rig(broker: Mosquitto, config: LineConfig, *, line: PhysicalLine | Non
     clock = line.clock
     ids = diverters or [d.id for d in config.diverters]
     link = MqttLinkConfig(host=broker.host, port=broker.port)
-    async with (MqttNodes(line, broker.host, broker.port, line_name=name, clock=clock,
-                          sensors=sensors, **node_options) as nodes,
-                MqttLineIO(link, line=name, clock=clock, diverters=ids, sensors=sensors) as io):
-        await io.wait_up(5.0)
-        await nodes.wait_connected(5.0)
-        await nodes.wait_armed(5.0)
-        try:
+    try:
+        async with (MqttNodes(line, broker.host, broker.port, line_name=name, clock=clock,
+                              sensors=sensors, **node_options) as nodes,
+                    MqttLineIO(link, line=name, clock=clock, diverters=ids,
+                               sensors=sensors) as io):
+            await io.wait_up(5.0)
+            await nodes.wait_connected(5.0)
+            await nodes.wait_armed(5.0)
             yield Rig(line, nodes, io, name)
-        finally:
-            line.cancel_diverts()  # the diverts still scheduled far ahead: their fire tasks
+    finally:
+        # the diverts still scheduled far ahead, once the nodes are closed (a resend in flight
+        # at the end, after a reconnect say, may have scheduled its divert anew)
+        line.cancel_diverts()
     left = [t.get_name() for t in asyncio.all_tasks()
             if t.get_name().startswith(("lineio[mqtt]", "sim.node")) and not t.done()]
     assert not left, f"tasks left running: {left}"

@@ -82,18 +82,19 @@ async def served(broker: Mosquitto, config: LineConfig, tmp_path: Path, *,
         secret.write_text(broker.passwords["controller"] + "\n")
         link = MqttLinkConfig(host=broker.host, port=broker.port, username="controller",
                               password_file=str(secret))
-    async with (MqttNodes(line, broker.host, broker.port, line_name=LINE, clock=line.clock,
-                          diverters=diverters, sensors=sensors, failsafe_ms=FAILSAFE_MS,
-                          credentials=broker.node_credentials(LINE)) as nodes,
-                MqttLineIO(link, line=LINE, clock=line.clock, diverters=diverters,
-                           sensors=sensors) as io):
-        await io.wait_up(5.0)
-        await nodes.wait_connected(5.0)
-        await nodes.wait_armed(5.0)
-        try:
+    try:
+        async with (MqttNodes(line, broker.host, broker.port, line_name=LINE,
+                              clock=line.clock, diverters=diverters, sensors=sensors,
+                              failsafe_ms=FAILSAFE_MS,
+                              credentials=broker.node_credentials(LINE)) as nodes,
+                    MqttLineIO(link, line=LINE, clock=line.clock, diverters=diverters,
+                               sensors=sensors) as io):
+            await io.wait_up(5.0)
+            await nodes.wait_connected(5.0)
+            await nodes.wait_armed(5.0)
             yield Line(line, nodes, io)
-        finally:
-            line.cancel_diverts()
+    finally:
+        line.cancel_diverts()  # once the nodes are closed: nothing can schedule one after it
 
 
 def forger_login(broker: Mosquitto) -> dict[str, str]:
