@@ -9,15 +9,14 @@ very same code as the controller. The rules are written down in docs/serial-prot
 from __future__ import annotations
 
 import random
-from collections import deque
 from typing import Literal
 
 from controller.errors import ProtocolError
+from drivers.lineio.send_window import SendWindow
 from drivers.lineio.sequence import (
     HALF_RANGE,
     LinkStats,
     Received,
-    SentFrame,
     later_of,
     seq_after,
     seq_ahead,
@@ -37,8 +36,6 @@ from drivers.lineio.wire import (
     Nak,
     NakReason,
     encode_frame,
-    encode_payload,
-    frame_with_payload,
 )
 
 Role = Literal["controller", "board"]
@@ -87,19 +84,15 @@ class LinkSession:
         if role == "controller" and session is None:
             self.session = random.getrandbits(32)
         self.ack_timeout_s = ack_timeout_s
-        self.window = window
         self.max_resends = max_resends
-        self.queue_limit = queue_limit
         self.synced = False
         self.failed: str | None = None
         self.ack_owed = False  # a deferred ACK is due (receive(defer_ack=True))
         self.stats = LinkStats()
         self._reader = FrameReader()
-        self._next_seq = initial_seq
-        self._unacked: deque[SentFrame] = deque()
-        self._queue: deque[tuple[Message, bytes]] = deque()  # with its encoded payload
-        self._timer_start = 0.0
-        self._head_resends = 0
+        self._tx = SendWindow(self.stats, from_board=self._is_board, window=window,
+                              queue_limit=queue_limit, max_resends=max_resends,
+                              initial_seq=initial_seq)
         self._expect: int | None = None
         self._nak_expect: int | None = None
         self._nak_at = 0.0
@@ -115,7 +108,7 @@ class LinkSession:
 
     @property
     def pending(self) -> int:
-        return len(self._unacked) + len(self._queue)
+        return self._tx.pending
 
     # --- the app's calls -------------------------------------------------------------------
 
@@ -148,10 +141,7 @@ class LinkSession:
             raise TypeError(f"the {self.role} does not send {type(message).__name__}")
         if not spec.sequenced:
             return self._frame(message)
-        self._queue.append((message, encode_payload(message)))  # a bad field raises here
-        while len(self._queue) > self.queue_limit:
-            self._queue.popleft()
-            self.stats.dropped += 1
+        self._tx.queue(message)
         return self._flush(now)
 
     def reply_hello(self, mode: Mode, enc: int, scheduled: int, now: float) -> bytes:
@@ -160,8 +150,8 @@ class LinkSession:
             raise ValueError("only the board answers HELLO")
         if self.session is None:
             raise ValueError("no HELLO to answer yet")
-        first = self._unacked[0].seq if self._unacked else self._next_seq
-        frame = self._frame(HelloReply(self._own_id(), self.session, first, mode, enc, scheduled))
+        frame = self._frame(HelloReply(self._own_id(), self.session, self._tx.first_seq, mode,
+                                       enc, scheduled))
         self.synced = True
         self.failed = None
         return frame + self._resync(now)
@@ -197,7 +187,7 @@ class LinkSession:
                     f"the {self.role} got a {type(message).__name__}, which it sends itself"))
                 continue
             if item.ack:
-                self._acked_through(item.ack, now)
+                self._tx.acked_through(item.ack, now)
             if self.role == "board" and self.session is None and not isinstance(message, Hello):
                 out += self._nak(0, NakReason.NO_SESSION, now)
                 if spec.sequenced:
@@ -234,7 +224,7 @@ class LinkSession:
                 return b""
             return self._hello(now)
         out = b""
-        if self.synced and self._unacked and now >= self._timer_start + self.ack_timeout_s:
+        if self.synced and self._tx.due(now, self.ack_timeout_s):
             out = self._resend(now)
         return out + self._flush(now)
 
@@ -244,9 +234,7 @@ class LinkSession:
             return None
         if self.role == "controller" and self._connected and not self.synced:
             return self._hello_at + self.ack_timeout_s
-        if self.synced and self._unacked:
-            return self._timer_start + self.ack_timeout_s
-        return None
+        return self._tx.due_at(self.ack_timeout_s) if self.synced else None
 
     # --- receiving -------------------------------------------------------------------------
 
@@ -303,14 +291,7 @@ class LinkSession:
     def _on_nak(self, expect: int, reason: NakReason, now: float) -> bytes:
         if reason is NakReason.NO_SESSION:
             return self._rehello(now) if self.role == "controller" else b""
-        if not self._unacked or expect == 0:
-            return b""
-        ahead = seq_ahead(self._unacked[0].seq, expect)
-        if ahead > len(self._unacked):
-            return b""
-        if ahead:
-            self._acked_through(seq_before(expect), now)
-        if self._unacked and self.synced and self.failed is None:
+        if self._tx.naked(expect, now) and self.synced and self.failed is None:
             return self._resend(now)
         return b""
 
@@ -345,10 +326,7 @@ class LinkSession:
         count of the old boot, above all) may no longer mean what it meant; the app decides
         what still needs sending. Numbering restarts at the seq our HELLO announced.
         """
-        self.stats.voided += len(self._unacked) + len(self._queue)
-        self._unacked.clear()
-        self._queue.clear()
-        self._next_seq = self._hello_first
+        self._tx.void(self._hello_first)
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -371,59 +349,23 @@ class LinkSession:
         assert self.session is not None
         self._hellos += 1
         self._hello_at = now
-        first = self._unacked[0].seq if self._unacked else self._next_seq
-        self._hello_first = first
-        return self._frame(Hello(self.session, first))
-
-    def _acked_through(self, ack: int, now: float) -> None:
-        if not self._unacked:
-            return
-        ahead = seq_ahead(self._unacked[0].seq, ack)
-        if ahead >= len(self._unacked):
-            return
-        for _ in range(ahead + 1):
-            self._unacked.popleft()
-        self._head_resends = 0
-        self._timer_start = now
+        self._hello_first = self._tx.first_seq
+        return self._frame(Hello(self.session, self._hello_first))
 
     def _resync(self, now: float) -> bytes:
         """Once synced: the whole unacked window again, with a fresh resend budget."""
-        self._head_resends = 0
-        self._timer_start = now
-        self.stats.resends += len(self._unacked)
-        self.stats.frames_out += len(self._unacked)
-        return b"".join(sent.frame for sent in self._unacked) + self._flush(now)
+        return self._tx.resync(now) + self._flush(now)
 
     def _resend(self, now: float) -> bytes:
-        if self._head_resends >= self.max_resends:
+        if self._tx.exhausted:
             if self.role == "controller":
                 return self._rehello(now)  # the board may have given up: ask where it is
-            self.failed = (f"seq {self._unacked[0].seq} resent {self._head_resends} times "
+            self.failed = (f"seq {self._tx.first_seq} resent {self._tx.head_resends} times "
                            f"without an ACK")
             return b""
-        self._head_resends += 1
-        self._timer_start = now
-        self.stats.resends += len(self._unacked)
-        self.stats.frames_out += len(self._unacked)
-        return b"".join(sent.frame for sent in self._unacked)
+        return self._tx.resend(now)
 
     def _flush(self, now: float) -> bytes:
-        if not self.synced or self.failed is not None:
+        if not self.synced or self.failed is not None or not self._tx.can_send():
             return b""
-        out = bytearray()
-        if not self._queue or len(self._unacked) >= self.window:
-            return b""
-        ack = self._ack()
-        while self._queue and len(self._unacked) < self.window:
-            seq = self._next_seq
-            message, payload = self._queue.popleft()
-            frame = frame_with_payload(seq, message, payload, ack, from_board=self._is_board)
-            self._next_seq = seq_after(seq)
-            if not self._unacked:
-                self._timer_start = now
-                self._head_resends = 0
-            self._unacked.append(SentFrame(seq, frame))
-            self.stats.frames_out += 1
-            out += frame
-        return bytes(out)
-
+        return self._tx.flush(now, self._ack())
