@@ -13,7 +13,7 @@ import pytest
 from drivers.lineio.aiomqtt_fast import NODELAY, PRIVATE_CLIENT, paho_client, send_now
 from sim_hardware.broker import Mosquitto
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.wallclock]
 
 
 def test_the_installed_aiomqtt_is_the_major_version_it_was_written_for() -> None:

@@ -19,6 +19,8 @@ import pytest
 from drivers.lineio import wire
 from tests.c_board import build_stub
 
+pytestmark = pytest.mark.wallclock
+
 
 @pytest.fixture(scope="module")
 def stub_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:

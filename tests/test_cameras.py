@@ -25,6 +25,8 @@ from sim_hardware.line import PhysicalLine
 from sim_hardware.mjpeg import MjpegServer
 from sim_hardware.scenario import ScenarioSpec, generate
 
+pytestmark = pytest.mark.wallclock
+
 FAST = Backoff(0.05, 0.2)
 
 

@@ -66,6 +66,7 @@ def test_bad_scenario_is_refused_with_its_field(tmp_path: Path,
     assert "parcels: Input should be greater than or equal to 0" in capsys.readouterr().err
 
 
+@pytest.mark.wallclock
 def test_realtime_shift_on_a_short_line(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """The real clock drives the same controller; a short line keeps this to ~3 seconds."""

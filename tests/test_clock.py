@@ -9,6 +9,8 @@ import pytest
 
 from controller.clock import RealClock, VirtualClock, run_real, run_virtual
 
+pytestmark = pytest.mark.wallclock
+
 
 def test_virtual_time_jumps_without_real_waiting() -> None:
     async def main(clock: VirtualClock) -> tuple[float, float]:

@@ -10,9 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller.config import load_config
 from sim_hardware.scenario import ScenarioSpec, generate
 from tests.bench_processes import start_emulate, start_run, stop, wait_for
+
+pytestmark = pytest.mark.wallclock
 
 PARCELS = 30
 SEED = 5

@@ -21,6 +21,8 @@ from controller.lineio import (
 )
 from drivers.lineio import LineLinks
 
+pytestmark = pytest.mark.wallclock
+
 
 class FakeLink:
     def __init__(self) -> None:

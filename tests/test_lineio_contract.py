@@ -34,6 +34,8 @@ from sim_hardware.line import PhysicalLine
 from sim_hardware.scenario import ScenarioSpec, generate
 from tests.c_board import CBoard, CBoardLineIO, build_stub
 
+pytestmark = pytest.mark.wallclock
+
 Backend = Literal["inprocess", "serial", "mqtt", "c-board"]
 BACKENDS: list[Backend] = ["inprocess", "serial", "c-board", "mqtt"]
 Body = Callable[[Rig, LineIO, RealClock], Coroutine[Any, Any, None]]

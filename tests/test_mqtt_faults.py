@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from controller.app.simulate import LinkOptions, Rig
 from controller.config import LineConfig
 from sim_hardware.broker import Mosquitto
 from tests.test_serial_faults import SPEC, assert_nothing_lost_nothing_wrong, shift
+
+pytestmark = pytest.mark.wallclock
 
 
 def test_a_line_on_mqtt_nodes_sorts_every_parcel_into_its_bin(

@@ -45,6 +45,7 @@ pytestmark = [
     pytest.mark.skipif(mosquitto_path() is None,
                        reason="mosquitto is not installed (apt-get install mosquitto)"),
     pytest.mark.timeout(60),
+    pytest.mark.wallclock,
 ]
 
 FAR = 200_000  # encoder counts ahead: 50 s of belt at 2 m/s, 2 counts/mm

@@ -24,6 +24,7 @@ pytestmark = [
     pytest.mark.skipif(mosquitto_path() is None,
                        reason="mosquitto is not installed (apt-get install mosquitto)"),
     pytest.mark.timeout(60),
+    pytest.mark.wallclock,
 ]
 
 OUTAGE_S = 1.0  # twice the nodes' fail-safe (500 ms)

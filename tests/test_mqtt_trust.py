@@ -40,6 +40,7 @@ pytestmark = [
     pytest.mark.skipif(mosquitto_path() is None,
                        reason="mosquitto is not installed (apt-get install mosquitto)"),
     pytest.mark.timeout(60),
+    pytest.mark.wallclock,
 ]
 
 LINE = "line1"  # the line deploy/mosquitto.acl grants

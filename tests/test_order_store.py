@@ -123,6 +123,7 @@ def locked_book(book: Path) -> Iterator[Path]:
             holder.stdout.close()
 
 
+@pytest.mark.wallclock
 def test_a_locked_book_lets_the_lookup_timeout_fire_on_time_and_never_blocks_the_loop(
         locked_book: Path) -> None:
     async def main(clock: RealClock) -> tuple[list[float], list[float]]:

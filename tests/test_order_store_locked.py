@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from controller.app.simulate import Rig, ShiftResult, run_shift
 from controller.clock import Clock, RealClock, run_real
 from controller.config import LineConfig
 from sim_hardware.scenario import Case, ScenarioSpec
+
+pytestmark = pytest.mark.wallclock
 
 PARCELS = 16
 CACHED = 8  # the warm cache holds this many released orders; the rest are not cached

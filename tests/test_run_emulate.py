@@ -21,6 +21,8 @@ from sim_hardware.scenario import ScenarioSpec, generate
 from tests.bench_processes import cli, start_emulate, start_run, stop, wait_for
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.wallclock
+
 PARCELS = 12
 
 

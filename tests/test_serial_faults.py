@@ -279,6 +279,7 @@ def test_a_board_whose_count_begins_again_gets_no_command_from_before(
 
 # --- one shift per fault family on a real pty and the real clock -----------------------------
 
+@pytest.mark.wallclock
 @pytest.mark.slow
 def test_real_pty_garbled_bytes_and_lost_acks_lose_nothing(
         example_config: LineConfig, tmp_path: Path) -> None:
@@ -286,6 +287,7 @@ def test_real_pty_garbled_bytes_and_lost_acks_lose_nothing(
                           spec=REAL_SPEC, real=True), spec=REAL_SPEC)
 
 
+@pytest.mark.wallclock
 @pytest.mark.slow
 def test_real_pty_a_pulled_cable_comes_back(example_config: LineConfig, tmp_path: Path) -> None:
     during = functools.partial(pull_cable, at_s=REAL_FAULT_AT_S, out_s=0.7)
@@ -293,6 +295,7 @@ def test_real_pty_a_pulled_cable_comes_back(example_config: LineConfig, tmp_path
                               real=True), spec=REAL_SPEC)
 
 
+@pytest.mark.wallclock
 @pytest.mark.slow
 def test_real_pty_a_board_restart_keeps_no_stale_command(
         example_config: LineConfig, tmp_path: Path) -> None:
@@ -301,6 +304,7 @@ def test_real_pty_a_board_restart_keeps_no_stale_command(
                                real=True), spec=REAL_SPEC)
 
 
+@pytest.mark.wallclock
 def test_real_pty_a_second_controller_cannot_open_the_board_port(
         example_config: LineConfig, tmp_path: Path) -> None:
     """The port is opened exclusively: a second controller on it is refused, and says why."""

@@ -7,11 +7,15 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from controller.config import load_config
 from controller.journal import read_records
 from tests.bench_processes import ENV, cli, start_emulate, start_run, stop, wait_for
 from tests.conftest import ROOT
 from tests.test_run_emulate import PARCELS, _assert_every_parcel_in_its_bin
+
+pytestmark = pytest.mark.wallclock
 
 
 def test_a_second_run_on_the_same_line_is_refused(tmp_path: Path) -> None:
