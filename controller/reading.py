@@ -147,7 +147,7 @@ class ReadZone:
         """Decode the parcels' crops of one frame and give each read to its parcel."""
         tol = self._config.decision.assign_tolerance_mm
         mmpp = cam.mm_per_px
-        width = frame.image.shape[1]
+        width = cam.resolution[0]  # not frame.image: an emulated frame renders when decoded
         stats = self._belt.stats
         crops: list[tuple[int, int]] = []
         for parcel in wanted:
@@ -155,8 +155,8 @@ class ReadZone:
             hi = (parcel.window.lead_mm(frame.enc) + tol - cam.view_start_mm) / mmpp
             crops.append((max(0, int(lo)), min(width, int(hi) + 1)))
         stats.frames_decoded += 1
-        symbols = await self._clock.offload(self._executor, decode_crops, decoder,
-                                            frame.image, merge_spans(crops),
+        symbols = await self._clock.offload(self._executor, decode_frame_crops, decoder,
+                                            frame, merge_spans(crops),
                                             cost=self._decode_cost_s)
         tracker = self._belt.tracker
         per_parcel: dict[int, tuple[dict[str, LabelType], set[str]]] = {
@@ -262,6 +262,12 @@ def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         elif hi > lo:
             merged.append((lo, hi))
     return merged
+
+
+def decode_frame_crops(decoder: BarcodeDecoder, frame: Frame,
+                       spans: list[tuple[int, int]]) -> list[Symbol]:
+    """:func:`decode_crops` of a frame, whose pixels may be made only now (in the thread)."""
+    return decode_crops(decoder, frame.image, spans)
 
 
 def decode_crops(decoder: BarcodeDecoder, image: GrayImage,

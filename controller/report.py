@@ -42,7 +42,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         ("line time", f"{summary['line_time_s']:.1f} s"),
         ("throughput", f"{summary['throughput_per_hour']:.0f} parcels/h of line time"),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
-        ("frames rendered / decoded", f"{summary['frames']['rendered']} / "
+        ("frames captured / decoded", f"{summary['frames']['rendered']} / "
                                       f"{_or_dash(summary['frames']['decoded'])}"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -31,14 +31,37 @@ class BarcodeDecoder(Protocol):
     def decode(self, image: GrayImage) -> list[Symbol]: ...
 
 
-@dataclass(frozen=True, slots=True)
 class Frame:
-    """One camera frame with the encoder count at its capture."""
+    """One camera frame with the encoder count at its capture.
 
-    camera_id: str
-    image: GrayImage
-    enc: int
-    captured_at: float
+    A source may hand over the pixels as ``render`` instead of ``image``: they are made the
+    first time :attr:`image` is read (possibly in a decoding thread), so a frame nobody
+    looks at costs nothing to make. The emulator's cameras do this.
+    """
+
+    __slots__ = ("_image", "_render", "camera_id", "captured_at", "enc")
+
+    def __init__(self, camera_id: str, image: GrayImage | None, enc: int, captured_at: float,
+                 *, render: Callable[[], GrayImage] | None = None) -> None:
+        if (image is None) == (render is None):
+            raise ValueError("a frame has either its image or a way to render it")
+        self.camera_id = camera_id
+        self.enc = enc
+        self.captured_at = captured_at
+        self._image = image
+        self._render = render
+
+    @property
+    def image(self) -> GrayImage:
+        image = self._image
+        if image is None:
+            assert self._render is not None
+            image = self._image = self._render()
+            self._render = None
+        return image
+
+    def __repr__(self) -> str:
+        return f"Frame({self.camera_id!r}, enc={self.enc}, captured_at={self.captured_at})"
 
 
 class CameraState(StrEnum):

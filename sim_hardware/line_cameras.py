@@ -78,9 +78,9 @@ class LineCameras(LineState):
                  parcels: list[SimParcel]) -> None:
         tops = [ParcelTop(self.lead_mm(p, travel), p.length_mm, p.width_mm, p.y_mm, p.shade,
                           p.labels) for p in parcels]
-        image = renderer.render(camera.view_start_mm, tops) if self.render else \
-            renderer.render(camera.view_start_mm, [])
-        frame = Frame(camera.id, image, self.belt.enc_at_travel(travel), self.clock.now())
+        render = renderer.deferred(camera.view_start_mm, tops if self.render else [])
+        frame = Frame(camera.id, None, self.belt.enc_at_travel(travel), self.clock.now(),
+                      render=render)
         self.counters.frames += 1
         backlog = self._backlogs.setdefault(camera.id, [])
         stalling = any(p.case is Case.CAMERA_STALL and p.sim_id not in self._stalled

@@ -14,8 +14,9 @@ reading direction is (cos a, -sin a) and its downward direction (sin a, cos a).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import cv2
 import numpy as np
@@ -295,6 +296,21 @@ class FrameRenderer:
 
     def render(self, view_x0_mm: float, parcels: Sequence[ParcelTop]) -> GrayImage:
         """A (height_px, width_px) uint8 frame of the belt and the parcels in view."""
+        return self.deferred(view_x0_mm, parcels)()
+
+    def deferred(self, view_x0_mm: float,
+                 parcels: Sequence[ParcelTop]) -> Callable[[], GrayImage]:
+        """The frame's rendering, to be run later, in any thread.
+
+        What is random in a frame is drawn now, so a seeded stream gives the same frames
+        whatever order (or whether) they are rendered in.
+        """
+        noise_at = (tuple(int(v) for v in self._rng.integers(0, NOISE_PAD + 1, size=2))
+                    if self._noise else None)
+        return partial(self._render, view_x0_mm, tuple(parcels), noise_at)
+
+    def _render(self, view_x0_mm: float, parcels: Sequence[ParcelTop],
+                noise_at: tuple[int, ...] | None) -> GrayImage:
         frame = self._belt.copy()
         for parcel in parcels:
             self._draw_parcel(frame, view_x0_mm, parcel)
@@ -303,8 +319,8 @@ class FrameRenderer:
         if self.motion_blur_px > 0:
             k = max(1, round(self.motion_blur_px))
             frame = np.asarray(cv2.blur(frame, (k, 1)), dtype=np.uint8)
-        if self._noise:
-            oy, ox = (int(v) for v in self._rng.integers(0, NOISE_PAD + 1, size=2))
+        if noise_at is not None:
+            oy, ox = noise_at
             h, w = self.height_px, self.width_px
             cv2.add(frame, self._noise_pos[oy : oy + h, ox : ox + w], dst=frame)
             cv2.subtract(frame, self._noise_neg[oy : oy + h, ox : ox + w], dst=frame)
