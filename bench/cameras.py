@@ -1,4 +1,5 @@
-"""MJPEG camera links end to end at 1080p: `.venv/bin/python bench/cameras.py [frames] [fps]`.
+"""MJPEG camera links end to end at 1080p: `.venv/bin/python bench/cameras.py [frames] [fps]`
+(`--driver-only`: only the MjpegCamera-alone figure).
 
 Emulated 1920x1080 frames with labels go through :class:`sim_hardware.mjpeg.MjpegServer`
 (JPEG encode, gray, q85) to :class:`drivers.cameras.mjpeg.MjpegCamera` (decode to gray) and
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from controller.clock import RealClock
 from controller.config import load_config
 from controller.vision import Frame
+from drivers.cameras import mjpeg as mjpeg_module
 from drivers.cameras.mjpeg import MjpegCamera, decode_gray
 from drivers.cameras.opencv import OpenCVCamera
 from sim_hardware.labels import LabelSpec
@@ -53,7 +55,7 @@ def ms(values: list[float]) -> str:
     return f"median {np.median(a):6.1f} ms  p95 {np.percentile(a, 95):6.1f} ms  (n={len(a)})"
 
 
-async def main(n_frames: int, fps: float) -> None:
+async def main(n_frames: int, fps: float, driver_only: bool = False) -> None:
     config = load_config(ROOT / "deploy" / "line.example.toml")
     cam = config.cameras[0]
     clock = RealClock()
@@ -66,7 +68,13 @@ async def main(n_frames: int, fps: float) -> None:
                         (PlacedLabel(LabelSpec(f"0045{i:08d}", seed=i), 0, 0, 23.0 * i),))
         images.append(renderer.render(cam.view_start_mm, [top]))
 
+    if driver_only:
+        await driver_alone(clock, images, max(n_frames, 300))
+        await driver_alone(clock, images, max(n_frames, 300), decode=False)
+        return
     single_thread_costs(images)
+    await driver_alone(clock, images, n_frames)
+    await driver_alone(clock, images, n_frames, decode=False)
     await through_links(line, clock, images, n_frames, fps)
 
 
@@ -84,6 +92,55 @@ def single_thread_costs(images: list[np.ndarray]) -> None:
         dec_t.append(time.perf_counter() - t)
     print(f"JPEG encode 1080p gray q85     {ms(enc_t)}  ({len(jpeg) / 1000:.0f} kB)")
     print(f"JPEG decode 1080p to gray      {ms(dec_t)}")
+
+
+async def driver_alone(clock: RealClock, images: list[np.ndarray], n_frames: int,
+                       decode: bool = True) -> None:
+    """MjpegCamera on its own: pre-encoded 1080p parts from a bare loopback server, as fast
+    as the driver takes them; process CPU per frame (HTTP + parse + decode to gray, the
+    server's writes included) and frames per second. Without ``decode`` the JPEG decode is
+    replaced by a constant image: what is left is the driver's own cost."""
+    if not decode:
+        blank = np.zeros(images[0].shape, np.uint8)
+        mjpeg_module.decode_gray = lambda jpeg: blank
+    parts = [encode_part(image, n, 0.0, 85) for n, image in enumerate(images)]
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame"
+            b"\r\n\r\n")
+
+    handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers[task] = writer
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(head)
+            for n in range(n_frames + 50):
+                writer.write(parts[n % len(parts)])
+                await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    camera = MjpegCamera("cam1", f"http://127.0.0.1:{port}/cam1.mjpg", clock=clock,
+                         encoder_at=lambda t: 0, queue_size=n_frames + 100)
+    got = 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    async for _ in camera.frames():
+        got += 1
+        if got == n_frames:
+            break
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    server.close()
+    for writer in handlers.values():
+        writer.transport.abort()
+    await asyncio.wait(handlers, timeout=2)
+    await server.wait_closed()
+    mjpeg_module.decode_gray = decode_gray
+    what = "1080p parts  " if decode else "no decode    "
+    print(f"MjpegCamera alone, {what}CPU {cpu / got * 1000:6.2f} ms per frame, "
+          f"{got / wall:5.1f} frames/s  (n={got})")
 
 
 async def through_links(line: PhysicalLine, clock: RealClock, images: list[np.ndarray],
@@ -137,6 +194,7 @@ async def through_links(line: PhysicalLine, clock: RealClock, images: list[np.nd
 
 
 if __name__ == "__main__":
-    frames = int(sys.argv[1]) if len(sys.argv) > 1 else 150
-    rate = float(sys.argv[2]) if len(sys.argv) > 2 else 15.0
-    asyncio.run(main(frames, rate))
+    args = [a for a in sys.argv[1:] if a != "--driver-only"]
+    frames = int(args[0]) if args else 150
+    rate = float(args[1]) if len(args) > 1 else 15.0
+    asyncio.run(main(frames, rate, driver_only="--driver-only" in sys.argv))

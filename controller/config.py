@@ -13,35 +13,33 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from controller.config_base import Identifier, PositiveFloat, Strict
+from controller.config_io import LineIOConfig as LineIOConfig  # noqa: PLC0414 - re-exported
+from controller.config_io import MetricsConfig as MetricsConfig  # noqa: PLC0414 - re-exported
+from controller.config_io import MqttLinkConfig as MqttLinkConfig  # noqa: PLC0414 - re-exported
+from controller.config_io import (
+    SerialLinkConfig as SerialLinkConfig,  # noqa: PLC0414 - re-exported
+)
 from controller.errors import ConfigError
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
 
-
-class _Strict(BaseModel):
-    # allow_inf_nan: a NaN fails no bound (every comparison with it is false), then every
-    # decision that uses it
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class LineInfo(_Strict):
+class LineInfo(Strict):
     name: Identifier = "line1"
 
 
-class BeltConfig(_Strict):
+class BeltConfig(Strict):
     speed_mm_s: PositiveFloat = Field(description="nominal (and maximum) belt speed")
     encoder_counts_per_mm: PositiveFloat = 1.0
     width_mm: PositiveFloat = 600.0
 
 
-class InductionConfig(_Strict):
+class InductionConfig(Strict):
     photo_eye_mm: float = 0.0
 
 
-class CameraConfig(_Strict):
+class CameraConfig(Strict):
     id: Identifier
     position_mm: float = Field(description="centre of the camera's view along the belt")
     fov_mm: PositiveFloat = Field(description="length of belt the frame spans, along the belt")
@@ -52,6 +50,40 @@ class CameraConfig(_Strict):
     latency_ms: Annotated[float, Field(ge=0, le=2000)] = Field(
         default=0.0, description="capture to hand-over, for sources whose frames carry no "
                                  "encoder count: a frame is stamped this much before it arrived")
+    credentials_file: str | None = Field(
+        default=None, description="mjpeg+http(s) sources: a file holding user:password")
+    credentials_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="mjpeg+http(s) sources: an environment variable holding user:password")
+    ca_file: str | None = Field(
+        default=None, description="mjpeg+https sources: the CA (or the camera's own "
+                                  "certificate) to verify it by; default: the system's CAs")
+    tls_verify: bool = Field(default=True, description="mjpeg+https sources: verify the "
+                                                       "camera's certificate and name")
+
+    @field_validator("source")
+    @classmethod
+    def _no_secret_in_source(cls, source: str) -> str:
+        _, sep, rest = source.strip().partition("://")
+        if sep and "@" in rest.partition("/")[0]:
+            raise ValueError("a camera URL must not hold a user or password (the config is "
+                             "no place for secrets): put user:password in the file "
+                             "credentials_file names, or the variable credentials_env names")
+        return source
+
+    @model_validator(mode="after")
+    def _login_and_tls_fit_the_source(self) -> CameraConfig:
+        source = self.source.strip()
+        mjpeg = source.startswith(("mjpeg+http://", "mjpeg+https://"))
+        if self.credentials_file is not None and self.credentials_env is not None:
+            raise ValueError("give credentials_file or credentials_env, not both")
+        for name in ("credentials_file", "credentials_env", "ca_file"):
+            if getattr(self, name) is not None and not mjpeg:
+                raise ValueError(f"{name} is only used by mjpeg+http:// and mjpeg+https:// "
+                                 "sources")
+        if self.ca_file is not None and not source.startswith("mjpeg+https://"):
+            raise ValueError("ca_file needs an mjpeg+https:// source")
+        return self
 
     @property
     def mm_per_px(self) -> float:
@@ -66,7 +98,7 @@ class CameraConfig(_Strict):
         return self.position_mm + self.fov_mm / 2
 
 
-class DiverterConfig(_Strict):
+class DiverterConfig(Strict):
     id: Identifier
     position_mm: float
     bin: Identifier
@@ -79,7 +111,7 @@ class DiverterConfig(_Strict):
         default=None, description="the link its commands go over (default: line_io.diverters)")
 
 
-class BinConfig(_Strict):
+class BinConfig(Strict):
     id: Identifier
     capacity: Annotated[int, Field(ge=1)] = 200
     drop_ms: Annotated[float, Field(ge=0)] = Field(
@@ -93,24 +125,24 @@ class BinConfig(_Strict):
         return self
 
 
-class EndOfLineConfig(_Strict):
+class EndOfLineConfig(Strict):
     position_mm: float
     role: Literal["reject"] = "reject"
 
 
-class OrderStoreConfig(_Strict):
+class OrderStoreConfig(Strict):
     backend: Literal["sqlite"] = "sqlite"
     path: str = "var/orders.sqlite"
     timeout_ms: PositiveFloat = 200.0
     cache_size: Annotated[int, Field(ge=0)] = 100_000
 
 
-class JournalConfig(_Strict):
+class JournalConfig(Strict):
     path: str = "var/journal.sqlite"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
-class LabelType(_Strict):
+class LabelType(Strict):
     """A kind of label whose code the line knows: a carrier's shipment label, a licence plate.
 
     When a parcel carries valid codes of several types, the lowest ``priority`` wins; two
@@ -137,7 +169,7 @@ class LabelType(_Strict):
 SHIPMENT_LABEL = LabelType(name="shipment", pattern=r"^[0-9]{12}$", check_digit="gs1-mod10")
 
 
-class ArchiveConfig(_Strict):
+class ArchiveConfig(Strict):
     """Where the frames of NO_READ and MULTI_READ parcels are kept for keying by hand."""
 
     path: str | None = Field(default=None, description="none: no archive")
@@ -146,7 +178,7 @@ class ArchiveConfig(_Strict):
     frames_per_parcel: Annotated[int, Field(ge=1, le=20)] = 3
 
 
-class DecisionConfig(_Strict):
+class DecisionConfig(Strict):
     label_types: list[LabelType] = Field(default_factory=lambda: [SHIPMENT_LABEL], min_length=1)
     min_agreeing_reads: Annotated[int, Field(ge=1, le=10)] = 2
     margin_mm: Annotated[float, Field(ge=0)] = 50.0
@@ -160,7 +192,7 @@ RuleField = Literal["carrier", "service", "route", "channel", "postcode_prefix",
 ORDER_STATUSES = ("released", "held", "cancelled")
 
 
-class SortRule(_Strict):
+class SortRule(Strict):
     """Orders matching every ``when`` field go to ``bins`` (primary first).
 
     Held and cancelled orders match only rules that name their ``status``.
@@ -178,58 +210,12 @@ class SortRule(_Strict):
         return self
 
 
-class SortPlanConfig(_Strict):
+class SortPlanConfig(Strict):
     rules: list[SortRule] = Field(default_factory=list)
     overflow: Identifier | None = None
 
 
-class SerialLinkConfig(_Strict):
-    """The line's I/O board on a serial port (docs/serial-protocol.md)."""
-
-    port: str = Field(description="device path, e.g. /dev/serial/by-id/usb-... or /dev/ttyUSB0")
-    baudrate: Annotated[int, Field(ge=1200)] = 115200
-    heartbeat_ms: Annotated[float, Field(ge=10, le=1000)] = 100.0
-    ack_timeout_ms: Annotated[float, Field(ge=1, le=2000)] = 40.0
-    max_resends: Annotated[int, Field(ge=1, le=100)] = 8
-    reply_timeout_ms: Annotated[float, Field(ge=1, le=5000)] = 150.0
-    reconnect_max_s: Annotated[float, Field(gt=0, le=60)] = 2.0
-
-
-class MqttLinkConfig(_Strict):
-    """Diverter nodes (and optionally the sensors) behind an MQTT broker."""
-
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    username: str | None = None
-    password_file: str | None = Field(default=None, description="file holding the password")
-    client_id: str | None = Field(default=None, description="default: parcel-sorter-<line>")
-    topic_prefix: str = Field(default="sorter", pattern=r"^[A-Za-z0-9_/-]{1,64}$")
-    qos: Literal[0, 1] = 1
-    keepalive_s: Annotated[int, Field(ge=1, le=600)] = 10
-    heartbeat_ms: Annotated[float, Field(ge=10, le=1000)] = 100.0
-    reply_timeout_ms: Annotated[float, Field(ge=1, le=5000)] = 150.0
-    reconnect_max_s: Annotated[float, Field(gt=0, le=60)] = 2.0
-
-
-class LineIOConfig(_Strict):
-    """Which links reach the line's sensors and diverters. Absent: no real I/O (``sim`` only)."""
-
-    sensors: Literal["serial", "mqtt"] = Field(
-        default="serial", description="the link carrying photo-eyes, encoder and bin sensors")
-    diverters: Literal["serial", "mqtt"] = Field(
-        default="serial", description="the default link of diverter commands")
-    serial: SerialLinkConfig | None = None
-    mqtt: MqttLinkConfig | None = None
-
-    @model_validator(mode="after")
-    def _links_configured(self) -> LineIOConfig:
-        for role, link in (("sensors", self.sensors), ("diverters", self.diverters)):
-            if getattr(self, link) is None:
-                raise ValueError(f"{role} = {link!r} but there is no [line_io.{link}] section")
-        return self
-
-
-class LineConfig(_Strict):
+class LineConfig(Strict):
     """A whole sorting line."""
 
     line: LineInfo = LineInfo()
@@ -245,6 +231,7 @@ class LineConfig(_Strict):
     archive: ArchiveConfig = ArchiveConfig()
     sort_plan: SortPlanConfig
     line_io: LineIOConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> LineConfig:
@@ -293,6 +280,17 @@ class LineConfig(_Strict):
     @property
     def read_zone_end_mm(self) -> float:
         return max(c.view_end_mm for c in self.cameras)
+
+    @property
+    def symbologies(self) -> tuple[str, ...]:
+        """What the decoders look for: every symbology the label types name, in order.
+
+        Empty when a label type names none (it takes any): then every one a decoder reads.
+        """
+        types = self.decision.label_types
+        if any(not t.symbologies for t in types):
+            return ()
+        return tuple(dict.fromkeys(s.strip().lower() for t in types for s in t.symbologies))
 
     def diverter_for_bin(self, bin_id: str) -> DiverterConfig:
         return next(d for d in self.diverters if d.bin == bin_id)
@@ -344,8 +342,14 @@ def load_config(path: str | Path) -> LineConfig:
     if line_io is not None and line_io.mqtt is not None and line_io.mqtt.password_file:
         line_io = line_io.model_copy(update={"mqtt": line_io.mqtt.model_copy(update={
             "password_file": str(_resolve(base, line_io.mqtt.password_file))})})
+    cameras = [c.model_copy(update={
+        "credentials_file": str(_resolve(base, c.credentials_file)) if c.credentials_file
+        else None,
+        "ca_file": str(_resolve(base, c.ca_file)) if c.ca_file else None})
+        for c in config.cameras]
     return config.model_copy(update={
         "line_io": line_io,
+        "cameras": cameras,
         "order_store": config.order_store.model_copy(
             update={"path": str(_resolve(base, config.order_store.path))}),
         "journal": config.journal.model_copy(

@@ -18,6 +18,7 @@ class Disposition(StrEnum):
     DIVERT_FAULT = "DIVERT_FAULT"  # fired but not confirmed in the bin
     LOST = "LOST"  # tracking lost: never confirmed anywhere
     MISSORT = "MISSORT"  # landed somewhere it was not sent
+    NOT_READY = "NOT_READY"  # inducted before the line was ready: not read, rode to the end
 
     @property
     def is_sorted(self) -> bool:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from controller.clock import Clock
 from controller.config import LineConfig
 from controller.disposition import Disposition
 from controller.errors import DriverError, DriverTimeout
 from controller.lineio import DivertCommand, LineIO
 from controller.parcel import Belt, ParcelState
 from controller.routing import Route
+from controller.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +23,11 @@ class DivertScheduler:
     retried: the parcel rides to the end of the line (LATE or DIVERT_FAULT).
     """
 
-    def __init__(self, config: LineConfig, line_io: LineIO, belt: Belt) -> None:
+    def __init__(self, config: LineConfig, line_io: LineIO, belt: Belt, clock: Clock, *,
+                 telemetry: Telemetry = NO_TELEMETRY) -> None:
         self._config = config
+        self._clock = clock
+        self._telemetry = telemetry
         self._line_io = line_io
         self._belt = belt
         self._cpm = config.belt.encoder_counts_per_mm
@@ -47,6 +52,7 @@ class DivertScheduler:
         self._next_command_id += 1
         # Booked before the reply: a bin must not be over-booked by decisions in flight.
         self._belt.book(parcel, bin_id)
+        sent_at = self._clock.now()
         try:
             reply = await self._line_io.divert(command)
         except DriverTimeout as exc:
@@ -65,6 +71,7 @@ class DivertScheduler:
             # Not known whether it went out: the decision fails and the parcel goes to the end.
             self._belt.unbook(parcel, bin_id)
             raise
+        self._telemetry.observe_divert(self._clock.now() - sent_at)
         if parcel.lost_track:  # given up while the answer was on its way
             self._belt.unbook(parcel, bin_id)
             return

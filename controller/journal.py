@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 from controller.clock import Clock
 from controller.disposition import Disposition
 from controller.errors import JournalError
+from controller.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,12 @@ class FinalRecord:
 
 
 class Journal:
-    """SQLite journal written from one dedicated thread, so the event loop never waits on fsync."""
+    """SQLite journal written from one dedicated thread, so the event loop never waits on fsync.
+
+    Each committed write is reported to ``telemetry`` in real seconds, timed on the writer
+    thread (the storage's own time, whatever the clock), so a virtual-clock shift measures it
+    as well.
+    """
 
     def __init__(self, path: str | Path, clock: Clock, *, synchronous: str = "FULL") -> None:
         self.path = str(path)
@@ -68,6 +75,7 @@ class Journal:
         self._synchronous = synchronous
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
         self._db: sqlite3.Connection | None = None
+        self.telemetry: Telemetry = NO_TELEMETRY
 
     async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the writer thread; a storage failure becomes a JournalError."""
@@ -117,6 +125,7 @@ class Journal:
 
     def _finalise(self, r: FinalRecord) -> bool:
         assert self._db is not None
+        started = time.perf_counter()
         with self._db:
             cursor = self._db.execute(
                 "UPDATE parcels SET disposition = ?, bin = ?, reason = ?, code = ?, order_id = ?, "
@@ -124,12 +133,15 @@ class Journal:
                 "WHERE parcel_id = ? AND disposition IS NULL",
                 (r.disposition.value, r.bin, r.reason, r.code, r.order_id, r.length_mm,
                  r.decided_at, r.final_at, r.order_created_at, r.parcel_id))
+        self.telemetry.observe_journal_write(time.perf_counter() - started)
         return cursor.rowcount == 1
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         assert self._db is not None
+        started = time.perf_counter()
         with self._db:
             self._db.execute(sql, params)
+        self.telemetry.observe_journal_write(time.perf_counter() - started)
 
     async def records(self) -> list[dict[str, Any]]:
         return await self._call("reading", self._records)

@@ -85,6 +85,8 @@ class SorterStats:
     order_store_errors: int = 0
     decision_errors: int = 0  # decisions that raised: their parcels went to the end as LATE
     archive_errors: int = 0
+    frames_by_camera: Counter[str] = field(default_factory=Counter)  # received, per camera
+    decoded_by_camera: Counter[str] = field(default_factory=Counter)
 
 
 Finalise = Callable[[ParcelState, Disposition, str], Awaitable[None]]

@@ -60,9 +60,14 @@ class ReadZone:
         self._executor = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="decode")
         self._camera_seen: dict[str, int] = dict.fromkeys(self._camera_configs, NOT_YET)
         self._in_flight: dict[str, Counter[int]] = {c: Counter() for c in self._camera_configs}
+        self._delivered: set[str] = set()  # cameras that have handed in a frame
 
     def camera_states(self) -> dict[str, CameraState]:
         return {camera_id: camera.state for camera_id, camera in self._cameras_by_id.items()}
+
+    def cameras_without_frames(self) -> list[str]:
+        """The cameras that have not handed in a frame yet."""
+        return [c for c in self._cameras_by_id if c not in self._delivered]
 
     def forget_progress(self) -> None:
         """Tracking starts afresh: no camera has handed in frames of the new positions yet."""
@@ -83,6 +88,8 @@ class ReadZone:
         async with asyncio.TaskGroup() as tg:
             async for frame in camera.frames():
                 stats.frames += 1
+                stats.frames_by_camera[cam.id] += 1
+                self._delivered.add(cam.id)
                 self._camera_seen[cam.id] = max(self._camera_seen[cam.id], frame.enc)
                 if not await self._events_reach(frame.enc):
                     # The link is behind (or down): which parcels are in view is not known.
@@ -155,6 +162,7 @@ class ReadZone:
             hi = (parcel.window.lead_mm(frame.enc) + tol - cam.view_start_mm) / mmpp
             crops.append((max(0, int(lo)), min(width, int(hi) + 1)))
         stats.frames_decoded += 1
+        stats.decoded_by_camera[cam.id] += 1
         symbols = await self._clock.offload(self._executor, decode_frame_crops, decoder,
                                             frame, merge_spans(crops),
                                             cost=self._decode_cost_s)

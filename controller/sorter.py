@@ -21,13 +21,13 @@ from typing import NoReturn
 
 from controller.archive import ArchivedParcel, NoReadArchive
 from controller.clock import Clock
-from controller.codes import ParcelReads
+from controller.codes import ParcelReads, ReadVerdict
 from controller.config import LineConfig
 from controller.confirming import Confirmations
 from controller.disposition import Disposition
 from controller.diverting import DivertScheduler
 from controller.encoder import EncoderHistory
-from controller.errors import ArchiveError, JournalError
+from controller.errors import ArchiveError, ConfigError, JournalError, OrderStoreError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import (
     END_EYE,
@@ -45,6 +45,7 @@ from controller.parcel import Belt, BinState, ParcelState, SorterStats
 from controller.reading import ReadZone
 from controller.routing import Route, Router
 from controller.sortplan import SortPlan
+from controller.telemetry import NO_TELEMETRY, Telemetry
 from controller.tracking import Tracker
 from controller.vision import BarcodeDecoder, Camera, CameraState
 
@@ -53,6 +54,8 @@ __all__ = ["BinState", "FinalListener", "ParcelState", "Sorter", "SorterStats"]
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.01
+READY_POLL_S = 0.05
+STORE_RETRY_S = 2.0
 
 FinalListener = Callable[[FinalRecord], None]
 
@@ -86,6 +89,9 @@ class Sorter:
         encoder_history: EncoderHistory | None = None,
         decode_threads: int | None = None,
         decode_cost_s: float = 0.0,
+        telemetry: Telemetry = NO_TELEMETRY,
+        wait_for_frames: bool = False,
+        prerequisites: Callable[[], list[str]] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -94,6 +100,7 @@ class Sorter:
         self.decoders = decoders
         self.order_store = order_store
         self.journal = journal
+        journal.telemetry = self.telemetry = telemetry
         self.archive = archive
         self.encoder_history = encoder_history or EncoderHistory()
         self.listeners: list[FinalListener] = []
@@ -109,7 +116,8 @@ class Sorter:
                                  decode_threads=decode_threads, decode_cost_s=decode_cost_s)
         self._lookup = OrderLookup(order_store, config.order_store, self.stats)
         self._router = Router(SortPlan(config.sort_plan))
-        self._diverting = DivertScheduler(config, line_io, self._belt)
+        self._diverting = DivertScheduler(config, line_io, self._belt, clock,
+                                          telemetry=telemetry)
         self._confirming = Confirmations(config, self._belt, self._finalise)
         self._archive_writer = ThreadPoolExecutor(1, thread_name_prefix="archive")
         self._archiving: set[asyncio.Task[None]] = set()
@@ -117,6 +125,13 @@ class Sorter:
         self._next_parcel_id = 1
         self.fault: JournalError | None = None  # set once: the line is stopped safely
         self.faulted_at: float | None = None
+        # Ready: journal open, order store answering (cache warmed), each camera's first
+        # frame in (if ``wait_for_frames``), and nothing ``prerequisites`` names.
+        self.ready = asyncio.Event()
+        self._wait_for_frames = wait_for_frames
+        self._prerequisites = prerequisites
+        self._store_ready = False
+        self._stopping = False
 
     @property
     def tracker(self) -> Tracker:
@@ -129,16 +144,27 @@ class Sorter:
     def camera_states(self) -> dict[str, CameraState]:
         return self._reading.camera_states()
 
+    def waiting_for(self) -> list[str]:
+        """What the line still waits for before it sorts (empty once ready)."""
+        if self.ready.is_set():
+            return []
+        waiting = list(self._prerequisites()) if self._prerequisites is not None else []
+        if self._wait_for_frames:
+            waiting += [f"camera {c}" for c in self._reading.cameras_without_frames()]
+        if not self._store_ready:
+            waiting.append("order store")
+        return waiting
+
     async def run(self) -> None:
         """Run until cancelled."""
         recovered = await self.journal.open()
         if recovered:
             log.warning("journal: %d parcels open at the last stop closed as LOST", len(recovered))
         self._next_parcel_id = await self.journal.next_parcel_id()
-        await self._lookup.warm()
         name = f"sorter[{self.config.line.name}]"
         try:
             async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._become_ready(), name=f"{name}.ready")
                 tg.create_task(self._line_events(), name=f"{name}.line")
                 tg.create_task(self._watch(), name=f"{name}.watch")
                 for camera in self.cameras:
@@ -147,11 +173,53 @@ class Sorter:
         except BaseExceptionGroup as group:
             if self.fault is not None and group.subgroup(JournalError) is not None:
                 raise self.fault from None
+            refused = group.subgroup(ConfigError)
+            if refused is not None:  # a device that does not match its config: a refusal
+                raise _first(refused) from None
             raise
         finally:
             for task in list(self._decisions):
                 task.cancel()
             self._reading.shutdown()
+
+    async def _become_ready(self) -> None:
+        """Wait for the store to answer (cache warmed) and what else readiness needs."""
+        while not await self._store_answers():
+            await self.clock.sleep(STORE_RETRY_S)
+        self._store_ready = True
+        while self.waiting_for():
+            await self.clock.sleep(READY_POLL_S)
+        self.ready.set()
+        log.info("line %s ready: sorting", self.config.line.name)
+
+    async def _store_answers(self) -> bool:
+        errors = self.stats.order_store_errors
+        if self.config.order_store.cache_size:
+            await self._lookup.warm()
+            return self.stats.order_store_errors == errors
+        try:
+            async with asyncio.timeout(self.config.order_store.timeout_ms / 1000):
+                await self.order_store.released(1)  # a probe: nothing is cached
+        except (OrderStoreError, TimeoutError) as exc:
+            log.warning("order store: not answering: %s", str(exc) or "timed out")
+            return False
+        return True
+
+    async def finish(self, timeout_s: float) -> int:
+        """Stop inducting; let the parcels on the belt end, up to ``timeout_s``.
+
+        Parcels arriving at PE-IN from now on are not tracked. Those still open when the
+        time is up are closed LOST (their outcome cannot be known); returns how many.
+        """
+        self._stopping = True
+        until = self.clock.now() + timeout_s
+        while self.parcels and self.clock.now() < until and self.fault is None:
+            await self.clock.sleep(WATCH_INTERVAL_S)
+        left = [p for p in self.parcels.values() if p.parcel_id not in self._belt.finalising]
+        for parcel in left:
+            parcel.reason = f"controller stopped before its outcome was known ({timeout_s:g} s)"
+            await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
+        return len(left)
 
     # --- line events -----------------------------------------------------------------------
 
@@ -187,6 +255,8 @@ class Sorter:
     async def _induction_edge(self, blocked: bool, enc: int) -> None:
         if self.fault is not None:
             return  # faulted: nothing new is tracked, so nothing is decided for it
+        if blocked and self._stopping:
+            return  # stopping: parcels inducted now are not tracked
         if blocked:
             if self.tracker.inducting is not None:
                 self.stats.spurious_edges += 1
@@ -195,8 +265,13 @@ class Sorter:
             self._next_parcel_id += 1
             window = self.tracker.blocked(parcel_id, enc)
             now = self.clock.now()
-            self.parcels[parcel_id] = ParcelState(
+            parcel = self.parcels[parcel_id] = ParcelState(
                 window, ParcelReads(self.config.decision.min_agreeing_reads), now)
+            if not self.ready.is_set():
+                # Not counted against the line: it is not read, and rides to the end.
+                parcel.verdict, parcel.decided_at = ReadVerdict.NO_READ, now
+                parcel.to_end(Disposition.NOT_READY, "inducted before the line was ready "
+                              f"(waiting for {', '.join(self.waiting_for()) or 'nothing'})")
             try:
                 await self.journal.inducted(parcel_id, enc, now)
             except JournalError as exc:
@@ -204,7 +279,7 @@ class Sorter:
                 self.tracker.forget(parcel_id)
                 self._journal_fault(exc)
             return
-        if self.tracker.cleared(enc) is None:
+        if self.tracker.cleared(enc) is None and not self._stopping:
             self.stats.spurious_edges += 1
 
     async def _watch(self) -> None:
@@ -228,6 +303,7 @@ class Sorter:
 
     async def _decide(self, parcel: ParcelState) -> None:
         """Route a settled parcel and send its divert; a failure sends it to the end."""
+        started = self.clock.now()
         try:
             route = await self._route(parcel)
             if self.fault is not None:
@@ -238,10 +314,12 @@ class Sorter:
                 parcel.to_end(route.disposition, route.reason)
         except Exception as exc:  # any failure: the fail-safe route, once
             self.stats.decision_errors += 1
-            log.exception("parcel %d: decision failed", parcel.parcel_id)
+            log.exception("parcel %d: decision failed", parcel.parcel_id,
+                          extra={"parcel": parcel.parcel_id})
             parcel.to_end(Disposition.LATE, f"decision failed: {type(exc).__name__}: {exc}")
         finally:
             parcel.decided_at = self.clock.now()
+            self.telemetry.observe_decision(parcel.decided_at - started)
 
     async def _route(self, parcel: ParcelState) -> Route:
         route = self._router.for_reads(parcel.verdict, why=parcel.reads.why,
@@ -318,3 +396,8 @@ class Sorter:
             await self.order_store.close()
         await self.journal.close()
 
+
+def _first(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+    for exc in group.exceptions:
+        return exc if isinstance(exc, ConfigError) else _first(exc)
+    raise AssertionError("an empty exception group")

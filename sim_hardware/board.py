@@ -74,6 +74,7 @@ class IoBoard:
         self.cable_kind = cable
         self.mode = wire.Mode.SAFE  # until a controller says HELLO
         self.controller_seen = asyncio.Event()
+        self.sorter_ready = asyncio.Event()  # a controller set mode RUN: it is ready to sort
         self._served = None if diverters is None else list(diverters)
         self._heartbeat_s = heartbeat_ms / 1000
         self._encoder_s = encoder_ms / 1000
@@ -240,6 +241,8 @@ class IoBoard:
                 self.line.cancel_divert(command_id)
             case wire.SetMode(mode=mode):
                 self.mode = mode
+                if mode is wire.Mode.RUN:
+                    self.sorter_ready.set()  # the controller says it sorts: the infeed may feed
                 if mode is wire.Mode.SAFE:
                     self.line.cancel_diverts(self._served)
 

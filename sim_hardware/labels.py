@@ -1,9 +1,16 @@
-"""Synthetic shipping labels: a Code 128 barcode, clutter text and an optional QR code."""
+"""Synthetic shipping labels: a barcode (Code 128 unless told), clutter text, an optional QR code.
+
+The label's code is printed in the symbology its :class:`LabelSpec` names: a linear one as
+bars across the label's middle, a 2-D one (DataMatrix, Aztec, ...) as a square there.
+:func:`label_symbology` says which one a line's label types print a code in.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -12,11 +19,15 @@ import zxingcpp
 
 from controller.vision import GrayImage
 
+if TYPE_CHECKING:
+    from controller.config import LineConfig
+
 __all__ = [
     "DAMAGE_KINDS",
     "LabelSpec",
     "label_alpha",
     "label_size_mm",
+    "label_symbology",
     "render_label",
     "validate_code",
 ]
@@ -39,7 +50,20 @@ TOP_BLOCK_MM = 27.5
 BOTTOM_TEXT_MM = 14.0
 QR_BOTTOM_MM = 2.5
 
+#: A 2-D code in place of the bars is at least this big (mm), its modules at least module_mm.
+MATRIX_SIDE_MM = 16.0
+
 FloatImage = npt.NDArray[np.float32]
+
+_F = zxingcpp.BarcodeFormat
+#: symbologies a label's code can be printed in -> zxing-cpp's format to make it with
+LINEAR: dict[str, zxingcpp.BarcodeFormat] = {
+    "code128": _F.Code128, "code39": _F.Code39, "code93": _F.Code93, "codabar": _F.Codabar,
+    "ean13": _F.EAN13, "ean8": _F.EAN8, "upca": _F.UPCA, "upce": _F.UPCE, "itf": _F.ITF,
+}
+MATRIX: dict[str, zxingcpp.BarcodeFormat] = {
+    "datamatrix": _F.DataMatrix, "aztec": _F.Aztec, "pdf417": _F.PDF417, "qrcode": _F.QRCode,
+}
 
 _NAMES = ("J. SMITH", "A. NOWAK", "M. ROSSI", "K. TANAKA", "L. GARCIA", "P. MUELLER", "S. OKAFOR")
 _STREETS = ("12 HARBOUR RD", "4711 ELM ST", "88 RUE DU PONT", "7 MILL LANE", "301 KING AVE")
@@ -49,6 +73,8 @@ _TOWNS = ("LEEDS LS1 4AP", "LYON 69002", "DALLAS TX 75201", "OSAKA 530-0001", "G
 @dataclass(frozen=True)
 class LabelSpec:
     """What is printed on one label and how damaged it is; sizes in millimetres.
+
+    ``symbology`` is what ``code`` is printed in (see :data:`LINEAR` and :data:`MATRIX`).
 
     ``contrast`` scales the ink's darkness (1.0 = fresh print, 0.25 = badly faded).
     Damage: ``scuffed`` (scratches, reads), ``destroyed`` (smeared across the whole bar
@@ -64,6 +90,7 @@ class LabelSpec:
     height_mm: float = 75.0
     seed: int = 0
     contrast: float = 1.0
+    symbology: str = "code128"
 
 
 def validate_code(code: str) -> None:
@@ -80,6 +107,13 @@ def validate_code(code: str) -> None:
 def _validate(spec: LabelSpec) -> None:
     """Raise ValueError for a spec that cannot be rendered."""
     validate_code(spec.code)
+    if spec.symbology not in LINEAR and spec.symbology not in MATRIX:
+        known = ", ".join([*LINEAR, *MATRIX])
+        raise ValueError(f"symbology must be one of {known}, not {spec.symbology!r}")
+    try:
+        _modules(spec.code, spec.symbology)
+    except ValueError as exc:  # zxing-cpp's refusal: not digits for EAN, wrong length, ...
+        raise ValueError(f"{spec.code!r} cannot be printed as {spec.symbology}: {exc}") from None
     if spec.damage not in DAMAGE_KINDS:
         raise ValueError(f"damage must be one of {DAMAGE_KINDS}, not {spec.damage!r}")
     if not spec.module_mm > 0 or not spec.width_mm > 0 or not spec.height_mm > 0:
@@ -91,25 +125,31 @@ def _validate(spec: LabelSpec) -> None:
 
 
 @lru_cache(maxsize=256)
-def _bar_modules(code: str) -> npt.NDArray[np.float32]:
-    """One float per Code 128 module, 1.0 = bar, without quiet zones."""
-    img = np.asarray(
-        zxingcpp.create_barcode(code, zxingcpp.BarcodeFormat.Code128).to_image(
-            scale=1, add_quiet_zones=False
-        )
-    )
-    return np.asarray(img[img.shape[0] // 2] < 128, dtype=np.float32)
-
-
-@lru_cache(maxsize=256)
-def _qr_modules(text: str) -> npt.NDArray[np.float32]:
-    """The QR module matrix, 1.0 = dark, without quiet zone."""
-    img = np.asarray(
-        zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode).to_image(
-            scale=1, add_quiet_zones=False
-        )
-    )
+def _modules(code: str, symbology: str) -> npt.NDArray[np.float32]:
+    """The code's modules, 1.0 = dark, without quiet zones: one row for a linear code."""
+    fmt = LINEAR.get(symbology) or MATRIX[symbology]
+    img = np.asarray(zxingcpp.create_barcode(code, fmt).to_image(scale=1, add_quiet_zones=False))
+    if symbology in LINEAR:
+        img = img[img.shape[0] // 2 :][:1]
     return np.asarray(img < 128, dtype=np.float32)
+
+
+def _matrix_module_mm(spec: LabelSpec) -> float:
+    rows, cols = _modules(spec.code, spec.symbology).shape
+    return max(spec.module_mm, MATRIX_SIDE_MM / max(int(rows), int(cols)))
+
+
+def label_symbology(line: LineConfig, code: str) -> str:
+    """What a label carrying ``code`` is printed in on this line: the first symbology of the
+    first label type whose pattern it matches, other than QR (the label's second code);
+    Code 128 when that type names none (takes any) or only QR."""
+    for label in line.decision.label_types:
+        if re.fullmatch(label.pattern, code):
+            named = [s for s in label.symbologies if s != "qrcode"]
+            if not label.symbologies or not named:
+                return "code128"
+            return next((s for s in named if s in LINEAR or s in MATRIX), "code128")
+    return "code128"
 
 
 @dataclass(frozen=True)
@@ -130,12 +170,16 @@ class _Layout:
 def _layout(spec: LabelSpec) -> _Layout:
     """Centre the barcode on the label, addresses above, QR code bottom-right; grow to fit."""
     m = spec.module_mm
-    bar_w = len(_bar_modules(spec.code)) * m
+    if spec.symbology in MATRIX:
+        cols = _modules(spec.code, spec.symbology).shape[1]
+        bar_w = cols * _matrix_module_mm(spec)
+    else:
+        bar_w = _modules(spec.code, spec.symbology).shape[1] * m
     width = max(spec.width_mm, bar_w + 2 * QUIET_MODULES * m + 2 * MARGIN_MM)
     half = max(TOP_BLOCK_MM, BOTTOM_TEXT_MM)
     qr_size = 0.0
     if spec.qr_text is not None:
-        qr_size = len(_qr_modules(spec.qr_text)) * m
+        qr_size = len(_modules(spec.qr_text, "qrcode")) * m
         half = max(half, QR_QUIET_MODULES * m + qr_size + QR_BOTTOM_MM)
     height = max(spec.height_mm, BAR_HEIGHT_MM + 2 * half)
     bar_y = (height - BAR_HEIGHT_MM) / 2
@@ -323,12 +367,20 @@ def render_label(spec: LabelSpec, px_per_mm: float) -> GrayImage:
     w_px, h_px = max(1, round(lay.width * ppm)), max(1, round(lay.height * ppm))
     ink = np.zeros((h_px, w_px), dtype=np.float32)
 
-    bars = _bar_modules(spec.code)
-    cols = _coverage(w_px, ppm, lay.bar_x, len(bars), spec.module_mm) @ bars
-    rows = _coverage(h_px, ppm, lay.bar_y, 1, BAR_HEIGHT_MM)[:, 0]
-    ink = np.maximum(ink, rows[:, None] * cols[None, :])
+    code = _modules(spec.code, spec.symbology)
+    if spec.symbology in MATRIX:
+        mm = _matrix_module_mm(spec)
+        top = lay.bar_y + (BAR_HEIGHT_MM - code.shape[0] * mm) / 2
+        cy = _coverage(h_px, ppm, top, code.shape[0], mm)
+        cx = _coverage(w_px, ppm, lay.bar_x, code.shape[1], mm)
+        ink = np.maximum(ink, cy @ code @ cx.T)
+    else:
+        bars = code[0]
+        cols = _coverage(w_px, ppm, lay.bar_x, len(bars), spec.module_mm) @ bars
+        rows = _coverage(h_px, ppm, lay.bar_y, 1, BAR_HEIGHT_MM)[:, 0]
+        ink = np.maximum(ink, rows[:, None] * cols[None, :])
     if spec.qr_text is not None:
-        qr = _qr_modules(spec.qr_text)
+        qr = _modules(spec.qr_text, "qrcode")
         n = len(qr)
         cx = _coverage(w_px, ppm, lay.qr_x, n, spec.module_mm)
         cy = _coverage(h_px, ppm, lay.qr_y, n, spec.module_mm)

@@ -38,20 +38,42 @@ class PhysicalLine(LineCameras, LineDiverters):
 
     # --- running ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Run the whole stream until every parcel is in a bin or past the end of the line."""
+    async def run(self, infeed: asyncio.Event | None = None) -> None:
+        """Run the whole stream until every parcel is in a bin or past the end of the line.
+
+        With ``infeed``, the belt stands still and nothing is inducted until it is set (a
+        real infeed waits for "sorter ready"); free-running cameras stream meanwhile,
+        triggered ones start with the belt, and the shift counts from then.
+        """
         if not self.parcels:
             self.done.set()
             return
+        if infeed is not None:
+            self.hold_belt()
         async with asyncio.TaskGroup() as tg:
+            if self.free_running:
+                self._start_cameras(tg)
+            if infeed is not None:
+                await infeed.wait()
+                self.start_belt()
+            if not self.free_running:
+                self._start_cameras(tg)
             tg.create_task(self._induction(), name="sim.induction")
             tg.create_task(self._end_of_line(), name="sim.end_of_line")
             tg.create_task(self._faults(), name="sim.faults")
-            for camera in self.config.cameras:
-                tg.create_task(self._camera(camera), name=f"sim.{camera.id}")
             await self.done.wait()
         for task in list(self._tasks):
             task.cancel()
+
+    def _start_cameras(self, tg: asyncio.TaskGroup) -> None:
+        for camera in self.config.cameras:
+            tg.create_task(self._camera(camera), name=f"sim.{camera.id}")
+
+    def hold_belt(self) -> None:
+        """Stand the belt still (encoder 0) until :meth:`start_belt`."""
+        never = 1e9  # a moving stretch so far off that no parcel leaves a view meanwhile
+        self.belt = Belt(self.clock, 0.0, self.config.belt.encoder_counts_per_mm,
+                         [(never, self.config.belt.speed_mm_s)])
 
     async def _induction(self) -> None:
         pe = self.config.induction.photo_eye_mm

@@ -5,18 +5,29 @@ carries ``X-Encoder-Count`` (the emulator's count at capture) and ``X-Capture-Ti
 capture moment on the line's clock, ``repr`` of the float so it round-trips exactly). A frame
 is JPEG-encoded once, in a thread, and the same bytes go to every client; a client that
 cannot keep up loses its oldest frames instead of slowing the emulator. Encoding is skipped
-while a camera has no client. Tests get fault hooks: :meth:`MjpegServer.pause` (connections
+while a camera has no client. Like a real IP camera it can ask for a login (``auth``: Basic,
+or Digest with MD5 and ``qop=auth``), speak HTTPS (``ssl``) and send the stream with chunked
+transfer encoding (``chunked``, parts split over chunks of ``chunk_size``). Tests get fault
+hooks: :meth:`MjpegServer.pause` (connections
 stay open, nothing is sent), :meth:`MjpegServer.stop` and :meth:`MjpegServer.restart`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
+import hmac
 import logging
+import re
+import secrets
+import ssl
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Literal
 
 import cv2
 
@@ -27,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BOUNDARY = "frame"
 REQUEST_TIMEOUT_S = 5.0
+MAX_NONCES = 1024
 
 
 @dataclass
@@ -39,6 +51,7 @@ class ServerStats:
     parts_sent: int = 0
     client_dropped: int = 0  # parts a slow client never got
     connections: int = 0
+    unauthorized: int = 0  # requests answered 401
 
 
 class _Client:
@@ -56,6 +69,34 @@ class _Client:
         self.parts.put_nowait(part)
 
 
+@dataclass(frozen=True)
+class ServerAuth:
+    """The login the emulated camera asks for."""
+
+    scheme: Literal["basic", "digest"]
+    user: str
+    password: str = field(repr=False)
+    realm: str = "parcel-sorter emulator"
+
+
+_DIGEST_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^\s,]+))')
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _headers(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """Method, target and headers (names lower-cased) of a request head."""
+    request_line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    method, _, rest = request_line.partition(" ")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return method, rest.partition(" ")[0], headers
+
+
 def encode_part(image: GrayImage, enc: int, captured_at: float, quality: int) -> bytes:
     """One multipart part: boundary, headers with the frame's stamps, the JPEG, CRLF."""
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -71,8 +112,15 @@ class MjpegServer:
     """Serves every camera of an emulated line as an MJPEG stream on loopback."""
 
     def __init__(self, line: PhysicalLine, host: str = "127.0.0.1", port: int = 0,
-                 quality: int = 85, client_queue: int = 2) -> None:
+                 quality: int = 85, client_queue: int = 2, *, auth: ServerAuth | None = None,
+                 ssl: ssl.SSLContext | None = None, chunked: bool = False,
+                 chunk_size: int = 16 * 1024) -> None:
         self.line = line
+        self.auth = auth
+        self.ssl = ssl
+        self.chunked = chunked
+        self.chunk_size = chunk_size
+        self._nonces: set[str] = set()
         self.host = host
         self.port = port
         self.quality = quality
@@ -107,9 +155,10 @@ class MjpegServer:
                 self._encoders.append(asyncio.create_task(
                     self._encode_loop(camera_id), name=f"mjpeg.{camera_id}.encode"))
         if self._server is None:
-            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+            self._server = await asyncio.start_server(self._handle, self.host, self.port,
+                                                      ssl=self.ssl)
             self.port = self._server.sockets[0].getsockname()[1]
-            log.info("MJPEG server on http://%s:%d/", self.host, self.port)
+            log.info("MJPEG server on %s", self.url("").removesuffix(".mjpg"))
 
     async def stop(self) -> None:
         """Stop listening and drop every connection (a camera going away)."""
@@ -164,8 +213,9 @@ class MjpegServer:
             self._paused.discard(camera_id)
 
     def url(self, camera_id: str) -> str:
-        """The stream's address, ``http://HOST:PORT/<camera_id>.mjpg``."""
-        return f"http://{self.host}:{self.port}/{camera_id}.mjpg"
+        """The stream's address, ``http(s)://HOST:PORT/<camera_id>.mjpg``."""
+        scheme = "https" if self.ssl is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/{camera_id}.mjpg"
 
     def clients(self, camera_id: str) -> int:
         """How many viewers a camera has now."""
@@ -211,32 +261,91 @@ class MjpegServer:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
-            method, _, rest = head.decode("latin-1").partition(" ")
-            path = rest.partition(" ")[0].partition("?")[0]
+            method, target, headers = _headers(head)
+            path = target.partition("?")[0]
             camera_id = path.removeprefix("/").removesuffix(".mjpg")
             if method != "GET" or not path.endswith(".mjpg") or camera_id not in self._clients:
                 writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
                 await writer.drain()
                 return
+            if not self._authorized(method, target, headers.get("authorization", "")):
+                self.stats.unauthorized += 1
+                writer.write(f"HTTP/1.1 401 Unauthorized\r\n{self._challenge()}\r\n"
+                             "Content-Length: 0\r\nConnection: close\r\n\r\n".encode("ascii"))
+                await writer.drain()
+                return
+            coding = "Transfer-Encoding: chunked\r\n" if self.chunked else ""
             writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; "
                          f"boundary={BOUNDARY}\r\nCache-Control: no-cache, no-store\r\n"
-                         "Pragma: no-cache\r\nConnection: close\r\n\r\n".encode("ascii"))
+                         f"Pragma: no-cache\r\n{coding}Connection: close\r\n\r\n"
+                         .encode("ascii"))
             await writer.drain()
             client = _Client(self.stats, self._client_queue)
             self._clients[camera_id].add(client)
             while True:
                 part = await client.parts.get()
                 if not part:
+                    if self.chunked:
+                        writer.write(b"0\r\n\r\n")
                     return
-                writer.write(part)
+                self._write(writer, part)
                 await writer.drain()
                 self.stats.parts_sent += 1
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                TimeoutError) as exc:
+                TimeoutError, ssl.SSLError) as exc:
             log.debug("MJPEG client of %r gone: %r", camera_id, exc)
         finally:
             if client is not None:
                 self._clients[camera_id].discard(client)
             self._handlers.pop(task, None)
             writer.transport.abort()
+
+    def _write(self, writer: asyncio.StreamWriter, part: bytes) -> None:
+        if not self.chunked:
+            writer.write(part)
+            return
+        view = memoryview(part)
+        for at in range(0, len(part), self.chunk_size):
+            chunk = view[at:at + self.chunk_size]
+            writer.write(b"%x\r\n" % len(chunk))
+            writer.write(chunk)
+            writer.write(b"\r\n")
+
+    # --- login -----------------------------------------------------------------------------
+
+    def _challenge(self) -> str:
+        auth = self.auth
+        assert auth is not None
+        if auth.scheme == "basic":
+            return f'WWW-Authenticate: Basic realm="{auth.realm}"'
+        nonce = secrets.token_hex(16)
+        if len(self._nonces) >= MAX_NONCES:
+            self._nonces.clear()
+        self._nonces.add(nonce)
+        return (f'WWW-Authenticate: Digest realm="{auth.realm}", qop="auth", '
+                f'algorithm=MD5, nonce="{nonce}"')
+
+    def _authorized(self, method: str, target: str, authorization: str) -> bool:
+        auth = self.auth
+        if auth is None:
+            return True
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != auth.scheme:
+            return False
+        if auth.scheme == "basic":
+            try:
+                given = base64.b64decode(value.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            return hmac.compare_digest(given, f"{auth.user}:{auth.password}".encode())
+        params = {m[1].lower(): m[2] or m[3] for m in _DIGEST_PARAM.finditer(value)}
+        if params.get("username") != auth.user or params.get("realm") != auth.realm \
+                or params.get("nonce") not in self._nonces or params.get("uri") != target \
+                or params.get("qop") != "auth":
+            return False
+        ha1 = _md5(f"{auth.user}:{auth.realm}:{auth.password}")
+        ha2 = _md5(f"{method}:{target}")
+        expected = _md5(f"{ha1}:{params['nonce']}:{params.get('nc', '')}:"
+                        f"{params.get('cnonce', '')}:auth:{ha2}")
+        return hmac.compare_digest(expected, params.get("response", ""))

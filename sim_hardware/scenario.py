@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from controller.config import LineConfig, SortRule
 from controller.errors import ConfigError
 from controller.orders import Order, OrderStatus
-from sim_hardware.labels import LabelSpec, label_size_mm
+from sim_hardware.labels import LabelSpec, label_size_mm, label_symbology
 from sim_hardware.render import PlacedLabel
 
 
@@ -213,7 +213,8 @@ class _Generator:
     def label(self, code: str, length: float, width: float, *, qr: bool,
               damage: str) -> PlacedLabel:
         spec = LabelSpec(code=code, qr_text=code if qr else None, damage=damage,
-                         seed=self.rng.randrange(1 << 30))
+                         seed=self.rng.randrange(1 << 30),
+                         symbology=label_symbology(self.line, code))
         angle = self.rng.uniform(0, 360)
         label_w, label_h = label_size_mm(spec)
         reach = (label_w ** 2 + label_h ** 2) ** 0.5 / 2

@@ -15,7 +15,7 @@ import pytest
 
 from controller.clock import RealClock
 from controller.config import CameraConfig, LineConfig
-from controller.errors import DriverUnavailable
+from controller.errors import ConfigError, DriverUnavailable
 from controller.vision import Camera, CameraState, Frame
 from drivers.cameras import Backoff, CameraLink, open_camera
 from drivers.cameras.mjpeg import MjpegCamera
@@ -112,8 +112,11 @@ async def _until(check: Callable[[], bool], within: float, what: str) -> float:
     return clock.now() - start
 
 
-def _camera_config(config: LineConfig, source: str, fps: float | None = None) -> CameraConfig:
+def _camera_config(config: LineConfig, source: str, fps: float | None = None,
+                   resolution: tuple[int, int] | None = None) -> CameraConfig:
     update: dict[str, object] = {"source": source}
+    if resolution is not None:
+        update["resolution"] = resolution
     if fps is not None:
         update["fps"] = fps
     return config.cameras[0].model_copy(update=update)
@@ -213,13 +216,10 @@ def _level(frame: Frame) -> int:
 async def test_video_file_is_replayed_at_its_own_fps(example_config: LineConfig,
                                                     tmp_path: Path) -> None:
     path = tmp_path / "belt.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 20.0, (320, 240))
-    assert writer.isOpened()
-    for i in range(10):
-        writer.write(cv2.cvtColor(_numbered(i), cv2.COLOR_GRAY2BGR))
-    writer.release()
+    _write_video(path, 10)
     clock = RealClock()
-    camera = open_camera(_camera_config(example_config, f"file:{path}", fps=100.0),
+    camera = open_camera(_camera_config(example_config, f"file:{path}", fps=100.0,
+                                        resolution=(320, 240)),
                          clock=clock, encoder_at=lambda t: round(t * 1000))
     async with asyncio.timeout(5):
         frames = [f async for f in camera.frames()]
@@ -237,7 +237,8 @@ async def test_folder_is_replayed_in_name_order_and_loops(example_config: LineCo
         cv2.imwrite(str(tmp_path / f"{chr(ord('e') - i)}-{i}.png"), _numbered(4 - i))
     (tmp_path / "notes.txt").write_text("not an image")
     clock = RealClock()
-    once = open_camera(_camera_config(example_config, f"folder:{tmp_path}", fps=50.0),
+    once = open_camera(_camera_config(example_config, f"folder:{tmp_path}", fps=50.0,
+                                      resolution=(320, 240)),
                        clock=clock, encoder_at=lambda t: 0)
     async with asyncio.timeout(5):
         frames = [f async for f in once.frames()]
@@ -245,11 +246,52 @@ async def test_folder_is_replayed_in_name_order_and_loops(example_config: LineCo
     span = frames[-1].captured_at - frames[0].captured_at
     assert 0.06 < span < 0.3, span
 
-    looping = open_camera(_camera_config(example_config, f"folder+loop:{tmp_path}", fps=100.0),
+    looping = open_camera(_camera_config(example_config, f"folder+loop:{tmp_path}", fps=100.0,
+                                         resolution=(320, 240)),
                           clock=clock, encoder_at=lambda t: 0)
     async with _consuming(looping) as frames:
         await _until(lambda: len(frames) >= 12, 5, "a looping replay")
     assert [_level(f) for f in frames[:12]] == [0, 1, 2, 3, 4] * 2 + [0, 1]
+
+
+def _write_video(path: Path, frames: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 20.0, (320, 240))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(cv2.cvtColor(_numbered(i), cv2.COLOR_GRAY2BGR))
+    writer.release()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["file", "folder+loop"])
+async def test_a_replay_of_another_size_is_refused_not_retried(
+        example_config: LineConfig, tmp_path: Path, kind: str) -> None:
+    if kind == "file":
+        source = tmp_path / "belt.avi"
+        _write_video(source, 5)
+    else:
+        source = tmp_path
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / f"{i}.png"), _numbered(i))
+    camera = open_camera(_camera_config(example_config, f"{kind}:{source}", fps=50.0,
+                                        resolution=(640, 480)),
+                         clock=RealClock(), encoder_at=lambda t: 0)
+    assert isinstance(camera, OpenCVCamera)
+    frames: list[Frame] = []
+    with pytest.raises(ConfigError) as refusal:
+        await _collect(camera, frames)
+    assert frames == []
+    assert refusal.value.problems == [(f"cameras.{example_config.cameras[0].id}.resolution",
+                                       "camera delivers 320x240, configured 640x480")]
+    assert refusal.value.source == f"{kind}:{source}"
+    assert camera.state is CameraState.DOWN
+    assert camera.stats.outages == 0  # refused, not an outage to reconnect from
+
+
+async def _collect(camera: Camera, frames: list[Frame]) -> None:
+    async with asyncio.timeout(5):
+        async for frame in camera.frames():
+            frames.append(frame)  # noqa: PERF401 - the test reads what came before the error
 
 
 # --- outages -----------------------------------------------------------------------------------
@@ -323,8 +365,13 @@ async def _dribble(writer: asyncio.StreamWriter) -> None:
 
 
 HOSTILE: dict[str, tuple[Callable[[asyncio.StreamWriter], Awaitable[None]], str]] = {
-    "garbage": (lambda w: _endless(w, bytes(range(256)) * 64), "response header longer"),
-    "not-http": (lambda w: _endless(w, b"SSH-2.0-OpenSSH\r\n\r\n"), "not an HTTP response"),
+    "garbage": (lambda w: _endless(w, bytes(range(256)) * 64),
+                "bad HTTP response: Bad status line"),
+    "endless-response-header": (lambda w: _endless(w, b"X-Junk: " + b"a" * 4096,
+                                                   b"HTTP/1.1 200 OK\r\n"),
+                                "bad HTTP response: Got more than"),
+    "not-http": (lambda w: _endless(w, b"SSH-2.0-OpenSSH\r\n\r\n"),
+                 "bad HTTP response: Bad status line"),
     "not-multipart": (lambda w: _endless(
         w, b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>"), "not an MJPEG stream"),
     "bad-boundary": (lambda w: _endless(w, HEAD + _part(JPEG, boundary=b"other") * 50),
@@ -337,7 +384,11 @@ HOSTILE: dict[str, tuple[Callable[[asyncio.StreamWriter], Awaitable[None]], str]
     "oversized": (lambda w: _endless(w, HEAD + _part(JPEG, 100_000_000)), "byte limit"),
     "endless-header": (lambda w: _endless(w, b"a" * 4096, HEAD + b"--frame\r\nX-Junk: "),
                        "part header longer"),
-    "silent-dribble": (_dribble, "no data for"),
+    "silent-dribble": (_dribble, "no response header within 0.6 s"),
+    "silent-after-head": (lambda w: _endless(w, b"", HEAD), "no data for 0.3 s"),
+    "bad-chunking": (lambda w: _endless(w, b"zz\r\n" + _part(JPEG) + b"\r\n",
+                                        HEAD[:-2] + b"Transfer-Encoding: chunked\r\n\r\n"),
+                     "bad HTTP response: Invalid character in chunk size"),
     "http-error": (lambda w: _endless(w, b"HTTP/1.1 503 Busy\r\n\r\n"), "HTTP 503"),
     "bad-stamp": (lambda w: _endless(w, HEAD + b"--frame\r\nContent-Length: 4\r\n"
                                      b"X-Encoder-Count: lots\r\n\r\n"), "X-Encoder-Count"),
@@ -379,7 +430,8 @@ async def test_hostile_stream_is_an_error_not_a_crash_or_a_hang(case: str) -> No
     send, expected = HOSTILE[case]
     async with _hostile_server(send) as port:
         camera = MjpegCamera("cam9", f"http://127.0.0.1:{port}/cam9.mjpg", clock=RealClock(),
-                             encoder_at=lambda t: 0, read_timeout_s=0.3, backoff=FAST)
+                             encoder_at=lambda t: 0, read_timeout_s=0.3, connect_timeout_s=0.3,
+                             backoff=FAST)
         async with _consuming(camera) as frames:
             await _until(lambda: camera.stats.errors >= 2, 3, f"{case}: two failed sessions")
         assert frames == []

@@ -98,8 +98,8 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader closed before a byte was written: EPIPE for sure
     try:
-        done = subprocess.run([sys.executable, "-m", "controller", "check-config",
-                               str(EXAMPLE_CONFIG)], stdout=write_end,
+        done = subprocess.run([sys.executable, "-m", "controller", "check-config", "--for",
+                               "sim", str(EXAMPLE_CONFIG)], stdout=write_end,
                               stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60,
                               check=False)
     finally:
@@ -135,6 +135,9 @@ def test_unusable_state_paths_are_one_line_each_never_a_traceback(tmp_path: Path
     text = text.replace("/var/lib/parcel-sorter/orders.sqlite",
                         str(tmp_path / "afile" / "db" / "orders.sqlite"))
     assert "/var/lib" not in text
+    text = text.replace('decoder = "located-zxing"',  # a real line's camera and I/O board
+                        'decoder = "located-zxing"\nsource = "mjpeg+http://127.0.0.1:9/c"')
+    text += f'\n[line_io]\nsensors = "serial"\n[line_io.serial]\nport = "{tmp_path / "tty"}"\n'
     path = tmp_path / "line.toml"
     path.write_text(text)
     args = [command, str(path)] if command == "check-config" else [command, "--config", str(path)]
@@ -146,8 +149,8 @@ def test_unusable_state_paths_are_one_line_each_never_a_traceback(tmp_path: Path
     assert lines[0] == f"parcel-sorter: invalid line config {path}:"
     assert sorted(lines[1:]) == sorted([
         f"  journal.path: {tmp_path / 'journal.sqlite'} is a directory, not a database file",
-        f"  order_store.path: folder {tmp_path / 'afile' / 'db'} cannot be created: "
-        f"{tmp_path / 'afile'} is not a directory",
+        f"  order_store.path: no such order database: {tmp_path / 'afile' / 'db'}"
+        "/orders.sqlite (never created empty: import the orders into it first)",
     ])
     assert not (tmp_path / "journal.sqlite.lock").exists()  # refused before anything is made
 
@@ -163,7 +166,12 @@ def test_run_stopped_by_a_storage_fault_exits_3_with_one_line(
 
     monkeypatch.setattr(run, "run_line", faulted)
     path = tmp_path / "line.toml"
-    path.write_text(EXAMPLE_CONFIG.read_text().replace("/var/lib/parcel-sorter", str(tmp_path)))
+    text = EXAMPLE_CONFIG.read_text().replace("/var/lib/parcel-sorter", str(tmp_path))
+    text = text.replace('decoder = "located-zxing"',  # a real line's camera and I/O board
+                        'decoder = "located-zxing"\nsource = "mjpeg+http://127.0.0.1:9/c"')
+    text += f'\n[line_io]\nsensors = "serial"\n[line_io.serial]\nport = "{tmp_path / "tty"}"\n'
+    path.write_text(text)
+    (tmp_path / "orders.sqlite").touch()  # the order book exists (run never creates it)
     assert main(["run", "--config", str(path)]) == 3
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == ("parcel-sorter: line stopped, storage fault: journal j.sqlite: writing "

@@ -107,7 +107,7 @@ def test_cli_check_config_reports_bad_field(tmp_path: Path,
     assert "belt.speed_mm_s: Input should be greater than 0" in err
     state = tmp_path / "state"
     path.write_text(EXAMPLE_CONFIG.read_text().replace("/var/lib/parcel-sorter", str(state)))
-    assert main(["check-config", str(path)]) == 0
+    assert main(["check-config", "--for", "sim", str(path)]) == 0
     assert "valid line 'line1'" in capsys.readouterr().out
     assert not state.exists()  # checked, not created
 
@@ -118,10 +118,10 @@ def test_check_config_warns_of_an_uncalibrated_ip_camera(
         'decoder = "located-zxing"', 'decoder = "located-zxing"\nsource = "rtsp://10.0.0.5/s1"')
     path = tmp_path / "line.toml"
     path.write_text(text)
-    assert main(["check-config", str(path)]) == 0
+    assert main(["check-config", "--for", "sim", str(path)]) == 0
     assert "WARNING camera cam1: its frames carry no encoder count" in capsys.readouterr().out
     path.write_text(text.replace('source = "rtsp', 'latency_ms = 40.0\nsource = "rtsp'))
-    assert main(["check-config", str(path)]) == 0
+    assert main(["check-config", "--for", "sim", str(path)]) == 0
     assert "WARNING" not in capsys.readouterr().out
 
 
@@ -131,6 +131,17 @@ def test_relative_store_paths_resolve_beside_the_config(tmp_path: Path) -> None:
     path = tmp_path / "line.toml"
     path.write_text(text)
     assert load_config(path).order_store.path == str(tmp_path / "data" / "orders.sqlite")
+
+
+def test_a_cameras_login_and_ca_files_resolve_beside_the_config(tmp_path: Path) -> None:
+    data = _example()
+    data["cameras"][0].update(source="mjpeg+https://cam1.line.local/stream",
+                              credentials_file="secrets/cam1", ca_file="/etc/ssl/line-ca.pem")
+    path = tmp_path / "line.toml"
+    path.write_text(tomli_w.dumps(data))
+    camera = load_config(path).cameras[0]
+    assert camera.credentials_file == str(tmp_path / "secrets" / "cam1")
+    assert camera.ca_file == "/etc/ssl/line-ca.pem"
 
 
 def test_line_io_names_links_per_role_and_diverter(tmp_path: Path) -> None:

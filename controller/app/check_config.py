@@ -6,17 +6,21 @@ import logging
 from pathlib import Path
 
 from controller.config import load_config
-from controller.state_paths import require_paths
+from controller.state_paths import Purpose, require_paths
 from drivers.cameras import needs_latency
 
 log = logging.getLogger(__name__)
 
 
-def check_config(path: Path) -> int:
-    """Validate the line config at ``path`` and its state paths, print its layout, warn."""
+def check_config(path: Path, purpose: Purpose = "run") -> int:
+    """Validate the line config at ``path`` for ``purpose``, print its layout, warn.
+
+    For ``run`` (the unit's ExecStartPre=) it refuses all ``run`` refuses; ``sim`` passes a
+    config of the emulated line (cameras ``source = "emulator"``, no ``[line_io]``).
+    """
     config = load_config(path)
-    require_paths(config, str(path))  # every state path run would refuse, one line each
-    print(f"{path}: valid line {config.line.name!r}")
+    require_paths(config, str(path), purpose)  # everything it would refuse, one line each
+    print(f"{path}: valid line {config.line.name!r} for {purpose}")
     print(f"  belt {config.belt.speed_mm_s:.0f} mm/s, {config.belt.encoder_counts_per_mm} "
           f"counts/mm, PE-IN at {config.induction.photo_eye_mm:.0f} mm")
     for cam in config.cameras:

@@ -30,16 +30,21 @@ EXIT_BROKEN_PIPE = 128 + 13
 """The exit status of a command whose reader closed its output early (as killed by SIGPIPE)."""
 EXIT_STORAGE_FAULT = 3
 """The exit status of ``run`` stopped because the journal could no longer be written."""
+EXIT_NEVER_READY = 4
+"""The exit status of ``run`` whose cameras, links or order store never came up in time."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parcel-sorter", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text (default), or one JSON object a line; under journald "
+                             "each line carries its syslog priority")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("sim", help="run a sorting shift against the emulator and report it")
     sim.add_argument("--config", type=Path, default=EXAMPLE_CONFIG,
-                     help="line config TOML (default: deploy/line.example.toml)")
+                     help="line config TOML (default: the packaged example line)")
     sim.add_argument("--parcels", type=int, default=None, help="parcels in the shift")
     sim.add_argument("--seed", type=int, default=None, help="seed of the parcel stream")
     sim.add_argument("--scenario", type=Path, default=None,
@@ -63,12 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the controller on the line a config names, until "
                                       "SIGINT or SIGTERM")
     run.add_argument("--config", type=Path, required=True, help="line config TOML")
+    run.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
+                     help="give up (exit 4) if the cameras, line I/O links or order store "
+                          "are not all up by then (default: 60)")
 
     emu = sub.add_parser("emulate", help="run the emulated line as hardware (a pty I/O board, "
                                          "MQTT diverter nodes, MJPEG cameras) for a controller "
                                          "in another process, and report the shift")
     emu.add_argument("--config", type=Path, default=EXAMPLE_CONFIG,
-                     help="the line to emulate (default: deploy/line.example.toml)")
+                     help="the line to emulate (default: the packaged example line)")
     emu.add_argument("--parcels", type=int, default=None, help="parcels in the shift")
     emu.add_argument("--seed", type=int, default=None, help="seed of the parcel stream")
     emu.add_argument("--scenario", type=Path, default=None, help="scenario TOML (spec = 1)")
@@ -109,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a line config and print its layout")
     check.add_argument("config", type=Path)
+    check.add_argument("--for", dest="purpose", choices=("run", "sim"), default="run",
+                       help="check it for `run` on a real line (default; what the unit's "
+                            "ExecStartPre= runs) or for `sim` against the emulator")
     add_decode_command(sub)
     add_archive_command(sub)
     return parser
@@ -117,8 +128,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv`` names; its exit status (2 for a bad config or option)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from controller.app.logs import configure_logging
+
+    configure_logging(logging.WARNING - 10 * min(args.verbose, 2), args.log_format)
     try:
         status = _command(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit as a traceback
@@ -145,7 +157,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "check-config":
         from controller.app.check_config import check_config
 
-        return check_config(args.config)
+        return check_config(args.config, args.purpose)
     status: int = args.tool_handler(args)  # decode and archive name their own handler
     return status
 
@@ -222,32 +234,44 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from controller.app.run import run_line
+    from controller.app.run import READY_TIMEOUT_S, NeverReady, run_line
+    from controller.app.sd_notify import Notifier
     from controller.clock import RealClock
     from controller.errors import JournalError
     from controller.line_lock import LineLock
     from controller.state_paths import require_paths
 
     config = load_config(args.config)
-    require_paths(config, str(args.config))
+    require_paths(config, str(args.config), "run")
     lock = LineLock(config.journal.path)
     if config.journal.path != ":memory:":
         lock.acquire()  # before the journal or any link is opened; held until exit
 
-    async def main() -> SorterStats:
-        stop = asyncio.Event()
+    def say(line: str) -> None:
+        print(f"parcel-sorter: {line}", file=sys.stderr, flush=True)
+
+    async def main(notifier: Notifier) -> SorterStats:
+        stop, stop_now = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            (stop_now if stop.is_set() else stop).set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        print(f"parcel-sorter: running line {config.line.name!r}; SIGINT or SIGTERM stops",
-              file=sys.stderr, flush=True)
-        return await run_line(config, RealClock(), stop)
+            loop.add_signal_handler(signum, on_signal)
+        say(f"running line {config.line.name!r}; SIGINT or SIGTERM stops (a second one at once)")
+        return await run_line(config, RealClock(), stop, stop_now=stop_now, notifier=notifier,
+                              say=say, ready_timeout_s=args.ready_timeout or READY_TIMEOUT_S)
 
     try:
-        stats = asyncio.run(main())
+        with Notifier.from_env() as notifier:
+            stats = asyncio.run(main(notifier))
     except JournalError as exc:
-        print(f"parcel-sorter: line stopped, storage fault: {exc}", file=sys.stderr, flush=True)
+        say(f"line stopped, storage fault: {exc}")
         return EXIT_STORAGE_FAULT
+    except NeverReady as exc:
+        say(f"line never ready: {exc}")
+        return EXIT_NEVER_READY
     finally:
         lock.release()
     finished = ", ".join(f"{k} {v}" for k, v in sorted(stats.dispositions.items()))
@@ -256,6 +280,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _emulate(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from controller.app.emulate import EmulateOptions, emulate
     from controller.app.shift_report import emulated_summary, parcel_records
     from controller.clock import run_real
@@ -280,6 +306,8 @@ def _emulate(args: argparse.Namespace) -> int:
     result.wall_time_s = time.perf_counter() - started
     records = parcel_records(result)
     summary = emulated_summary(result, records)
+    # Every fire the emulated diverters made, for the controller parcel its command named.
+    summary["fires"] = [dataclasses.asdict(fire) for fire in result.fires]
     print(format_summary(summary), flush=True)
     write_report(args.report, summary, records)
     print(f"report written to {args.report}", flush=True)

@@ -128,13 +128,14 @@ def add_decode_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                     "refused and why).")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     p.add_argument("--config", type=Path, default=None,
-                   help="line config TOML (default: deploy/line.example.toml)")
+                   help="line config TOML (default: the packaged example line)")
     p.add_argument("--camera", default=None,
                    help="use this camera's decoder (default: the first camera's)")
     p.add_argument("--decoder", default=None,
                    help="decoder name instead of the camera's (located-zxing, zxing, ...)")
     p.add_argument("--formats", default=None,
-                   help="comma-separated symbologies, e.g. code128,qrcode (default: the line's)")
+                   help="comma-separated symbologies, e.g. code128,qrcode (default: those "
+                        "the line's label types name)")
     p.add_argument("--all", action="store_true", dest="show_rejected",
                    help="also print the reads the code rule refused, and why")
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -143,7 +144,7 @@ def add_decode_command(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def _decoder_for(config: LineConfig, camera: str | None, name: str | None,
                  formats: str | None) -> BarcodeDecoder:
-    from drivers.decoders import make_decoder
+    from drivers.decoders import line_formats, make_decoder
 
     if camera is None:
         cam = config.cameras[0]
@@ -154,8 +155,8 @@ def _decoder_for(config: LineConfig, camera: str | None, name: str | None,
             raise ConfigError("--camera", [("camera", f"no camera {camera!r}; known: {known}")],
                               what="option")
         cam = found[0]
-    if formats is None:
-        return make_decoder(name or cam.decoder)
+    if formats is None:  # the line's: what its label types name
+        return make_decoder(name or cam.decoder, line_formats(config))
     return make_decoder(name or cam.decoder,
                         [f for f in (part.strip() for part in formats.split(",")) if f])
 

@@ -30,6 +30,7 @@ from controller.sorter import SorterStats
 
 if TYPE_CHECKING:
     from sim_hardware.board import IoBoard
+    from sim_hardware.line import PhysicalLine
     from sim_hardware.scenario import ScenarioSpec
 
 log = logging.getLogger(__name__)
@@ -96,24 +97,32 @@ async def emulate(config: LineConfig, scenario: ScenarioSpec, options: EmulateOp
         except TimeoutError:
             raise DriverTimeout("emulator", f"no controller said HELLO on the serial port "
                                             f"within {options.wait_controller_s:g} s") from None
-        say(f"controller connected: running {len(parcels)} parcels")
-        line.start_belt()
-        started = clock.now()
-        unplugs = [asyncio.create_task(_unplug_at(board, clock, started, at, length))
-                   for at, length in options.unplug]
-        unplugs += [asyncio.create_task(_restart_at(board, clock, started, at, length))
-                    for at, length in options.restart]
+        say(f"controller connected: {len(parcels)} parcels wait for it to be ready")
+        feeding = asyncio.create_task(_feed_when_ready(board, line, clock, options, say))
         try:
-            await line.run()
+            await line.run(infeed=board.sorter_ready)
         finally:
-            for task in unplugs:
-                task.cancel()
-        line_time = clock.now() - started
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
+        line_time = clock.now() - line.belt.start
         journal = await _controller_outcome(config, len(parcels), clock, options.drain_s)
     return ShiftResult(
         config=config, truth=parcels, journal=journal, stats=SorterStats(),
         line_time_s=line_time, extra={"board": dataclasses.asdict(board.stats)},
         **line_outcome(line))
+
+
+async def _feed_when_ready(board: IoBoard, line: PhysicalLine, clock: Clock,
+                           options: EmulateOptions, say: Callable[[str], None]) -> None:
+    """Once the controller says it sorts (mode RUN), the infeed feeds and the faults count."""
+    await board.sorter_ready.wait()
+    say("controller ready: the infeed feeds")
+    started = clock.now()
+    async with asyncio.TaskGroup() as tg:
+        for at, length in options.unplug:
+            tg.create_task(_unplug_at(board, clock, started, at, length))
+        for at, length in options.restart:
+            tg.create_task(_restart_at(board, clock, started, at, length))
 
 
 async def _unplug_at(board: IoBoard, clock: Clock, started: float, at: float,

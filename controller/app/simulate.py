@@ -111,6 +111,7 @@ async def run_shift(
     decode_threads: int | None = None,
     decode_cost_s: float = DECODE_COST_S,
     order_store_wrapper: Callable[[OrderStore], OrderStore] | None = None,
+    camera_wrapper: Callable[[Camera], Camera] | None = None,
     camera_link: CameraLink = "inprocess",
     line_link: LineLink = "inprocess",
     link_options: LinkOptions = LinkOptions(),
@@ -121,13 +122,13 @@ async def run_shift(
     The shift's order book, journal and no-read archive are made afresh in ``workdir``,
     whatever paths the config names.
     """
-    from drivers.decoders import make_decoder
+    from drivers.decoders import make_line_decoders
     from sim_hardware.devices import SimLineIO
     from sim_hardware.line import PhysicalLine
 
     config, parcels, store = fresh_books(config, scenario, workdir)
-    line = PhysicalLine(config, scenario, parcels, clock,
-                        free_running=camera_link != "inprocess")
+    free_running = camera_link != "inprocess"
+    line = PhysicalLine(config, scenario, parcels, clock, free_running=free_running)
     rig = Rig(line)
     async with contextlib.AsyncExitStack() as stack:
         if line_link == "inprocess":
@@ -139,24 +140,23 @@ async def run_shift(
         history = EncoderHistory()
         cameras = await _cameras(config, line, camera_link, clock=clock, history=history,
                                  stack=stack)
-        decoders: dict[str, BarcodeDecoder] = {
-            c.id: make_decoder(c.decoder) for c in config.cameras}
+        if camera_wrapper is not None:
+            cameras = [camera_wrapper(camera) for camera in cameras]
+        decoders: dict[str, BarcodeDecoder] = make_line_decoders(config)
         journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
         sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
                         order_store=order_store_wrapper(store) if order_store_wrapper else store,
                         journal=journal, archive=open_archive(config.archive),
                         encoder_history=history, decode_threads=decode_threads,
-                        decode_cost_s=decode_cost_s)
+                        decode_cost_s=decode_cost_s, wait_for_frames=free_running)
         if on_final is not None:
             sorter.listeners.append(on_final)
-        if line_link != "inprocess":
-            line.start_belt()  # the links are up: the shift starts now
-        started = clock.now()
-        records = await _run_to_end(sorter, rig, clock, during)
+        # The links are up: the infeed waits until the controller is ready to sort.
+        records = await _run_to_end(sorter, rig, clock, during, infeed=sorter.ready)
         return ShiftResult(
             config=config, truth=parcels, journal=records, stats=sorter.stats,
             fault=sorter.fault, faulted_at=sorter.faulted_at,
-            line_time_s=clock.now() - started,
+            line_time_s=clock.now() - line.belt.start,
             frames_dropped=sum(c.dropped for c in cameras),
             extra=_link_figures(rig),
             **line_outcome(line),
@@ -182,8 +182,8 @@ def fresh_books(config: LineConfig, scenario: ScenarioSpec,
 
 
 async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
-                      during: Callable[[Rig], Coroutine[Any, Any, None]] | None,
-                      ) -> list[dict[str, Any]]:
+                      during: Callable[[Rig], Coroutine[Any, Any, None]] | None, *,
+                      infeed: asyncio.Event | None = None) -> list[dict[str, Any]]:
     """Run the line until every parcel settled and the controller disposed of them all.
 
     A controller stopped by a storage fault ends the drain; the fault is the sorter's.
@@ -193,7 +193,7 @@ async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
     if during is not None:
         tasks.append(asyncio.create_task(during(rig), name="sim.injected-faults"))
     try:
-        await rig.line.run()
+        await rig.line.run(infeed)
         drain_until = clock.now() + DRAIN_LIMIT_S
         while sorter.open_parcels and clock.now() < drain_until and not sorter_task.done():
             await clock.sleep(0.05)

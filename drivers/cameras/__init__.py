@@ -1,9 +1,10 @@
 """Camera drivers, chosen by a camera's ``source`` in the line config.
 
 =============================  ===============================================================
-``mjpeg+http://HOST:PORT/P``   our asyncio MJPEG client (:mod:`drivers.cameras.mjpeg`); the
-                               encoder count and capture time come from the part headers
-                               ``X-Encoder-Count`` / ``X-Capture-Time`` when present
+``mjpeg+http://HOST:PORT/P``   our MJPEG client on aiohttp (:mod:`drivers.cameras.mjpeg`); the
+``mjpeg+https://…``            encoder count and capture time come from the part headers
+                               ``X-Encoder-Count`` / ``X-Capture-Time`` when present; Basic or
+                               Digest login from ``credentials_file`` / ``credentials_env``
 ``http://…``, ``rtsp://…``     OpenCV ``VideoCapture`` on the stream (FFmpeg)
 ``v4l2:N``, ``/dev/videoN``    OpenCV on a USB/V4L2 device
 ``file:PATH``                  a video file replayed at its own fps (else the config's fps)
@@ -14,7 +15,10 @@
 
 Drivers are imported only when asked for, so OpenCV is never loaded for an MJPEG-only line.
 This module also holds what every driver shares: the link state, counters, a drop-oldest
-frame hand-over (reconnect backoff is :mod:`drivers.backoff`).
+frame hand-over (reconnect backoff is :mod:`drivers.backoff`), and the frame size check: a
+frame of another size than the configured ``resolution`` ends ``frames()`` with a
+:class:`ConfigError` on ``cameras.<id>.resolution`` and no reconnect, since the camera's mm
+per pixel would silently be wrong.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from controller.errors import DriverUnavailable
+from controller.errors import ConfigError, DriverUnavailable
 from controller.vision import Camera, CameraState, EncoderAt, Frame, GrayImage
 from drivers.backoff import Backoff
 
@@ -33,7 +37,8 @@ if TYPE_CHECKING:
     from controller.clock import Clock
     from controller.config import CameraConfig
 
-__all__ = ["Backoff", "CameraLink", "CameraStats", "needs_latency", "open_camera"]
+__all__ = ["Backoff", "CameraLink", "CameraStats", "needs_latency", "open_camera",
+           "wrong_size"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,14 @@ class CameraStats:
     last_error: str | None = None
 
 
+def wrong_size(source: str, camera_id: str, delivered: tuple[int, int],
+               configured: tuple[int, int]) -> ConfigError:
+    """The refusal of a camera whose frames are not the configured size."""
+    (w, h), (cw, ch) = delivered, configured
+    return ConfigError(source, [(f"cameras.{camera_id}.resolution",
+                                 f"camera delivers {w}x{h}, configured {cw}x{ch}")])
+
+
 class CameraLink:
     """State, counters and the drop-oldest hand-over shared by the camera drivers.
 
@@ -60,8 +73,10 @@ class CameraLink:
     """
 
     def __init__(self, camera_id: str, *, clock: Clock, encoder_at: EncoderAt,
-                 latency_s: float = 0.0, queue_size: int = 2) -> None:
+                 latency_s: float = 0.0, queue_size: int = 2,
+                 resolution: tuple[int, int] | None = None) -> None:
         self.camera_id = camera_id
+        self.resolution = resolution  # (width, height) frames must have; None: any
         self.clock = clock
         self.encoder_at = encoder_at
         self.latency_s = latency_s
@@ -69,6 +84,7 @@ class CameraLink:
         self._state = CameraState.CONNECTING
         self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(max(1, queue_size))
         self._down_since: float | None = None
+        self._fatal: ConfigError | None = None
         self._log = logging.getLogger(type(self).__module__)
 
     @property
@@ -114,6 +130,33 @@ class CameraLink:
         self._log.warning("camera %s: down, reconnecting with backoff: %s", self.camera_id,
                           reason)
 
+    def _size_error(self, image: GrayImage, source: str) -> ConfigError | None:
+        """The refusal if ``image`` is not the configured size, else None."""
+        if self.resolution is None:
+            return None
+        height, width = image.shape[:2]
+        if (width, height) == tuple(self.resolution):
+            return None
+        return wrong_size(source, self.camera_id, (width, height), self.resolution)
+
+    def _end(self, fatal: ConfigError | None = None) -> None:
+        """End ``frames()``: normally, or raising ``fatal`` (the link is not retried)."""
+        if fatal is not None:
+            self._fatal = fatal
+            self._state = CameraState.DOWN
+            self.stats.errors += 1
+            self.stats.last_error = str(fatal)
+            self._log.error("camera %s: refused, not reconnecting: %s", self.camera_id,
+                            "; ".join(reason for _, reason in fatal.problems))
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    def _ended(self) -> None:
+        """At the end of the queue: raise the refusal if there was one."""
+        if self._fatal is not None:
+            raise self._fatal
+
     def _frame(self, image: GrayImage, arrived_at: float, enc: int | None = None,
                captured_at: float | None = None) -> Frame:
         """A frame; capture time and count default to arrival less the link's latency."""
@@ -149,16 +192,20 @@ def open_camera(config: CameraConfig, *, clock: Clock, encoder_at: EncoderAt,
     if source == "emulator":
         raise DriverUnavailable(device, "the emulator's cameras are wired by the simulator "
                                         "(sim_hardware.devices.SimCamera), not opened here")
-    if source.startswith("mjpeg+http://"):
+    if source.startswith(("mjpeg+http://", "mjpeg+https://")):
+        from drivers.cameras.credentials import read_credentials
         from drivers.cameras.mjpeg import MjpegCamera
+        credentials = read_credentials(device, config.credentials_file, config.credentials_env)
         return MjpegCamera(config.id, source.removeprefix("mjpeg+"), clock=clock,
-                           encoder_at=encoder_at, latency_s=latency_s)
+                           encoder_at=encoder_at, latency_s=latency_s, credentials=credentials,
+                           ca_file=config.ca_file, tls_verify=config.tls_verify,
+                           resolution=config.resolution)
     match = _DEVICE.match(source)
     if match is None and not (sep and scheme in ("http", "https", "rtsp", "rtsps", "file",
                                                  "file+loop", "folder", "folder+loop")):
         raise DriverUnavailable(device, f"unknown camera source {source!r}; expected "
-                                "mjpeg+http://, http://, rtsp://, v4l2:N, /dev/videoN, "
-                                "file:PATH, folder:PATH or emulator")
+                                "mjpeg+http://, mjpeg+https://, http://, rtsp://, v4l2:N, "
+                                "/dev/videoN, file:PATH, folder:PATH or emulator")
     try:
         from drivers.cameras.opencv import OpenCVCamera
     except ImportError as exc:  # pragma: no cover - OpenCV is a dependency
@@ -166,11 +213,12 @@ def open_camera(config: CameraConfig, *, clock: Clock, encoder_at: EncoderAt,
     if match is not None:
         index = int(match.group(1) or match.group(2))
         return OpenCVCamera(config.id, index, kind="device", clock=clock, encoder_at=encoder_at,
-                            latency_s=latency_s, fps=config.fps)
+                            latency_s=latency_s, fps=config.fps, resolution=config.resolution)
     if scheme in ("file", "file+loop", "folder", "folder+loop"):
         return OpenCVCamera(config.id, _file_source(device, rest),
                             kind="file" if scheme.startswith("file") else "folder",
                             clock=clock, encoder_at=encoder_at, latency_s=latency_s,
-                            fps=config.fps, loop=scheme.endswith("+loop"))
+                            fps=config.fps, loop=scheme.endswith("+loop"),
+                            resolution=config.resolution)
     return OpenCVCamera(config.id, source, kind="stream", clock=clock, encoder_at=encoder_at,
-                        latency_s=latency_s, fps=config.fps)
+                        latency_s=latency_s, fps=config.fps, resolution=config.resolution)

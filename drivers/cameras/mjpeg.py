@@ -1,4 +1,8 @@
-"""An asyncio client for MJPEG over HTTP (``multipart/x-mixed-replace``), e.g. an IP camera.
+"""An asyncio client for MJPEG over HTTP or HTTPS (``multipart/x-mixed-replace``), e.g. an IP
+camera, on aiohttp's client: chunked or plain bodies, TLS verified against the system's CAs
+or a ``ca_file``, a Digest login (or Basic, when the camera's challenge asks for it) with
+:class:`~drivers.cameras.credentials.Credentials`. A refused login is retried only at the
+backoff's cap, since cameras lock accounts after a few bad logins.
 
 Each part's headers are read: ``Content-Type``, ``Content-Length`` and, when the server
 sends them, ``X-Encoder-Count`` and ``X-Capture-Time`` (seconds on the controller's clock:
@@ -15,39 +19,47 @@ lags, so a slow consumer never works on stale frames.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import math
+import ssl
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from urllib.parse import urlsplit
 
+import aiohttp
 import cv2
 import numpy as np
 
 from controller.clock import Clock
-from controller.errors import DriverUnavailable, ProtocolError
+from controller.errors import ConfigError, DriverUnavailable, ProtocolError
 from controller.vision import EncoderAt, Frame, GrayImage
 from drivers.cameras import Backoff, CameraLink
+from drivers.cameras.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
 MAX_HEADER_LINES = 64
 MAX_BOUNDARY_LINE = 1024
+READ_BUFSIZE = 256 * 1024
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
 
 
 class _Buffered:
-    """A StreamReader with our own buffer, so that every read has our own size limit."""
+    """The response body with our own buffer, so that every read has our own size limit.
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
+    aiohttp has already taken off the transfer coding (chunked or not) and TLS.
+    """
+
+    def __init__(self, body: aiohttp.StreamReader) -> None:
+        self._body = body
         self._buf = bytearray()
 
     async def _fill(self) -> None:
-        chunk = await self._reader.read(256 * 1024)
+        chunk = await self._body.readany()
         if not chunk:
             raise ProtocolError("the server closed the connection")
         self._buf += chunk
@@ -81,6 +93,21 @@ class _Buffered:
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front."""
         self._buf[:0] = data
+
+
+def _tls_context(device: str, scheme: str, ca_file: str | None,
+                 verify: bool) -> ssl.SSLContext | bool:
+    """What aiohttp's ``ssl=`` gets: a verifying context (the CA file's, else the system's),
+    False for a camera whose certificate is not checked, True for plain HTTP."""
+    if scheme != "https":
+        return True
+    if not verify:
+        log.warning("%s: TLS certificate verification is off (tls_verify = false)", device)
+        return False
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise DriverUnavailable(device, f"cannot load ca_file {ca_file}: {exc}") from None
 
 
 def _parse_headers(lines: list[bytes]) -> dict[str, str]:
@@ -118,96 +145,175 @@ def decode_gray(jpeg: bytes) -> GrayImage | None:
 
 
 def _describe(exc: BaseException, read_timeout_s: float) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate not trusted: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return f"TLS failed: {exc.os_error}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, TimeoutError):
         return f"no data for {read_timeout_s:.1f} s"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"bad HTTP response: {' '.join(exc.message.split())[:160]}"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"broken response body: {exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    return f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)
+    if isinstance(exc, OSError | aiohttp.ClientError):
+        return f"{type(exc).__name__}: {exc}"
+    return str(exc)
+
+
+class LoginRefused(ProtocolError):
+    """The camera answered 401: no login configured, or the wrong one."""
+
+
+def _challenge(response: aiohttp.ClientResponse) -> str:
+    """The scheme the server asks for in ``WWW-Authenticate``: ``basic``, ``digest``, ..."""
+    return response.headers.get("WWW-Authenticate", "").strip().partition(" ")[0].lower()
 
 
 class MjpegCamera(CameraLink):
-    """An MJPEG-over-HTTP camera with validated parsing, reconnects and drop-oldest frames."""
+    """An MJPEG-over-HTTP(S) camera with validated parsing, reconnects and drop-oldest frames.
+
+    HTTP itself (the response head, chunked transfer, TLS, Basic and Digest login) is
+    aiohttp's; the multipart body is parsed here, with our own limits.
+    """
 
     def __init__(self, camera_id: str, url: str, *, clock: Clock, encoder_at: EncoderAt,
                  latency_s: float = 0.0, queue_size: int = 2, connect_timeout_s: float = 2.0,
                  read_timeout_s: float = 2.0, max_part_bytes: int = 8 * 1024 * 1024,
-                 backoff: Backoff | None = None, executor: Executor | None = None) -> None:
+                 backoff: Backoff | None = None, executor: Executor | None = None,
+                 credentials: Credentials | None = None, ca_file: str | None = None,
+                 tls_verify: bool = True, resolution: tuple[int, int] | None = None) -> None:
         super().__init__(camera_id, clock=clock, encoder_at=encoder_at, latency_s=latency_s,
-                         queue_size=queue_size)
+                         queue_size=queue_size, resolution=resolution)
+        device = f"camera {camera_id}"
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise DriverUnavailable(f"camera {camera_id}",
-                                    f"MJPEG source must be http://HOST[:PORT]/PATH, got {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DriverUnavailable(device, "MJPEG source must be http(s)://HOST[:PORT]/PATH, "
+                                            f"got {url!r}")
+        if parts.username is not None or parts.password is not None:
+            raise DriverUnavailable(device, "no user or password in the URL: use credentials")
         try:
-            self.port = parts.port or 80
+            self.port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
-            raise DriverUnavailable(f"camera {camera_id}", f"bad port in {url!r}") from exc
+            raise DriverUnavailable(device, f"bad port in {url!r}") from exc
         self.url = url
         self.host = parts.hostname
-        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_part_bytes = max_part_bytes
         self.backoff = backoff or Backoff()
+        self.credentials = credentials
+        self._ssl = _tls_context(device, parts.scheme, ca_file, tls_verify)
+        self._basic = False  # learnt from the camera's challenge: Basic instead of Digest
         self._executor = executor
         self._task: asyncio.Task[None] | None = None
 
     async def frames(self) -> AsyncIterator[Frame]:
-        """Frames until cancelled; the link reconnects by itself."""
+        """Frames until cancelled; the link reconnects by itself.
+
+        Raises ConfigError (and stops) if the camera delivers frames of another size.
+        """
         if self._task is not None:
             raise RuntimeError(f"camera {self.camera_id}: frames() is already running")
         self._task = asyncio.create_task(self._run(), name=f"camera-{self.camera_id}")
         try:
             while True:
                 frame = await self._queue.get()
-                if frame is not None:
-                    yield frame
+                if frame is None:
+                    self._ended()
+                    return
+                yield frame
         finally:
             task, self._task = self._task, None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _client(self) -> aiohttp.ClientSession:
+        middlewares: tuple[aiohttp.ClientMiddlewareType, ...] = ()
+        if self.credentials is not None:
+            middlewares = (aiohttp.DigestAuthMiddleware(self.credentials.user,
+                                                        self.credentials.password),)
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1, force_close=True, ssl=self._ssl),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s,
+                                          sock_read=self.read_timeout_s),
+            middlewares=middlewares, auto_decompress=False, read_bufsize=READ_BUFSIZE,
+            max_line_size=MAX_HEAD, max_field_size=MAX_HEAD,
+            headers={"Accept": "multipart/x-mixed-replace, image/jpeg",
+                     "User-Agent": "parcel-sorter"})
+
     async def _run(self) -> None:
         """Connect, stream until something fails, back off, again."""
-        while True:
-            try:
-                await self._session()
-            except (OSError, ProtocolError, TimeoutError) as exc:
-                reason = _describe(exc, self.read_timeout_s)
-            except Exception as exc:  # a bug must not kill the camera: report, reconnect
-                log.exception("camera %s: unexpected error", self.camera_id)
-                reason = f"unexpected {type(exc).__name__}: {exc}"
-            self._mark_failed(reason)
-            await self.clock.sleep(self.backoff.next_delay())
+        async with self._client() as client:
+            while True:
+                delay: float | None = None
+                try:
+                    await self._session(client)
+                except ConfigError as exc:
+                    self._end(exc)
+                    return
+                except LoginRefused as exc:
+                    reason = str(exc)
+                    # Cameras lock an account out after a few bad logins: try rarely.
+                    delay = max(self.backoff.next_delay(), self.backoff.cap)
+                except (OSError, ProtocolError, TimeoutError, aiohttp.ClientError) as exc:
+                    reason = _describe(exc, self.read_timeout_s)
+                except Exception as exc:  # a bug must not kill the camera: report, reconnect
+                    log.exception("camera %s: unexpected error", self.camera_id)
+                    reason = f"unexpected {type(exc).__name__}: {exc}"
+                self._mark_failed(reason)
+                await self.clock.sleep(self.backoff.next_delay() if delay is None else delay)
 
-    async def _session(self) -> None:
-        """One connection: request, response head, then parts until an error."""
-        async with asyncio.timeout(self.connect_timeout_s):
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+    async def _request(self, client: aiohttp.ClientSession) -> aiohttp.ClientResponse:
+        headers = {}
+        if self._basic and self.credentials is not None:
+            login = f"{self.credentials.user}:{self.credentials.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(login).decode("ascii")
+        return await client.get(self.url, headers=headers, allow_redirects=False)
+
+    async def _response(self, client: aiohttp.ClientSession) -> aiohttp.ClientResponse:
+        """The response head, within the connect and read timeouts; 401 is LoginRefused."""
+        within = self.connect_timeout_s + self.read_timeout_s
         try:
-            request = (f"GET {self.target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                       "Accept: multipart/x-mixed-replace, image/jpeg\r\n"
-                       "User-Agent: parcel-sorter\r\nConnection: close\r\n\r\n")
-            writer.write(request.encode("latin-1"))
-            stream = _Buffered(reader)
-            async with asyncio.timeout(self.read_timeout_s):
-                await writer.drain()
-                head = await stream.read_until(b"\r\n\r\n", MAX_HEAD, "response header")
-            status_line, *lines = head[:-4].split(b"\r\n")
-            fields = status_line.split(b" ", 2)
-            if len(fields) < 2 or not fields[0].startswith(b"HTTP/1."):
-                raise ProtocolError(f"not an HTTP response: {status_line[:60]!r}")
-            if fields[1] != b"200":
-                raise ProtocolError(f"HTTP {status_line[9:80].decode('latin-1')} from {self.url}")
-            headers = _parse_headers(lines)
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                raise ProtocolError("chunked transfer encoding is not supported for MJPEG")
-            boundary = _boundary(headers.get("content-type", ""))
+            async with asyncio.timeout(within):
+                response = await self._request(client)
+                if response.status == 401 and self.credentials is not None \
+                        and not self._basic and _challenge(response) == "basic":
+                    response.close()
+                    self._basic = True
+                    response = await self._request(client)
+        except TimeoutError:
+            raise ProtocolError(f"no response header within {within:.1f} s") from None
+        if response.status == 401:
+            response.close()
+            asked = _challenge(response) or "a login"
+            if self.credentials is None:
+                raise LoginRefused(f"HTTP 401 from {self.url}: the camera asks for {asked}; "
+                                   "set credentials_file or credentials_env")
+            raise LoginRefused(f"HTTP 401 from {self.url}: login of user "
+                               f"{self.credentials.user!r} refused ({asked}): wrong "
+                               "credentials?")
+        return response
+
+    async def _session(self, client: aiohttp.ClientSession) -> None:
+        """One connection: request, response head, then parts until an error."""
+        response = await self._response(client)
+        try:
+            if response.status != 200:
+                raise ProtocolError(f"HTTP {response.status} {response.reason or ''} from "
+                                    f"{self.url}".replace("  ", " "))
+            boundary = _boundary(response.headers.get("Content-Type", ""))
+            stream = _Buffered(response.content)
             while True:
                 await self._part(stream, boundary)
         finally:
-            writer.transport.abort()
+            response.close()
 
     async def _part(self, stream: _Buffered, boundary: bytes) -> None:
         """Read one part and hand its frame over; raises ProtocolError on bad framing."""
@@ -247,6 +353,9 @@ class MjpegCamera(CameraLink):
             log.warning("camera %s: a JPEG of %d bytes did not decode", self.camera_id,
                         len(body))
             return
+        refusal = self._size_error(image, "mjpeg+" + self.url)
+        if refusal is not None:
+            raise refusal
         self.backoff.reset()
         self._offer(self._frame(image, arrived_at, enc, captured_at))
 

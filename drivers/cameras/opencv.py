@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from controller.clock import Clock
-from controller.errors import DriverError
+from controller.errors import ConfigError, DriverError
 from controller.vision import EncoderAt, Frame, GrayImage
 from drivers.cameras import Backoff, CameraLink
 
@@ -125,9 +125,10 @@ class OpenCVCamera(CameraLink):
     def __init__(self, camera_id: str, source: str | int, *, kind: SourceKind, clock: Clock,
                  encoder_at: EncoderAt, latency_s: float = 0.0, fps: float = 30.0,
                  loop: bool = False, queue_size: int = 2, open_timeout_s: float = 5.0,
-                 read_timeout_s: float = 2.0, backoff: Backoff | None = None) -> None:
+                 read_timeout_s: float = 2.0, backoff: Backoff | None = None,
+                 resolution: tuple[int, int] | None = None) -> None:
         super().__init__(camera_id, clock=clock, encoder_at=encoder_at, latency_s=latency_s,
-                         queue_size=queue_size)
+                         queue_size=queue_size, resolution=resolution)
         self.source = source
         self.kind = kind
         self.fps = fps
@@ -142,7 +143,10 @@ class OpenCVCamera(CameraLink):
     # --- the event loop side ---------------------------------------------------------------
 
     async def frames(self) -> AsyncIterator[Frame]:
-        """Frames until cancelled (or, for a replay that does not loop, until its end)."""
+        """Frames until cancelled (or, for a replay that does not loop, until its end).
+
+        Raises ConfigError (and stops) if the source delivers frames of another size.
+        """
         if self._thread is not None:
             raise RuntimeError(f"camera {self.camera_id}: frames() is already running")
         self._loop = asyncio.get_running_loop()
@@ -154,6 +158,7 @@ class OpenCVCamera(CameraLink):
             while True:
                 frame = await self._queue.get()
                 if frame is None:
+                    self._ended()
                     return
                 yield frame
         finally:
@@ -187,6 +192,12 @@ class OpenCVCamera(CameraLink):
 
     # --- the reader thread -----------------------------------------------------------------
 
+    def _source_text(self) -> str:
+        prefix = {"device": "v4l2:", "file": "file:", "folder": "folder:"}.get(self.kind, "")
+        if self.loop and self.kind in ("file", "folder"):
+            prefix = prefix.replace(":", "+loop:")
+        return f"{prefix}{self.source}"
+
     def _open(self) -> _Reader:
         """Open the source (blocking); raises DriverError if it cannot be opened."""
         device = f"camera {self.camera_id}"
@@ -197,6 +208,7 @@ class OpenCVCamera(CameraLink):
                 capture = cv2.VideoCapture(int(self.source), cv2.CAP_V4L2)
                 if capture.isOpened():
                     capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+                    self._ask_format(capture)
             elif self.kind == "stream":
                 params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(self.open_timeout_s * 1000),
                           cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(self.read_timeout_s * 1000)]
@@ -212,8 +224,20 @@ class OpenCVCamera(CameraLink):
             raise DriverError(device, f"cannot open {self.source}")
         return _CaptureReader(capture)
 
+    def _ask_format(self, capture: cv2.VideoCapture) -> None:
+        """Ask a device for the configured size and rate; what it delivers is checked."""
+        if self.resolution is not None:
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.resolution[0])
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.resolution[1])
+        capture.set(cv2.CAP_PROP_FPS, self.fps)
+        got = capture.get(cv2.CAP_PROP_FPS)
+        if got > 0 and abs(got - self.fps) > 0.5:
+            log.warning("camera %s: asked for %g fps, the device gives %g", self.camera_id,
+                        self.fps, got)
+
     def _run(self) -> None:
         """The thread: open, read until it fails, back off, again; until stopped."""
+        fatal: ConfigError | None = None
         try:
             while not self._stop.is_set():
                 try:
@@ -226,6 +250,9 @@ class OpenCVCamera(CameraLink):
                     reason = self._pump(reader)
                 finally:
                     reader.release()
+                if isinstance(reason, ConfigError):
+                    fatal = reason
+                    break
                 if reason is None or self._stop.is_set():
                     break
                 self._post(self._mark_failed, reason)
@@ -233,15 +260,11 @@ class OpenCVCamera(CameraLink):
         except Exception:  # a bug: say so rather than die silently
             log.exception("camera %s: reader thread failed", self.camera_id)
         finally:
-            self._post(self._queue_end)
+            self._post(self._end, fatal)
 
-    def _queue_end(self) -> None:
-        if self._queue.full():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
-
-    def _pump(self, reader: _Reader) -> str | None:
-        """Read frames until stopped or the end of a replay (None) or a failure (the reason)."""
+    def _pump(self, reader: _Reader) -> str | ConfigError | None:
+        """Read frames until stopped or the end of a replay (None), a failure (the reason) or
+        a frame of the wrong size (the refusal)."""
         replay = self.kind in ("file", "folder")
         period = 1.0 / (reader.fps or self.fps) if replay else 0.0
         due = self.clock.now()
@@ -269,6 +292,9 @@ class OpenCVCamera(CameraLink):
                 gray = to_gray(image)
             except (ValueError, cv2.error) as exc:
                 return f"unusable frame: {exc}"
+            refusal = self._size_error(gray, self._source_text())
+            if refusal is not None:
+                return refusal
             self.backoff.reset()
             self._post(self._deliver, gray, grabbed_at)
             if replay:

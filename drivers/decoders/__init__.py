@@ -9,6 +9,10 @@
 =================  ==============================================================
 
 Backends are imported only when asked for, so pyzbar is never loaded unless chosen.
+
+A line's decoders look for exactly the symbologies its label types name
+(:func:`make_line_decoders`): every symbology looked for is one more way to misread
+texture as a code, and costs decoding time.
 """
 
 from __future__ import annotations
@@ -17,10 +21,14 @@ import importlib
 from collections.abc import Sequence
 from typing import cast
 
-from controller.errors import DriverUnavailable
+from controller.config import LineConfig
+from controller.errors import ConfigError, DriverUnavailable
 from controller.vision import BarcodeDecoder
 
-__all__ = ["DEFAULT_DECODER", "available_decoders", "make_decoder"]
+from ._common import SYMBOLOGIES
+
+__all__ = ["DEFAULT_DECODER", "available_decoders", "line_formats", "make_decoder",
+           "make_line_decoders"]
 
 DEFAULT_DECODER = "located-zxing"
 
@@ -57,7 +65,8 @@ def available_decoders() -> list[str]:
 
 
 def make_decoder(name: str, formats: Sequence[str] = ("code128", "qrcode")) -> BarcodeDecoder:
-    """Build the decoder called ``name`` that looks for ``formats`` (lowercase names).
+    """Build the decoder called ``name`` that looks for ``formats`` (lowercase names; none:
+    every symbology it reads).
 
     Raises DriverUnavailable for an unknown name or a missing library, and ConfigError
     for an unknown symbology name.
@@ -74,3 +83,39 @@ def make_decoder(name: str, formats: Sequence[str] = ("code128", "qrcode")) -> B
     except (ImportError, OSError) as exc:
         raise DriverUnavailable("decoder", f"{name!r} needs a library that failed: {exc}") from exc
     return cast("BarcodeDecoder", cls(formats))
+
+
+def line_formats(config: LineConfig, source: str = "<config>") -> tuple[str, ...]:
+    """The symbologies the line's label types name (empty: any); ConfigError for unknown ones."""
+    problems = [
+        (f"decision.label_types[{i}].symbologies",
+         f"label type {label.name!r}: unknown symbology {name!r}; known: {', '.join(SYMBOLOGIES)}")
+        for i, label in enumerate(config.decision.label_types)
+        for name in label.symbologies if name.strip().lower() not in SYMBOLOGIES]
+    if problems:
+        raise ConfigError(source, problems)
+    return config.symbologies
+
+
+def make_line_decoders(config: LineConfig, source: str = "<config>") -> dict[str, BarcodeDecoder]:
+    """Each camera's decoder, looking for :func:`line_formats` and nothing else.
+
+    A camera whose decoder cannot read a symbology a label type names is a ConfigError
+    naming both (plain ``pyzbar`` reads no DataMatrix, PDF417, Aztec or MaxiCode).
+    """
+    formats = line_formats(config, source)
+    decoders: dict[str, BarcodeDecoder] = {}
+    problems: list[tuple[str, str]] = []
+    for i, camera in enumerate(config.cameras):
+        decoder = make_decoder(camera.decoder, formats)
+        reads = set(getattr(decoder, "formats", formats))
+        for label in config.decision.label_types:
+            missing = [f for f in label.symbologies if f.strip().lower() not in reads]
+            if missing:
+                problems.append((f"cameras[{i}].decoder",
+                                 f"{camera.id}: decoder {camera.decoder!r} cannot read "
+                                 f"{', '.join(missing)}, which label type {label.name!r} names"))
+        decoders[camera.id] = decoder
+    if problems:
+        raise ConfigError(source, problems)
+    return decoders

@@ -16,9 +16,12 @@ from controller.vision import GrayImage, Symbol
 SYMBOLOGIES: tuple[str, ...] = (
     "code128",
     "code39",
+    "code93",
+    "codabar",
     "ean13",
     "ean8",
     "upca",
+    "upce",
     "itf",
     "qrcode",
     "datamatrix",
@@ -36,11 +39,14 @@ _GRAY_NDIM = 2
 _COLOUR_NDIM = 3
 
 
-def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    """Normalise ``formats`` to lowercase known names; raise ConfigError on unknown ones."""
+def check_formats(formats: Sequence[str], every: Sequence[str] = SYMBOLOGIES) -> tuple[str, ...]:
+    """Normalise ``formats`` to lowercase known names; raise ConfigError on unknown ones.
+
+    No formats at all means any: ``every`` symbology the decoder reads.
+    """
     if isinstance(formats, str):  # a lone "code128" would otherwise become c, o, d, e ...
         formats = (formats,)
-    names = tuple(dict.fromkeys(f.strip().lower() for f in formats))
+    names = tuple(dict.fromkeys(f.strip().lower() for f in formats)) or tuple(every)
     problems = [
         (f"formats[{i}]", f"unknown symbology {name!r}; known: {', '.join(SYMBOLOGIES)}")
         for i, name in enumerate(names)

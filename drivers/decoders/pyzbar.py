@@ -18,31 +18,42 @@ log = logging.getLogger(__name__)
 TO_ZBAR: dict[str, zbar.ZBarSymbol] = {
     "code128": zbar.ZBarSymbol.CODE128,
     "code39": zbar.ZBarSymbol.CODE39,
+    "code93": zbar.ZBarSymbol.CODE93,
+    "codabar": zbar.ZBarSymbol.CODABAR,
     "ean13": zbar.ZBarSymbol.EAN13,
     "ean8": zbar.ZBarSymbol.EAN8,
     "upca": zbar.ZBarSymbol.UPCA,
+    "upce": zbar.ZBarSymbol.UPCE,
     "itf": zbar.ZBarSymbol.I25,
     "qrcode": zbar.ZBarSymbol.QRCODE,
 }
 _FROM_ZBAR: dict[str, str] = {
     "CODE128": "code128",
     "CODE39": "code39",
+    "CODE93": "code93",
+    "CODABAR": "codabar",
     "EAN13": "ean13",
     "EAN8": "ean8",
     "UPCA": "upca",
+    "UPCE": "upce",
     "I25": "itf",
     "QRCODE": "qrcode",
 }
 
 
 class PyzbarDecoder:
-    """pyzbar over the whole image, looking only for the ``formats`` zbar knows."""
+    """pyzbar over the whole image, looking only for the ``formats`` zbar knows.
+
+    ``formats`` holds those it looks for: the asked-for ones zbar reads (none asked for:
+    every one it reads).
+    """
 
     name = "pyzbar"
 
     def __init__(self, formats: Sequence[str] = ("code128", "qrcode")) -> None:
-        self.formats = check_formats(formats)
-        self._symbols = [TO_ZBAR[f] for f in self.formats if f in TO_ZBAR]
+        self.formats = tuple(f for f in check_formats(formats, every=tuple(TO_ZBAR))
+                             if f in TO_ZBAR)
+        self._symbols = [TO_ZBAR[f] for f in self.formats]
 
     def decode(self, image: GrayImage) -> list[Symbol]:
         return decode_with(self.find, image)

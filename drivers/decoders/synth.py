@@ -8,10 +8,11 @@ import zxingcpp
 
 from controller.vision import GrayImage
 
+_F = zxingcpp.BarcodeFormat
 _FORMATS = {
-    "code128": zxingcpp.BarcodeFormat.Code128,
-    "qrcode": zxingcpp.BarcodeFormat.QRCode,
-    "datamatrix": zxingcpp.BarcodeFormat.DataMatrix,
+    "code128": _F.Code128, "code39": _F.Code39, "code93": _F.Code93, "codabar": _F.Codabar,
+    "ean13": _F.EAN13, "ean8": _F.EAN8, "upca": _F.UPCA, "upce": _F.UPCE, "itf": _F.ITF,
+    "qrcode": _F.QRCode, "datamatrix": _F.DataMatrix,
 }
 
 

@@ -18,9 +18,12 @@ _F = zxingcpp.BarcodeFormat
 TO_ZXING: dict[str, zxingcpp.BarcodeFormat] = {
     "code128": _F.Code128,
     "code39": _F.Code39,
+    "code93": _F.Code93,
+    "codabar": _F.Codabar,
     "ean13": _F.EAN13,
     "ean8": _F.EAN8,
     "upca": _F.UPCA,
+    "upce": _F.UPCE,
     "itf": _F.ITF,
     "qrcode": _F.QRCode,
     "datamatrix": _F.DataMatrix,
@@ -32,6 +35,8 @@ TO_ZXING: dict[str, zxingcpp.BarcodeFormat] = {
 _FROM_SYMBOLOGY: dict[str, str] = {
     "Code128": "code128",
     "Code39": "code39",
+    "Code93": "code93",
+    "Codabar": "codabar",
     "ITF": "itf",
     "QRCode": "qrcode",
     "DataMatrix": "datamatrix",
@@ -40,7 +45,7 @@ _FROM_SYMBOLOGY: dict[str, str] = {
     "MaxiCode": "maxicode",
 }
 #: zxing-cpp reports EAN/UPC codes under the EANUPC symbology; the format tells them apart.
-_FROM_FORMAT: dict[str, str] = {"EAN13": "ean13", "EAN8": "ean8", "UPCA": "upca"}
+_FROM_FORMAT: dict[str, str] = {"EAN13": "ean13", "EAN8": "ean8", "UPCA": "upca", "UPCE": "upce"}
 
 
 def symbology_name(barcode: zxingcpp.Barcode) -> str:
@@ -52,7 +57,7 @@ def symbology_name(barcode: zxingcpp.Barcode) -> str:
 
 
 class ZxingDecoder:
-    """zxing-cpp over the whole image, looking only for ``formats``.
+    """zxing-cpp over the whole image, looking only for ``formats`` (none: every one it reads).
 
     ``try_invert`` is off: labels are dark on light, and the inverted pass doubles the
     cost of every frame. ``try_rotate`` stays on so 90°/270° linear codes read.
@@ -67,7 +72,7 @@ class ZxingDecoder:
         try_rotate: bool = True,
         try_downscale: bool = True,
     ) -> None:
-        self.formats = check_formats(formats)
+        self.formats = check_formats(formats, every=tuple(TO_ZXING))
         self._zx_formats = zxingcpp.BarcodeFormats([TO_ZXING[f] for f in self.formats])
         self._try_rotate = try_rotate
         self._try_downscale = try_downscale

@@ -12,10 +12,15 @@ if TYPE_CHECKING:
     from controller.clock import Clock
 
 
-def open_order_store(config: OrderStoreConfig, clock: Clock | None = None) -> OrderStore:
-    """The store the config names; lookups run on ``clock`` (the running loop's if None)."""
+def open_order_store(config: OrderStoreConfig, clock: Clock | None = None, *,
+                     create: bool = True) -> OrderStore:
+    """The store the config names; lookups run on ``clock`` (the running loop's if None).
+
+    ``create=False`` (``run``): a database that does not exist is an error, never made empty.
+    """
     if config.backend == "sqlite":
         from drivers.orders.sqlite import SqliteOrderStore
 
-        return SqliteOrderStore(config.path, timeout_s=config.timeout_ms / 1000, clock=clock)
+        return SqliteOrderStore(config.path, timeout_s=config.timeout_ms / 1000, clock=clock,
+                                create=create)
     raise DriverUnavailable("order_store", f"unknown backend {config.backend!r}")

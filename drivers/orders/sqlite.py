@@ -54,14 +54,20 @@ class SqliteOrderStore:
     """
 
     def __init__(self, path: str | Path, *, timeout_s: float = 0.2,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, create: bool = True) -> None:
         self.path = str(path)
+        self.create = create  # False: the book must exist; it is opened for lookups only
         self.timeout_s = timeout_s
         self._clock = clock
         self._worker: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None  # touched only in the worker thread
 
     def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
+        if not self.create and self.path != ":memory:":
+            if not Path(self.path).is_file():
+                raise sqlite3.OperationalError(f"no such order database: {self.path}")
+            return sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro",
+                                   timeout=busy_timeout_s, uri=True)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=busy_timeout_s)
