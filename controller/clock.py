@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import selectors
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
@@ -70,7 +71,8 @@ class _VirtualSelector(selectors.BaseSelector):
         self._real = selectors.DefaultSelector()
         self._now = now
         self._advance = advance
-        self.jobs: list[float] = []  # virtual deadlines of work running in threads (a heap)
+        # work running in threads, by virtual deadline then order of submission (a heap)
+        self.jobs: list[tuple[float, int]] = []
 
     def register(
         self, fileobj: Any, events: int, data: Any = None
@@ -88,7 +90,7 @@ class _VirtualSelector(selectors.BaseSelector):
         if ready or timeout == 0:
             return ready
         if self.jobs:
-            until_job = self.jobs[0] - self._now()
+            until_job = self.jobs[0][0] - self._now()
             if until_job <= 0:
                 # A thread's job is due and not done: wait for it for real (it wakes us
                 # through the loop's self-pipe).
@@ -114,6 +116,8 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     def __init__(self, start: float = 0.0) -> None:
         self._virtual_now = start
         self._virtual_selector = _VirtualSelector(self.time, self._advance)
+        self._tickets = itertools.count()
+        self._turns: dict[tuple[float, int], asyncio.Event] = {}  # set when a ticket is done
         super().__init__(selector=self._virtual_selector)
 
     def time(self) -> float:
@@ -122,14 +126,31 @@ class VirtualTimeEventLoop(asyncio.SelectorEventLoop):
     def _advance(self, seconds: float) -> None:
         self._virtual_now += seconds
 
-    def hold_until(self, deadline: float) -> None:
-        """Virtual time must not pass ``deadline`` until :meth:`release` of it."""
-        heapq.heappush(self._virtual_selector.jobs, deadline)
+    def hold_until(self, deadline: float) -> tuple[float, int]:
+        """Virtual time must not pass ``deadline`` until :meth:`release` of the ticket."""
+        ticket = (deadline, next(self._tickets))
+        heapq.heappush(self._virtual_selector.jobs, ticket)
+        return ticket
 
-    def release(self, deadline: float) -> None:
+    async def turn_of(self, ticket: tuple[float, int]) -> None:
+        """Wait until ``ticket`` is the first held one.
+
+        Work in threads finishes in whatever order the machine lets it; handing results
+        back by deadline, then by order of submission, keeps a virtual run the same however
+        loaded the machine is.
+        """
         jobs = self._virtual_selector.jobs
-        jobs.remove(deadline)
+        while jobs[0] != ticket:
+            turn = self._turns.setdefault(jobs[0], asyncio.Event())
+            await turn.wait()
+
+    def release(self, ticket: tuple[float, int]) -> None:
+        jobs = self._virtual_selector.jobs
+        jobs.remove(ticket)
         heapq.heapify(jobs)
+        turn = self._turns.pop(ticket, None)
+        if turn is not None:
+            turn.set()
 
 
 class VirtualClock(RealClock):
@@ -141,13 +162,19 @@ class VirtualClock(RealClock):
 
     async def offload(self, executor: Executor | None, fn: Callable[..., T], *args: Any,
                       cost: float = 0.0) -> T:
-        deadline = self._vloop.time() + max(0.0, cost)
-        self._vloop.hold_until(deadline)
+        ticket = self._vloop.hold_until(self._vloop.time() + max(0.0, cost))
         try:
-            result = await self._vloop.run_in_executor(executor, fn, *args)
+            failure: Exception | None = None
+            try:
+                result = await self._vloop.run_in_executor(executor, fn, *args)
+            except Exception as exc:  # handed back in its turn, like a result
+                failure = exc
+            await asyncio.sleep(ticket[0] - self._vloop.time())
+            await self._vloop.turn_of(ticket)
         finally:
-            self._vloop.release(deadline)
-        await asyncio.sleep(deadline - self._vloop.time())
+            self._vloop.release(ticket)
+        if failure is not None:
+            raise failure
         return result
 
 

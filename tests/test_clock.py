@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -125,3 +128,29 @@ def test_virtual_time_never_passes_a_running_job() -> None:
         return order
 
     assert run_virtual(main) == ["job at 0.02", "timer at 0.05"]
+
+
+def test_thread_results_come_back_in_deadline_then_submission_order() -> None:
+    """The job submitted first finishes last in real time; its result still comes first
+    (at equal deadlines), and an earlier deadline comes before both, whatever the load."""
+    async def main(clock: VirtualClock) -> list[tuple[str, float]]:
+        back: list[tuple[str, float]] = []
+        second_done = threading.Event()
+
+        def first() -> str:
+            second_done.wait(5.0)
+            return "first"
+
+        def second() -> str:
+            second_done.set()
+            return "second"
+
+        async def job(fn: Callable[[], str], cost: float) -> None:
+            back.append((await clock.offload(pool, fn, cost=cost), clock.now()))
+
+        with ThreadPoolExecutor(3) as pool:
+            await asyncio.gather(job(first, 0.02), job(second, 0.02),
+                                 job(lambda: "early", 0.01))
+        return back
+
+    assert run_virtual(main) == [("early", 0.01), ("first", 0.02), ("second", 0.02)]
