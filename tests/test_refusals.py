@@ -168,3 +168,18 @@ def test_a_journal_under_a_file_is_refused(tmp_path: Path,
     assert lines[1:] == [f"  journal.path: folder {tmp_path / 'state' / 'db'} cannot be created: "
                          f"{tmp_path / 'state'} is not a directory"]
     assert not (tmp_path / "state.lock").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_an_unknown_symbology_is_refused_naming_its_label_type(
+        tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _line(tmp_path)
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data["decision"]["label_types"][0]["symbologies"] = ["code128", "datamatrx"]
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    argv = ["run", "--config", str(path)] if command == "run" else ["check-config", str(path)]
+    lines = _refused(capsys, argv)
+    assert lines[0] == f"parcel-sorter: invalid line config {path}:"
+    assert len(lines) == 2
+    assert lines[1].startswith("  decision.label_types[0].symbologies: label type ")
+    assert "unknown symbology 'datamatrx'" in lines[1]

@@ -8,6 +8,7 @@ from pathlib import Path
 from controller.config import load_config
 from controller.state_paths import Purpose, require_paths
 from drivers.cameras import needs_latency
+from drivers.decoders import make_line_decoders
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def check_config(path: Path, purpose: Purpose = "run") -> int:
     """
     config = load_config(path)
     require_paths(config, str(path), purpose)  # everything it would refuse, one line each
+    make_line_decoders(config, str(path))  # the symbologies, and decoders that read them
     print(f"{path}: valid line {config.line.name!r} for {purpose}")
     print(f"  belt {config.belt.speed_mm_s:.0f} mm/s, {config.belt.encoder_counts_per_mm} "
           f"counts/mm, PE-IN at {config.induction.photo_eye_mm:.0f} mm")

@@ -240,9 +240,11 @@ def _run(args: argparse.Namespace) -> int:
     from controller.errors import JournalError
     from controller.line_lock import LineLock
     from controller.state_paths import require_paths
+    from drivers.decoders import make_line_decoders
 
     config = load_config(args.config)
     require_paths(config, str(args.config), "run")
+    make_line_decoders(config, str(args.config))  # refused here, before anything opens
     lock = LineLock(config.journal.path)
     if config.journal.path != ":memory:":
         lock.acquire()  # before the journal or any link is opened; held until exit
