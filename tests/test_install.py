@@ -24,8 +24,6 @@ UNIT = ROOT / "deploy" / "parcel-sorter.service"
 EXAMPLES = ROOT / "controller" / "app" / "examples"
 INSTALL_TIMEOUT_S = 600
 
-# one staged install serves both modules: on one worker
-pytestmark = pytest.mark.xdist_group("install")
 
 
 @dataclass(frozen=True)

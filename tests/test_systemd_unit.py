@@ -23,11 +23,8 @@ VENV_BIN = "/opt/parcel-sorter/venv/bin/parcel-sorter"
 CONFIG = "/etc/parcel-sorter/line.toml"
 MAX_EXPOSURE = 2.5
 
-pytestmark = [
-    pytest.mark.skipif(ANALYZE is None,
-                       reason="systemd-analyze is not installed (Debian package systemd)"),
-    pytest.mark.xdist_group("install"),  # the staged install of test_install: on its worker
-]
+pytestmark = pytest.mark.skipif(
+    ANALYZE is None, reason="systemd-analyze is not installed (Debian package systemd)")
 
 
 def with_targets(root: Path) -> Path:
