@@ -27,6 +27,7 @@ from drivers.cameras.opencv import OpenCVCamera
 from sim_hardware.line import PhysicalLine
 from sim_hardware.mjpeg import MjpegServer, ServerAuth
 from sim_hardware.scenario import ScenarioSpec
+from tests.test_cameras import _consuming
 
 pytestmark = pytest.mark.wallclock
 
@@ -92,24 +93,6 @@ async def _until(check: Callable[[], bool], within: float, what: str) -> None:
         if clock.now() - start > within:
             pytest.fail(f"not within {within} s: {what}")
         await clock.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def _consuming(camera: MjpegCamera) -> AsyncIterator[list[Frame]]:
-    frames: list[Frame] = []
-
-    async def consume() -> None:
-        async for frame in camera.frames():
-            frames.append(frame)  # noqa: PERF401 - the test watches the list grow
-
-    task = asyncio.create_task(consume())
-    try:
-        yield frames
-    finally:
-        task.cancel()
-        async with asyncio.timeout(5):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def _camera(server: MjpegServer, **options: object) -> MjpegCamera:
