@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import cv2
@@ -27,7 +27,7 @@ from drivers.cameras.opencv import OpenCVCamera
 from sim_hardware.line import PhysicalLine
 from sim_hardware.mjpeg import MjpegServer, ServerAuth
 from sim_hardware.scenario import ScenarioSpec
-from tests.test_cameras import _consuming
+from tests.test_cameras import _consuming, _until
 
 pytestmark = pytest.mark.wallclock
 
@@ -85,14 +85,6 @@ async def _camera_server(example_config: LineConfig, **options: object,
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-
-async def _until(check: Callable[[], bool], within: float, what: str) -> None:
-    clock = RealClock()
-    start = clock.now()
-    while not check():
-        if clock.now() - start > within:
-            pytest.fail(f"not within {within} s: {what}")
-        await clock.sleep(0.01)
 
 
 def _camera(server: MjpegServer, **options: object) -> MjpegCamera:
