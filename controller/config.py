@@ -11,18 +11,23 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from controller.config_base import Identifier, PositiveFloat, Strict
+from controller.config_io import DiagnosticsConfig as DiagnosticsConfig  # noqa: PLC0414
 from controller.config_io import LineIOConfig as LineIOConfig  # noqa: PLC0414 - re-exported
 from controller.config_io import MetricsConfig as MetricsConfig  # noqa: PLC0414 - re-exported
+from controller.config_io import MqttBrokerConfig as MqttBrokerConfig  # noqa: PLC0414
 from controller.config_io import MqttLinkConfig as MqttLinkConfig  # noqa: PLC0414 - re-exported
+from controller.config_io import MqttTlsConfig as MqttTlsConfig  # noqa: PLC0414
 from controller.config_io import (
     SerialLinkConfig as SerialLinkConfig,  # noqa: PLC0414 - re-exported
 )
 from controller.errors import ConfigError
+
+B = TypeVar("B", bound=MqttBrokerConfig)
 
 
 class LineInfo(Strict):
@@ -232,6 +237,7 @@ class LineConfig(Strict):
     sort_plan: SortPlanConfig
     line_io: LineIOConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
+    diagnostics: DiagnosticsConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> LineConfig:
@@ -339,9 +345,10 @@ def load_config(path: str | Path) -> LineConfig:
     base = path.parent
     archive = config.archive.path
     line_io = config.line_io
-    if line_io is not None and line_io.mqtt is not None and line_io.mqtt.password_file:
-        line_io = line_io.model_copy(update={"mqtt": line_io.mqtt.model_copy(update={
-            "password_file": str(_resolve(base, line_io.mqtt.password_file))})})
+    if line_io is not None and line_io.mqtt is not None:
+        line_io = line_io.model_copy(update={"mqtt": _broker_paths(base, line_io.mqtt)})
+    diagnostics = (_broker_paths(base, config.diagnostics) if config.diagnostics is not None
+                   else None)
     cameras = [c.model_copy(update={
         "credentials_file": str(_resolve(base, c.credentials_file)) if c.credentials_file
         else None,
@@ -349,6 +356,7 @@ def load_config(path: str | Path) -> LineConfig:
         for c in config.cameras]
     return config.model_copy(update={
         "line_io": line_io,
+        "diagnostics": diagnostics,
         "cameras": cameras,
         "order_store": config.order_store.model_copy(
             update={"path": str(_resolve(base, config.order_store.path))}),
@@ -357,6 +365,18 @@ def load_config(path: str | Path) -> LineConfig:
         "archive": config.archive.model_copy(
             update={"path": str(_resolve(base, archive)) if archive else None}),
     })
+
+
+def _broker_paths(base: Path, broker: B) -> B:
+    """A broker section with its password and TLS files resolved beside the config."""
+    update: dict[str, Any] = {}
+    if broker.password_file:
+        update["password_file"] = str(_resolve(base, broker.password_file))
+    if broker.tls is not None:
+        update["tls"] = broker.tls.model_copy(update={
+            name: str(_resolve(base, value)) for name in ("ca_file", "certfile", "keyfile")
+            if (value := getattr(broker.tls, name)) is not None})
+    return broker.model_copy(update=update) if update else broker
 
 
 def _resolve(base: Path, value: str) -> Path:

@@ -1,5 +1,6 @@
 """The line config's sections for what the controller reaches over a wire or the network:
-the line I/O links (serial board, MQTT broker) and the metrics endpoint.
+the line I/O links (serial board, MQTT broker), the technicians' diagnostics broker and the
+metrics endpoint.
 
 :mod:`controller.config` re-exports them.
 """
@@ -26,15 +27,39 @@ class SerialLinkConfig(Strict):
     reconnect_max_s: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
-class MqttLinkConfig(Strict):
-    """Diverter nodes (and optionally the sensors) behind an MQTT broker."""
+class MqttTlsConfig(Strict):
+    """TLS to an MQTT broker. Paths are relative to the config file's folder."""
+
+    ca_file: str | None = Field(default=None,
+                                description="CA certificate(s) to verify the broker; "
+                                            "default: the system's")
+    certfile: str | None = Field(default=None, description="client certificate, if the "
+                                                           "broker asks for one")
+    keyfile: str | None = Field(default=None, description="the client certificate's key")
+    verify: bool = Field(default=True, description="verify the broker's certificate and name")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> MqttTlsConfig:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together")
+        return self
+
+
+class MqttBrokerConfig(Strict):
+    """How to reach and log in to an MQTT broker."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
     username: str | None = None
     password_file: str | None = Field(default=None, description="file holding the password")
-    client_id: str | None = Field(default=None, description="default: parcel-sorter-<line>")
+    tls: MqttTlsConfig | None = Field(default=None, description="absent: plain TCP")
     topic_prefix: str = Field(default="sorter", pattern=r"^[A-Za-z0-9_/-]{1,64}$")
+
+
+class MqttLinkConfig(MqttBrokerConfig):
+    """Diverter nodes (and optionally the sensors) behind an MQTT broker."""
+
+    client_id: str | None = Field(default=None, description="default: parcel-sorter-<line>")
     qos: Literal[0, 1] = 1
     keepalive_s: Annotated[int, Field(ge=1, le=600)] = 10
     heartbeat_ms: Annotated[float, Field(ge=10, le=1000)] = 100.0
@@ -58,6 +83,19 @@ class LineIOConfig(Strict):
             if getattr(self, link) is None:
                 raise ValueError(f"{role} = {link!r} but there is no [line_io.{link}] section")
         return self
+
+
+class DiagnosticsConfig(MqttBrokerConfig):
+    """The technicians' view and commands over MQTT (docs/diagnostics-protocol.md): off
+    unless the config has this section (or ``--mqtt`` names a broker)."""
+
+    client_id: str | None = Field(default=None,
+                                  description="default: parcel-sorter-<line>-diag")
+    keepalive_s: Annotated[int, Field(ge=1, le=600)] = 5
+    metrics_every_s: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
+    queue_limit: Annotated[int, Field(ge=10, le=100_000)] = 1000
+    trace_messages: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000
+    reconnect_max_s: Annotated[float, Field(gt=0, le=60)] = 5.0
 
 
 class MetricsConfig(Strict):
