@@ -116,11 +116,13 @@ async def run_shift(
     line_link: LineLink = "inprocess",
     link_options: LinkOptions = LinkOptions(),
     during: Callable[[Rig], Coroutine[Any, Any, None]] | None = None,
+    with_sorter: Callable[[Sorter], None] | None = None,
 ) -> ShiftResult:
     """Run one shift to its end: every parcel physically settled and finally disposed.
 
     The shift's order book, journal and no-read archive are made afresh in ``workdir``,
-    whatever paths the config names.
+    whatever paths the config names. ``with_sorter`` is handed the controller before it
+    starts (a test bench's technician: to command it mid-shift).
     """
     from drivers.decoders import make_line_decoders
     from sim_hardware.devices import SimLineIO
@@ -151,6 +153,8 @@ async def run_shift(
                         decode_cost_s=decode_cost_s, wait_for_frames=free_running)
         if on_final is not None:
             sorter.listeners.append(on_final)
+        if with_sorter is not None:
+            with_sorter(sorter)
         # The links are up: the infeed waits until the controller is ready to sort.
         records = await _run_to_end(sorter, rig, clock, during, infeed=sorter.ready)
         return ShiftResult(
