@@ -14,7 +14,7 @@ from pathlib import Path
 from controller.config import MqttBrokerConfig, MqttTlsConfig
 from controller.errors import DriverUnavailable
 
-__all__ = ["Login", "login", "tls_context"]
+__all__ = ["Login", "close_failed_handshakes", "login", "tls_context"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,19 @@ def _read_password(path: str | None, device: str) -> str | None:
         raise DriverUnavailable(device, f"cannot read the password file {path}: {exc}") from None
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSL socket that closes itself when its handshake fails. paho-mqtt (2.2) drops the
+    socket of a failed handshake unclosed: an fd until the collector finds it, and a
+    ResourceWarning, on every attempt of a link that reconnects forever."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 def tls_context(tls: MqttTlsConfig, device: str) -> ssl.SSLContext:
     """A client context: the broker verified against ``ca_file`` (or the system's CAs) and
     its name checked, unless ``verify`` is off; a client certificate if one is given."""
@@ -62,4 +75,10 @@ def tls_context(tls: MqttTlsConfig, device: str) -> ssl.SSLContext:
     if not tls.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    return close_failed_handshakes(context)
+
+
+def close_failed_handshakes(context: ssl.SSLContext) -> ssl.SSLContext:
+    """``context``, its sockets closed by a failed handshake (for paho-mqtt's clients)."""
+    context.sslsocket_class = _ClosingSSLSocket
     return context

@@ -12,6 +12,11 @@ With ``deploy=True`` it runs the production rules instead: deploy/mosquitto.conf
 deploy/mosquitto.acl, no anonymous access, and a password file generated for this broker
 (``mosquitto_passwd -b``) with a random password for every user the ACL names
 (:attr:`Mosquitto.passwords`; :meth:`Mosquitto.write_secrets` hands them to ``emulate``).
+With ``tls=True`` as well it also runs the deploy config's TLS listener, on a second free
+loopback port (:attr:`Mosquitto.tls_port`): that block's own settings, with its CA,
+certificate and key swapped for ones made for this broker with ``trustme`` (a CA of its own,
+:attr:`Mosquitto.ca_path` for the clients, and a server certificate for 127.0.0.1 and
+localhost).
 
 Without a mosquitto binary (``apt-get install mosquitto``) it raises
 :class:`~controller.errors.DriverUnavailable`; tests call :func:`mosquitto_path` first and
@@ -32,6 +37,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -46,6 +52,15 @@ DEPLOY_ACL = DEPLOY / "mosquitto.acl"
 _OWN_SETTINGS = frozenset({"listener", "log_dest", "log_type", "persistence",
                            "connection_messages", "password_file", "acl_file",
                            "allow_anonymous", "per_listener_settings", "user"})
+# mosquitto's settings that belong to the listener line above them; the others are global
+_LISTENER_SETTINGS = frozenset({
+    "bind_address", "bind_interface", "http_dir", "max_connections", "max_qos",
+    "max_topic_alias", "mount_point", "protocol", "socket_domain", "use_username_as_clientid",
+    "websockets_headers_size", "cafile", "capath", "certfile", "keyfile", "ciphers",
+    "ciphers_tls1.3", "crlfile", "dhparamfile", "require_certificate", "tls_engine",
+    "tls_engine_kpass_sha1", "tls_keyform", "tls_version", "use_identity_as_username",
+    "use_subject_as_username", "psk_hint"})
+_TLS_FILES = ("cafile", "certfile", "keyfile")
 
 
 def mosquitto_path() -> str | None:
@@ -66,14 +81,83 @@ def acl_users(acl: Path = DEPLOY_ACL) -> list[str]:
     return users
 
 
-def deploy_settings(conf: Path = DEPLOY_CONF) -> list[str]:
-    """The deploy config's settings but those a test broker sets itself."""
-    kept = []
+@dataclass(frozen=True)
+class Listener:
+    """One ``listener`` line of a mosquitto config and the settings that belong to it."""
+
+    address: str  # the words after ``listener``: port, and the bind address if any
+    settings: tuple[str, ...]
+
+    @property
+    def tls(self) -> bool:
+        return any(line.split()[0] == "certfile" for line in self.settings)
+
+    def with_files(self, files: Mapping[str, Path]) -> list[str]:
+        """Its settings, the path of each setting in ``files`` (``cafile``, ...) replaced."""
+        lines = []
+        for line in self.settings:
+            key = line.split()[0]
+            lines.append(f"{key} {files[key]}" if key in files else line)
+        return lines
+
+
+def _read_conf(conf: Path) -> tuple[list[str], list[Listener]]:
+    """A config's global settings and its listeners, comments and blank lines left out."""
+    settings: list[str] = []
+    listeners: list[tuple[str, list[str]]] = []
     for line in conf.read_text(encoding="utf-8").splitlines():
         text = line.strip()
-        if text and not text.startswith("#") and text.split()[0] not in _OWN_SETTINGS:
-            kept.append(text)
-    return kept
+        if not text or text.startswith("#"):
+            continue
+        key, _, rest = text.partition(" ")
+        if key == "listener":
+            listeners.append((rest.strip(), []))
+        elif key in _LISTENER_SETTINGS and listeners:
+            listeners[-1][1].append(text)
+        else:
+            settings.append(text)
+    return settings, [Listener(address, tuple(lines)) for address, lines in listeners]
+
+
+def deploy_settings(conf: Path = DEPLOY_CONF) -> list[str]:
+    """The deploy config's global settings but those a test broker sets itself (its
+    listeners and their settings are left out: see :func:`deploy_tls_listener`)."""
+    settings, _ = _read_conf(conf)
+    return [text for text in settings if text.split()[0] not in _OWN_SETTINGS]
+
+
+def deploy_tls_listener(conf: Path = DEPLOY_CONF) -> Listener:
+    """The deploy config's TLS listener (the one with a ``certfile``)."""
+    found = [listener for listener in _read_conf(conf)[1] if listener.tls]
+    if len(found) != 1:
+        raise ValueError(f"{conf} has {len(found)} TLS listeners (a certfile after a "
+                         "listener line), not one")
+    missing = [key for key in _TLS_FILES
+               if not any(line.split()[0] == key for line in found[0].settings)]
+    if missing:
+        raise ValueError(f"{conf}: its TLS listener has no {', '.join(missing)}")
+    return found[0]
+
+
+def write_test_certificates(directory: Path) -> dict[str, Path]:
+    """A CA of its own and a server certificate for 127.0.0.1 and localhost, by ``trustme``
+    (a dev dependency): ``{"cafile": ..., "certfile": ..., "keyfile": ...}``."""
+    try:
+        import trustme
+    except ImportError:
+        raise DriverUnavailable(DEVICE, "a TLS test broker needs trustme "
+                                        "(pip install trustme)") from None
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    files = {"cafile": directory / "ca.crt", "certfile": directory / "broker.crt",
+             "keyfile": directory / "broker.key"}
+    ca.cert_pem.write_to_path(str(files["cafile"]))
+    with files["certfile"].open("wb") as chain:
+        for pem in server.cert_chain_pems:
+            chain.write(pem.bytes())
+    files["keyfile"].touch(mode=0o600)
+    server.private_key_pem.write_to_path(str(files["keyfile"]))
+    return files
 
 
 def write_password_file(path: Path, passwords: Mapping[str, str]) -> None:
@@ -116,17 +200,31 @@ class Mosquitto:
 
     def __init__(self, port: int | None = None, *, executable: str | None = None,
                  allow_anonymous: bool = True, settings: Sequence[str] = (),
-                 deploy: bool = False, acl: Path = DEPLOY_ACL,
+                 deploy: bool = False, acl: Path = DEPLOY_ACL, tls: bool = False,
+                 tls_port: int | None = None, conf: Path = DEPLOY_CONF,
                  start_timeout_s: float = 5.0, stop_timeout_s: float = 3.0) -> None:
+        """``deploy``: the rules of ``conf`` and ``acl``; ``tls`` (with ``deploy``): also the
+        TLS listener of ``conf``, on ``tls_port`` (a free one unless given)."""
         exe = executable or mosquitto_path()
         if exe is None:
             raise DriverUnavailable(DEVICE, "mosquitto is not installed "
                                             "(Debian: apt-get install mosquitto)")
+        if tls and not deploy:
+            raise ValueError("tls=True runs the deploy config's TLS listener: it needs "
+                             "deploy=True")
         self.executable = exe
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port(self.host)
         self.deploy = deploy
         self.acl = acl
+        self.conf = conf
+        self.tls = tls
+        self._fixed_tls_port = tls_port is not None
+        # the TLS listener's port (None without ``tls``)
+        self.tls_port = (tls_port if tls_port is not None else free_port(self.host)) if tls \
+            else None
+        self._tls_listener = deploy_tls_listener(conf) if tls else None
+        self._tls_files: dict[str, Path] | None = None
         self.allow_anonymous = allow_anonymous and not deploy
         self.settings = tuple(settings)
         # the deploy rules' users and their passwords (empty without ``deploy``)
@@ -157,6 +255,18 @@ class Mosquitto:
     @property
     def passwd_path(self) -> Path:
         return self.directory / "mosquitto.passwd"
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate that signed the TLS listener's (``tls=True`` only)."""
+        if not self.tls:
+            raise ValueError("this broker has no TLS listener (tls=False)")
+        return self._certificates()["cafile"]
+
+    def _certificates(self) -> dict[str, Path]:
+        if self._tls_files is None:
+            self._tls_files = write_test_certificates(self.directory)
+        return self._tls_files
 
     def credentials(self, user: str) -> tuple[str, str]:
         """``(username, password)`` of a deploy user, for a client."""
@@ -208,6 +318,8 @@ class Mosquitto:
             f"user {pwd.getpwuid(os.getuid()).pw_name}",
             *self._deploy_lines(),
             *self.settings,
+            # last: a listener's own settings follow its listener line
+            *self._tls_lines(),
         ]
         self.conf_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -216,8 +328,14 @@ class Mosquitto:
             return []
         if not self.passwd_path.exists():
             write_password_file(self.passwd_path, self.passwords)
-        return [*deploy_settings(), f"password_file {self.passwd_path}",
+        return [*deploy_settings(self.conf), f"password_file {self.passwd_path}",
                 f"acl_file {self.acl}"]
+
+    def _tls_lines(self) -> list[str]:
+        if self._tls_listener is None:
+            return []
+        return [f"listener {self.tls_port} {self.host}",
+                *self._tls_listener.with_files(self._certificates())]
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -225,10 +343,14 @@ class Mosquitto:
         """Start the broker and wait until its port accepts connections."""
         if self.running:
             return
-        attempts = 1 if self._fixed_port or self.starts > 0 else 5
+        fixed = self._fixed_port and (self._fixed_tls_port or not self.tls)
+        attempts = 1 if fixed or self.starts > 0 else 5
         for attempt in range(attempts):
-            if attempt:
-                self.port = free_port(self.host)  # someone took the port we picked: another
+            if attempt:  # someone took a port we picked: others
+                if not self._fixed_port:
+                    self.port = free_port(self.host)
+                if self.tls and not self._fixed_tls_port:
+                    self.tls_port = free_port(self.host)
             self._write_conf()
             with (self.directory / "stderr.log").open("ab") as stderr:
                 self._proc = subprocess.Popen(  # our own binary and config
@@ -238,19 +360,26 @@ class Mosquitto:
                 self.starts += 1
                 return
             self._reap()
-        raise DriverUnavailable(DEVICE, f"mosquitto did not come up on {self.host}:{self.port}"
+        ports = ", ".join(str(p) for p in self._ports())
+        raise DriverUnavailable(DEVICE, f"mosquitto did not come up on {self.host}:{ports}"
                                         f"\n{self.log_text()[-2000:]}")
+
+    def _ports(self) -> list[int]:
+        return [self.port] + ([self.tls_port] if self.tls_port is not None else [])
 
     def _wait_accepting(self) -> bool:
         deadline = time.monotonic() + self.start_timeout_s
+        waiting = self._ports()
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 return False
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return True
+                with socket.create_connection((self.host, waiting[0]), timeout=0.2):
+                    waiting.pop(0)
             except OSError:
                 time.sleep(0.01)
+            if not waiting:
+                return True
         return False
 
     def _reap(self) -> None:

@@ -35,7 +35,7 @@ from controller.lineio import (
     PhotoEyeEdge,
 )
 from drivers.lineio.mqtt import MqttLineIO
-from sim_hardware.broker import Mosquitto, mosquitto_path
+from sim_hardware.broker import DEPLOY_ACL, Mosquitto, deploy_settings, mosquitto_path
 from sim_hardware.line import PhysicalLine
 from sim_hardware.mqtt_nodes import MqttNodes
 from sim_hardware.scenario import ScenarioSpec, generate
@@ -442,11 +442,7 @@ async def test_sensor_events_in_order_deduplicated_across_outage(
 def _deploy_settings(passwd: Path) -> list[str]:
     """deploy/mosquitto.conf's settings, with our password file and the deploy ACL, for a
     loopback test broker (listener, logging and persistence are the test broker's own)."""
-    own = {"listener", "log_dest", "log_type", "persistence", "connection_messages",
-           "password_file", "acl_file", "allow_anonymous", "per_listener_settings"}
-    lines = [ln.strip() for ln in (ROOT / "deploy" / "mosquitto.conf").read_text().splitlines()]
-    kept = [ln for ln in lines if ln and not ln.startswith("#") and ln.split()[0] not in own]
-    return [*kept, f"password_file {passwd}", f"acl_file {ROOT / 'deploy' / 'mosquitto.acl'}"]
+    return [*deploy_settings(), f"password_file {passwd}", f"acl_file {DEPLOY_ACL}"]
 
 
 USERS = ["controller", "technician", "line1-D1", "line1-D2", "line1-sensors"]

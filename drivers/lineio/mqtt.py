@@ -22,7 +22,6 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 from types import TracebackType
 
 import aiomqtt
@@ -36,6 +35,7 @@ from drivers.lineio import mqtt_codec as codec
 from drivers.lineio.aiomqtt_fast import NODELAY, send_now
 from drivers.lineio.mqtt_book import DEVICE, CommandBook, Inbound, MqttStats
 from drivers.lineio.tasks import cancel_and_wait
+from drivers.mqtt_client import login
 
 __all__ = ["DEVICE", "MqttLineIO", "MqttStats"]
 
@@ -43,15 +43,6 @@ log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 2.0  # aiomqtt's own bound on CONNACK, SUBACK and a clean DISCONNECT
 CANCEL_TIMEOUT_S = 0.2
-
-
-def _read_password(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DriverUnavailable(DEVICE, f"cannot read the password file {path}: {exc}") from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -81,7 +72,7 @@ class MqttLineIO:
         self.book = CommandBook(self.topics, diverters, sensors=sensors,
                                 where=f"{config.host}:{config.port}")
         self.stats: MqttStats = self.book.stats
-        self._password = _read_password(config.password_file)
+        self._login = login(config, DEVICE)  # a bad password or TLS file fails here
         self._backoff = backoff or Backoff(0.05, config.reconnect_max_s)
         self._up = asyncio.Event()
         self._closing = False
@@ -300,9 +291,11 @@ class MqttLineIO:
             await self.clock.sleep(self._backoff.next_delay())
 
     def _new_client(self) -> aiomqtt.Client:
+        broker = self._login
         client = aiomqtt.Client(
-            self.config.host, self.config.port, identifier=self.client_id,
-            username=self.config.username, password=self._password,
+            broker.hostname, broker.port, identifier=self.client_id,
+            username=broker.username, password=broker.password,
+            tls_context=broker.tls_context,
             keepalive=self.config.keepalive_s, clean_session=True, timeout=CALL_TIMEOUT_S,
             will=aiomqtt.Will(self.topics.controller_status, codec.encode_status("offline"), qos=1,
                               retain=True),
