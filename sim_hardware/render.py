@@ -13,6 +13,7 @@ reading direction is (cos a, -sin a) and its downward direction (sin a, cos a).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,29 @@ def _texture(
     return t * sigma
 
 
+Tiles = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.uint8],
+              npt.NDArray[np.uint8]]
+
+
+@functools.lru_cache(maxsize=8)
+def _tiles(seed: int, width_px: int, height_px: int, noise_sigma: float) -> Tiles:
+    """Belt, cardboard and noise (+, -) tiles: the same for the same arguments, so a renderer
+    reuses those of an earlier one (read-only: they cost 0.4 s to draw at 1080p)."""
+    rng = np.random.default_rng((seed, 1))
+    h, w = height_px, width_px
+    belt = BELT_GRAY + _texture(rng, (h, w), 3.0, 1.5)
+    belt += 2.0 * np.sin(np.arange(h, dtype=np.float32) * 0.7)[:, None]
+    card = _texture(rng, (h, 2 * w), 4.0, 6.0) + _texture(rng, (h, 2 * w), 2.5, 0.7)
+    noise = np.rint(_texture(rng, (h + NOISE_PAD, w + NOISE_PAD), noise_sigma, 0.0))
+    tiles = (np.clip(np.rint(belt), 0, 255).astype(np.uint8),
+             np.clip(np.rint(128 + card), 0, 255).astype(np.uint8),
+             np.clip(noise, 0, 255).astype(np.uint8),
+             np.clip(-noise, 0, 255).astype(np.uint8))
+    for tile in tiles:
+        tile.flags.writeable = False
+    return tiles
+
+
 class FrameRenderer:
     """Renders one camera's frames; deterministic for a given seed and call sequence."""
 
@@ -126,20 +150,8 @@ class FrameRenderer:
         self.glare_px = glare_px
         self.glare_at = glare_at if glare_at is not None else (width_px / 2, height_px / 2)
         self._rng = np.random.default_rng(seed)
-        rng = np.random.default_rng((seed, 1))
-        h, w = height_px, width_px
-
-        belt = BELT_GRAY + _texture(rng, (h, w), 3.0, 1.5)
-        belt += 2.0 * np.sin(np.arange(h, dtype=np.float32) * 0.7)[:, None]
-        self._belt = np.clip(np.rint(belt), 0, 255).astype(np.uint8)
-
-        card = _texture(rng, (h, 2 * w), 4.0, 6.0) + _texture(rng, (h, 2 * w), 2.5, 0.7)
-        self._card = np.clip(np.rint(128 + card), 0, 255).astype(np.uint8)
-
-        noise = _texture(rng, (h + NOISE_PAD, w + NOISE_PAD), noise_sigma, 0.0)
-        noise = np.rint(noise)
-        self._noise_pos = np.clip(noise, 0, 255).astype(np.uint8)
-        self._noise_neg = np.clip(-noise, 0, 255).astype(np.uint8)
+        self._belt, self._card, self._noise_pos, self._noise_neg = _tiles(
+            seed, width_px, height_px, noise_sigma)
         self._noise = noise_sigma > 0
 
     def _to_px(self, view_x0_mm: float, x_mm: float, y_mm: float) -> tuple[float, float]:
