@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from controller.clock import Clock
 from controller.config import DiverterConfig, LineConfig
 from controller.disposition import END_OF_LINE, Disposition
+from controller.message_log import MessageLog
 from controller.parcel import Belt, Finalise, ParcelState
 
 log = logging.getLogger(__name__)
@@ -22,11 +24,15 @@ END_REACH_MM = 20.0  # beyond the read tolerance, for a parcel turned or pushed 
 class Confirmations:
     """Settles each parcel's disposition from what the line's sensors saw of it."""
 
-    def __init__(self, config: LineConfig, belt: Belt, finalise: Finalise) -> None:
+    def __init__(self, config: LineConfig, belt: Belt, finalise: Finalise, clock: Clock, *,
+                 messages: MessageLog | None = None) -> None:
         self._config = config
+        self._clock = clock
         self._belt = belt
         self._finalise = finalise
         self._cpm = config.belt.encoder_counts_per_mm
+        self._messages = messages if messages is not None else MessageLog()
+        self._link = config.line_io.sensors if config.line_io is not None else "inprocess"
 
     def bin_level(self, bin_id: str, full: bool) -> None:
         """A bin's full sensor changed; an emptied bin counts from zero again."""
@@ -60,6 +66,8 @@ class Confirmations:
                 suspect.strayed_into = bin_id
             return
         _, parcel = min(fits, key=lambda fit: fit[0])
+        self._messages.record(parcel.parcel_id, "received", self._link, "bin_entry",
+                              {"bin": bin_id, "enc": enc}, at=self._clock.now())
         self._belt.unbook(parcel, bin_id)
         self._belt.bins[bin_id].confirmed += 1
         await self._finalise(parcel, parcel.disposition or Disposition.SORTED, bin_id)
@@ -86,6 +94,8 @@ class Confirmations:
             self._belt.stats.unknown_end_arrivals += 1
             log.warning("end of line: a parcel arrived that is not tracked (enc %d)", enc)
             return
+        self._messages.record(parcel.parcel_id, "received", self._link, "end_arrival",
+                              {"enc": enc}, at=self._clock.now())
         if parcel.route == END_OF_LINE and parcel.disposition is not None:
             await self._finalise(parcel, parcel.disposition, END_OF_LINE)
         elif parcel.command is not None and parcel.route is not None:

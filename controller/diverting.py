@@ -9,6 +9,7 @@ from controller.config import LineConfig
 from controller.disposition import Disposition
 from controller.errors import DriverError, DriverTimeout
 from controller.lineio import DivertCommand, LineIO
+from controller.message_log import MessageLog
 from controller.parcel import Belt, ParcelState
 from controller.routing import Route
 from controller.telemetry import NO_TELEMETRY, Telemetry
@@ -20,11 +21,12 @@ class DivertScheduler:
     """Schedules a parcel's divert for when its centre is at the diverter, if still in time.
 
     A divert that cannot be sent in time, or that the line's I/O side refuses, is not
-    retried: the parcel rides to the end of the line (LATE or DIVERT_FAULT).
+    retried: the parcel rides to the end of the line (LATE or DIVERT_FAULT). Each command,
+    its answer (with its latency) or its lack of one is written to ``messages``.
     """
 
     def __init__(self, config: LineConfig, line_io: LineIO, belt: Belt, clock: Clock, *,
-                 telemetry: Telemetry = NO_TELEMETRY) -> None:
+                 telemetry: Telemetry = NO_TELEMETRY, messages: MessageLog | None = None) -> None:
         self._config = config
         self._clock = clock
         self._telemetry = telemetry
@@ -32,12 +34,19 @@ class DivertScheduler:
         self._belt = belt
         self._cpm = config.belt.encoder_counts_per_mm
         self._next_command_id = 1
+        self._messages = messages if messages is not None else MessageLog()
+        self._links = {d.id: config.diverter_link(d) for d in config.diverters}
+
+    def next_command_id(self) -> int:
+        """A command id no other divert of this controller has (a test fire's too)."""
+        command_id, self._next_command_id = self._next_command_id, self._next_command_id + 1
+        return command_id
 
     async def divert(self, parcel: ParcelState, route: Route) -> None:
         """Send the divert the route asks for; the parcel's route and reason say what came of it."""
         if parcel.lost_track:
             return  # decided while tracking was lost: already finalised, never fired for
-        bin_id, disposition, reason = route.bin, route.disposition, route.reason
+        bin_id = route.bin
         diverter = self._config.diverter_for_bin(bin_id)
         fire_enc = parcel.window.enc_when_centre_at(diverter.position_mm)
         lead_mm = diverter.actuation_ms / 1000 * self._config.belt.speed_mm_s
@@ -47,31 +56,35 @@ class DivertScheduler:
                           f"decision for {bin_id} came {self._line_io.encoder() - deadline_enc}"
                           " counts after its deadline")
             return
-        command = DivertCommand(self._next_command_id, parcel.parcel_id, diverter.id,
+        command = DivertCommand(self.next_command_id(), parcel.parcel_id, diverter.id,
                                 fire_enc, diverter.pulse_ms)
-        self._next_command_id += 1
         # Booked before the reply: a bin must not be over-booked by decisions in flight.
         self._belt.book(parcel, bin_id)
         sent_at = self._clock.now()
+        link, messages = self._links[diverter.id], self._messages
+        messages.record(parcel.parcel_id, "sent", link, "divert",
+                        {"command": command.command_id, "diverter": diverter.id,
+                         "fire_enc": fire_enc}, at=sent_at)
         try:
             reply = await self._line_io.divert(command)
-        except DriverTimeout as exc:
-            # Sent but unanswered: the driver takes it back, yet it may have fired already.
-            # Kept as sent, so the bin's photo-eye or the end of the line settles it.
-            self._belt.stats.unanswered_diverts += 1
-            parcel.command, parcel.route = command, bin_id
-            parcel.disposition = disposition
-            parcel.reason = f"{reason}; divert unanswered ({exc}), cancelled"
-            return
-        except DriverError as exc:  # LinkDown and the like: never sent
-            self._belt.unbook(parcel, bin_id)
-            parcel.to_end(Disposition.DIVERT_FAULT, f"divert not sent: {exc}")
+        except DriverError as exc:
+            messages.record(parcel.parcel_id, "received", link, "divert_unanswered"
+                            if isinstance(exc, DriverTimeout) else "divert_not_sent",
+                            {"command": command.command_id, "error": str(exc)},
+                            at=self._clock.now())
+            self._failed(parcel, route, command, exc)
             return
         except BaseException:
             # Not known whether it went out: the decision fails and the parcel goes to the end.
             self._belt.unbook(parcel, bin_id)
             raise
-        self._telemetry.observe_divert(self._clock.now() - sent_at)
+        answered_at = self._clock.now()
+        messages.record(parcel.parcel_id, "received", link, "divert_answer",
+                        {"command": command.command_id, "accepted": reply.accepted}
+                        if reply.accepted else
+                        {"command": command.command_id, "accepted": False,
+                         "reason": reply.reason}, at=answered_at, latency_s=answered_at - sent_at)
+        self._telemetry.observe_divert(answered_at - sent_at)
         if parcel.lost_track:  # given up while the answer was on its way
             self._belt.unbook(parcel, bin_id)
             return
@@ -82,4 +95,19 @@ class DivertScheduler:
                           f"{diverter.id} refused the divert: {reply.reason}")
             return
         parcel.command, parcel.route = command, bin_id
-        parcel.disposition, parcel.reason = disposition, reason
+        parcel.disposition, parcel.reason = route.disposition, route.reason
+
+    def _failed(self, parcel: ParcelState, route: Route, command: DivertCommand,
+                exc: DriverError) -> None:
+        bin_id = route.bin
+        if isinstance(exc, DriverTimeout):
+            # Sent but unanswered: the driver takes it back, yet it may have fired already.
+            # Kept as sent, so the bin's photo-eye or the end of the line settles it.
+            self._belt.stats.unanswered_diverts += 1
+            parcel.command, parcel.route = command, bin_id
+            parcel.disposition = route.disposition
+            parcel.reason = f"{route.reason}; divert unanswered ({exc}), cancelled"
+            return
+        # LinkDown and the like: never sent
+        self._belt.unbook(parcel, bin_id)
+        parcel.to_end(Disposition.DIVERT_FAULT, f"divert not sent: {exc}")

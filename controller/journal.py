@@ -4,14 +4,16 @@ A parcel is written when inducted and again, exactly once, when it reaches its f
 disposition; the count only moves after that write is committed. Parcels left open by a
 crash are closed as LOST when the journal is opened again. A write the storage refuses
 (disk full, I/O error) raises :class:`JournalError`: outcomes can no longer be made durable.
+Beside the parcels, the ``audit`` table keeps every technician's command and its result.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,20 @@ CREATE TABLE IF NOT EXISTS parcels (
     order_created_at REAL
 );
 CREATE INDEX IF NOT EXISTS parcels_open ON parcels (disposition) WHERE disposition IS NULL;
+CREATE INDEX IF NOT EXISTS parcels_code ON parcels (code, parcel_id);
+CREATE TABLE IF NOT EXISTS audit (
+    at REAL NOT NULL,
+    wall TEXT NOT NULL,
+    who TEXT NOT NULL,
+    verb TEXT NOT NULL,
+    args TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT
+);
 """
+MAX_PARCEL_ID = 2**63 - 1  # SQLite's largest integer
+_FIND_BY_ID = "SELECT * FROM parcels WHERE parcel_id = ?"
+_FIND_BY_CODE = "SELECT * FROM parcels WHERE code = ? ORDER BY parcel_id DESC LIMIT 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +74,19 @@ class FinalRecord:
     decided_at: float | None
     final_at: float
     order_created_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A technician's command as carried out: who, what, when, and what came of it."""
+
+    at: float  # clock time
+    wall: str  # ISO 8601, UTC
+    who: str
+    verb: str
+    args: Mapping[str, object]
+    status: str  # "ok" or "error"
+    result: object  # the reply's data, or its error
 
 
 class Journal:
@@ -143,6 +171,36 @@ class Journal:
             self._db.execute(sql, params)
         self.telemetry.observe_journal_write(time.perf_counter() - started)
 
+    async def audit(self, record: AuditRecord) -> None:
+        await self._call(f"writing the audit of {record.verb}", self._write,
+                         "INSERT INTO audit (at, wall, who, verb, args, status, result) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (record.at, record.wall, record.who, record.verb,
+                          json.dumps(dict(record.args), default=str), record.status,
+                          json.dumps(record.result, default=str)))
+
+    async def audit_records(self) -> list[dict[str, Any]]:
+        """The audit trail, oldest first, its ``args`` and ``result`` decoded."""
+        return await self._call("reading the audit", self._audit_records)
+
+    def _audit_records(self) -> list[dict[str, Any]]:
+        assert self._db is not None
+        cursor = self._db.execute("SELECT * FROM audit ORDER BY rowid")
+        names = [d[0] for d in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor]
+        for row in rows:
+            row["args"], row["result"] = json.loads(row["args"]), json.loads(row["result"])
+        return rows
+
+    async def find_parcel(self, parcel_id: int | None = None,
+                          code: str | None = None) -> dict[str, Any] | None:
+        """A parcel's record by its id, or the newest one of a code; None if there is none."""
+        return await self._call("finding a parcel", self._find, parcel_id, code)
+
+    def _find(self, parcel_id: int | None, code: str | None) -> dict[str, Any] | None:
+        assert self._db is not None
+        return _find_parcel(self._db, parcel_id, code)
+
     async def records(self) -> list[dict[str, Any]]:
         return await self._call("reading", self._records)
 
@@ -176,3 +234,43 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         return []
     finally:
         db.close()
+
+
+def read_parcel(path: str | Path, parcel_or_code: str) -> dict[str, Any] | None:
+    """A parcel's record from a journal file, read-only: an integer is a parcel id, else a code.
+
+    An integer no parcel has is tried as a code (a shipment code is digits too). A journal
+    that does not exist (or is not one) has no parcels: None.
+    """
+    text = parcel_or_code.strip()
+    parcel_id = int(text) if text.isascii() and text.isdigit() else None
+    if parcel_id is not None and parcel_id > MAX_PARCEL_ID:
+        parcel_id = None
+    if not Path(path).is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return None
+    try:
+        found = _find_parcel(db, parcel_id, None) if parcel_id is not None else None
+        return found or _find_parcel(db, None, parcel_or_code)
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+
+
+def _find_parcel(db: sqlite3.Connection, parcel_id: int | None,
+                 code: str | None) -> dict[str, Any] | None:
+    if parcel_id is not None:
+        cursor = db.execute(_FIND_BY_ID, (parcel_id,))
+    elif code is not None:
+        cursor = db.execute(_FIND_BY_CODE, (code,))
+    else:
+        return None
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    names = [d[0] for d in cursor.description]
+    return dict(zip(names, row, strict=True))

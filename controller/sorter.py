@@ -15,11 +15,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import NoReturn
 
-from controller.archive import ArchivedParcel, NoReadArchive
+from controller.archive import NoReadArchive
+from controller.archiving import ArchiveKeeper
 from controller.clock import Clock
 from controller.codes import ParcelReads, ReadVerdict
 from controller.config import LineConfig
@@ -27,7 +26,7 @@ from controller.confirming import Confirmations
 from controller.disposition import Disposition
 from controller.diverting import DivertScheduler
 from controller.encoder import EncoderHistory
-from controller.errors import ArchiveError, ConfigError, JournalError, OrderStoreError
+from controller.errors import ConfigError, JournalError, OrderStoreError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import (
     END_EYE,
@@ -40,6 +39,7 @@ from controller.lineio import (
     TrackingLost,
 )
 from controller.lookup import OrderLookup
+from controller.operating import LineControls, LineState
 from controller.orders import OrderStore
 from controller.parcel import Belt, BinState, ParcelState, SorterStats
 from controller.reading import ReadZone
@@ -60,8 +60,11 @@ STORE_RETRY_S = 2.0
 FinalListener = Callable[[FinalRecord], None]
 
 
-class Sorter:
+class Sorter(LineControls):
     """Runs one sorting line against whatever LineIO, cameras and order store it is given.
+
+    ``mode`` is STARTING until ready, then RUNNING; a parcel inducted while a technician has
+    the line paused or in maintenance (:class:`LineControls`) is not sorted (NOT_READY).
 
     A decision that raises an unexpected error (the order store or the plan failing in a
     way that is not an OrderStoreError) is logged with its traceback and counted in
@@ -104,6 +107,7 @@ class Sorter:
         self.archive = archive
         self.encoder_history = encoder_history or EncoderHistory()
         self.listeners: list[FinalListener] = []
+        self._init_controls()
         self._belt = Belt(
             Tracker(config.induction.photo_eye_mm, config.belt.encoder_counts_per_mm),
             {b.id: BinState(b.capacity) for b in config.bins})
@@ -117,10 +121,10 @@ class Sorter:
         self._lookup = OrderLookup(order_store, config.order_store, self.stats)
         self._router = Router(SortPlan(config.sort_plan))
         self._diverting = DivertScheduler(config, line_io, self._belt, clock,
-                                          telemetry=telemetry)
-        self._confirming = Confirmations(config, self._belt, self._finalise)
-        self._archive_writer = ThreadPoolExecutor(1, thread_name_prefix="archive")
-        self._archiving: set[asyncio.Task[None]] = set()
+                                          telemetry=telemetry, messages=self.messages)
+        self._confirming = Confirmations(config, self._belt, self._finalise, clock,
+                                         messages=self.messages)
+        self._archiving = ArchiveKeeper(archive, clock, self.stats)
         self._decisions: set[asyncio.Task[None]] = set()
         self._next_parcel_id = 1
         self.fault: JournalError | None = None  # set once: the line is stopped safely
@@ -187,9 +191,11 @@ class Sorter:
         while not await self._store_answers():
             await self.clock.sleep(STORE_RETRY_S)
         self._store_ready = True
-        while self.waiting_for():
+        while waiting := self.waiting_for():
+            self.starting(f"waiting for {', '.join(waiting)}")
             await self.clock.sleep(READY_POLL_S)
         self.ready.set()
+        self.starting("sorting", LineState.RUNNING)
         log.info("line %s ready: sorting", self.config.line.name)
 
     async def _store_answers(self) -> bool:
@@ -212,6 +218,7 @@ class Sorter:
         time is up are closed LOST (their outcome cannot be known); returns how many.
         """
         self._stopping = True
+        self.stopping()
         until = self.clock.now() + timeout_s
         while self.parcels and self.clock.now() < until and self.fault is None:
             await self.clock.sleep(WATCH_INTERVAL_S)
@@ -225,6 +232,7 @@ class Sorter:
 
     async def _line_events(self) -> None:
         async for event in self.line_io.events():
+            self.notice_of(event)
             match event:
                 case PhotoEyeEdge(eye=eye, blocked=blocked, enc=enc) if eye == INDUCTION_EYE:
                     await self._induction_edge(blocked, enc)
@@ -250,6 +258,7 @@ class Sorter:
             self.fault, self.faulted_at = exc, self.clock.now()
             log.error("line %s stopped: %s; no divert is sent from now on, parcels on the belt "
                       "ride to the end", self.config.line.name, exc)
+            self.faulted(exc)
         raise exc
 
     async def _induction_edge(self, blocked: bool, enc: int) -> None:
@@ -272,6 +281,9 @@ class Sorter:
                 parcel.verdict, parcel.decided_at = ReadVerdict.NO_READ, now
                 parcel.to_end(Disposition.NOT_READY, "inducted before the line was ready "
                               f"(waiting for {', '.join(self.waiting_for()) or 'nothing'})")
+            elif (held := self.held_by_mode()) is not None:  # not sorted, never fired at
+                parcel.verdict, parcel.decided_at = ReadVerdict.NO_READ, now
+                parcel.to_end(Disposition.NOT_READY, held)
             try:
                 await self.journal.inducted(parcel_id, enc, now)
             except JournalError as exc:
@@ -357,41 +369,14 @@ class Sorter:
                 for listener in self.listeners:
                     listener(record)
                 if disposition in (Disposition.NO_READ, Disposition.MULTI_READ):
-                    self._to_archive(parcel, record)
+                    self._archiving.keep(parcel, record)
         finally:
             self.parcels.pop(parcel.parcel_id, None)
             self.tracker.forget(parcel.parcel_id)
             finalising.discard(parcel.parcel_id)
 
-    def _to_archive(self, parcel: ParcelState, record: FinalRecord) -> None:
-        """Keep the parcel's best frames for a person to key its code; never blocks the line."""
-        if self.archive is None:
-            return
-        entry = ArchivedParcel(
-            parcel_id=record.parcel_id, disposition=record.disposition.value,
-            reason=record.reason, codes=sorted(parcel.reads.codes), at=record.final_at,
-            wall_time=datetime.now(UTC).isoformat(timespec="seconds"),
-            frames=[frame for _, frame in parcel.frames])
-        task = asyncio.create_task(self._store(self.archive, entry),
-                                   name=f"archive[{record.parcel_id}]")
-        self._archiving.add(task)
-        task.add_done_callback(self._archiving.discard)
-
-    async def _store(self, archive: NoReadArchive, entry: ArchivedParcel) -> None:
-        """Write one archive entry; any failure is counted and logged, never lost."""
-        try:
-            await self.clock.offload(self._archive_writer, archive.store, entry)
-        except (OSError, ArchiveError) as exc:
-            self.stats.archive_errors += 1
-            log.warning("no-read archive: parcel %d not kept: %s", entry.parcel_id, exc)
-        except Exception:  # a bug in the archive must not go unseen
-            self.stats.archive_errors += 1
-            log.exception("no-read archive: parcel %d not kept", entry.parcel_id)
-
     async def aclose(self) -> None:
-        if self._archiving:
-            await asyncio.gather(*self._archiving, return_exceptions=True)
-        self._archive_writer.shutdown(wait=True)
+        await self._archiving.aclose()
         with contextlib.suppress(Exception):
             await self.order_store.close()
         await self.journal.close()

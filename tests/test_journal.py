@@ -9,7 +9,7 @@ import pytest
 from controller.clock import VirtualClock, run_virtual
 from controller.disposition import Disposition
 from controller.errors import JournalError
-from controller.journal import FinalRecord, Journal
+from controller.journal import AuditRecord, FinalRecord, Journal, read_parcel
 
 
 def _final(parcel_id: int, disposition: Disposition = Disposition.SORTED) -> FinalRecord:
@@ -87,3 +87,66 @@ def test_storage_failures_are_journal_errors(tmp_path: Path) -> None:
     assert opened.startswith(f"journal {tmp_path / 'dir.sqlite'}: open failed: ")
     assert written == (f"journal {tmp_path / 'j.sqlite'}: writing parcel 1 failed: "
                        "UNIQUE constraint failed: parcels.parcel_id")
+
+
+def test_the_audit_trail_keeps_each_command_and_its_result(tmp_path: Path) -> None:
+    async def main(clock: VirtualClock) -> list[dict[str, object]]:
+        journal = Journal(tmp_path / "j.sqlite", clock)
+        await journal.open()
+        await journal.audit(AuditRecord(at=1.5, wall="2026-12-02T04:05:06.789Z", who="anna",
+                                        verb="pause", args={"reason": "jam"}, status="ok",
+                                        result={"state": "paused"}))
+        await journal.audit(AuditRecord(at=2.0, wall="2026-12-02T04:05:07.289Z", who="unknown",
+                                        verb="test-fire", args={"diverter": "D3"},
+                                        status="error", result="test-fire needs maintenance"))
+        rows = await journal.audit_records()
+        await journal.close()
+        return rows
+
+    first, second = run_virtual(main)
+    assert first == {"at": 1.5, "wall": "2026-12-02T04:05:06.789Z", "who": "anna",
+                     "verb": "pause", "args": {"reason": "jam"}, "status": "ok",
+                     "result": {"state": "paused"}}
+    assert second["result"] == "test-fire needs maintenance"
+    assert second["status"] == "error"
+
+
+def test_a_parcel_is_found_by_id_or_by_the_newest_of_its_code(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+
+    async def main(clock: VirtualClock) -> list[dict[str, object] | None]:
+        journal = Journal(path, clock)
+        await journal.open()
+        for parcel_id in (1, 2, 3):
+            await journal.inducted(parcel_id, 100 * parcel_id, float(parcel_id))
+        await journal.finalise(_final(1, Disposition.DIVERT_FAULT))
+        await journal.finalise(_final(2))  # the same code, read again after a re-induction
+        found = [await journal.find_parcel(parcel_id=3),
+                 await journal.find_parcel(code="001442827149"),
+                 await journal.find_parcel(parcel_id=4),
+                 await journal.find_parcel(code="nope"),
+                 await journal.find_parcel()]
+        await journal.close()
+        return found
+
+    open_one, newest, missing, no_code, nothing = run_virtual(main)
+    assert open_one is not None
+    assert open_one["parcel_id"] == 3
+    assert open_one["disposition"] is None
+    assert newest is not None
+    assert (newest["parcel_id"], newest["disposition"]) == (2, "SORTED")
+    assert missing is None
+    assert no_code is None
+    assert nothing is None
+    # The CLI reads the file while the controller may hold it: read-only.
+    by_id = read_parcel(path, "1")
+    assert by_id is not None
+    assert by_id["disposition"] == "DIVERT_FAULT"
+    by_code = read_parcel(path, "001442827149")
+    assert by_code is not None
+    assert by_code["parcel_id"] == 2
+    assert read_parcel(path, "99") is None
+    assert read_parcel(path, "9" * 40) is None
+    assert read_parcel(path, "²") is None  # a digit to isdigit(), not to int()
+    assert read_parcel(tmp_path / "absent.sqlite", "1") is None
+    assert not (tmp_path / "absent.sqlite").exists()  # read-only: nothing created

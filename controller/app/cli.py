@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from controller.app.archive_tool import add_archive_command
 from controller.app.decode_tool import add_decode_command
+from controller.app.diag import add_diag_command
 from controller.app.example_line import EXAMPLE_CONFIG
 from controller.app.simulate import DECODE_COST_S, ShiftResult
+from controller.app.trace_tool import add_trace_command
 from controller.clock import Clock
-from controller.config import load_config
+from controller.config import DiagnosticsConfig, LineConfig, load_config
 from controller.errors import ConfigError, SorterError
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--decode-ms", type=float, default=DECODE_COST_S * 1000,
                      help="a frame's modelled decode time on the virtual clock (default: "
                           "%(default)g; the real clock takes what decoding really takes)")
+    _diagnostics_options(sim)
 
     run = sub.add_parser("run", help="run the controller on the line a config names, until "
                                       "SIGINT or SIGTERM")
@@ -71,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ready-timeout", type=float, default=None, metavar="SECONDS",
                      help="give up (exit 4) if the cameras, line I/O links or order store "
                           "are not all up by then (default: 60)")
+    _diagnostics_options(run)
 
     emu = sub.add_parser("emulate", help="run the emulated line as hardware (a pty I/O board, "
                                          "MQTT diverter nodes, MJPEG cameras) for a controller "
@@ -122,7 +126,43 @@ def _parser() -> argparse.ArgumentParser:
                             "ExecStartPre= runs) or for `sim` against the emulator")
     add_decode_command(sub)
     add_archive_command(sub)
+    add_diag_command(sub)
+    add_trace_command(sub)
     return parser
+
+
+def _diagnostics_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mqtt", type=_host_port, default=None, metavar="HOST:PORT",
+                   help="publish diagnostics (docs/diagnostics-protocol.md) through this broker, "
+                        "with or instead of the config's [diagnostics] broker")
+    p.add_argument("--mqtt-user", default=None, metavar="USER",
+                   help="the diagnostics broker's username")
+    p.add_argument("--mqtt-password-file", type=Path, default=None, metavar="FILE",
+                   help="file holding the diagnostics broker's password")
+
+
+def with_diagnostics(config: LineConfig, args: argparse.Namespace) -> LineConfig:
+    """``config`` with its diagnostics broker set by ``--mqtt`` (and login by ``--mqtt-user``,
+    ``--mqtt-password-file``); the config's other [diagnostics] settings stay, or default."""
+    login_given = args.mqtt_user is not None or args.mqtt_password_file is not None
+    if args.mqtt is None and not login_given:
+        return config
+    if args.mqtt is None and config.diagnostics is None:
+        raise ConfigError("--mqtt-user", [("--mqtt", "--mqtt-user and --mqtt-password-file "
+                                                     "need --mqtt HOST:PORT (the config has "
+                                                     "no [diagnostics])")], "option")
+    if args.mqtt_password_file is not None and not args.mqtt_password_file.is_file():
+        raise ConfigError("--mqtt-password-file", [
+            ("--mqtt-password-file", f"no such file: {args.mqtt_password_file}")], "option")
+    update: dict[str, Any] = {}
+    if args.mqtt is not None:
+        update["host"], update["port"] = args.mqtt
+    if login_given:
+        update["username"] = args.mqtt_user
+        update["password_file"] = (str(args.mqtt_password_file.resolve())
+                                   if args.mqtt_password_file is not None else None)
+    section = config.diagnostics or DiagnosticsConfig()
+    return config.model_copy(update={"diagnostics": section.model_copy(update=update)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,7 +211,11 @@ def _sim(args: argparse.Namespace) -> int:
     if args.cameras != "inprocess" and not args.realtime:
         raise ConfigError("--cameras", [("--cameras", f"{args.cameras} streams run on the real "
                                                       "clock: add --realtime")], "option")
-    config = load_config(args.config)
+    config = with_diagnostics(load_config(args.config), args)
+    if config.diagnostics is not None and not args.realtime:
+        raise ConfigError("--mqtt", [("diagnostics", "a shift on the virtual clock runs faster "
+                                                     "than a broker answers: add --realtime")],
+                          "option")
     spec = _scenario(args)
     progress = _Progress(spec.parcels)
 
@@ -183,7 +227,7 @@ def _sim(args: argparse.Namespace) -> int:
             return await run_shift(config, spec, workdir, clock, on_final=progress.update,
                                    decode_threads=args.decode_threads,
                                    decode_cost_s=args.decode_ms / 1000,
-                                   camera_link=args.cameras)
+                                   camera_link=args.cameras, config_path=args.config)
 
         result = run_real(shift) if args.realtime else run_virtual(shift)
         result.wall_time_s = time.perf_counter() - started
@@ -242,7 +286,7 @@ def _run(args: argparse.Namespace) -> int:
     from controller.state_paths import require_paths
     from drivers.decoders import make_line_decoders
 
-    config = load_config(args.config)
+    config = with_diagnostics(load_config(args.config), args)
     require_paths(config, str(args.config), "run")
     make_line_decoders(config, str(args.config))  # refused here, before anything opens
     lock = LineLock(config.journal.path)
@@ -263,7 +307,8 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, on_signal)
         say(f"running line {config.line.name!r}; SIGINT or SIGTERM stops (a second one at once)")
         return await run_line(config, RealClock(), stop, stop_now=stop_now, notifier=notifier,
-                              say=say, ready_timeout_s=args.ready_timeout or READY_TIMEOUT_S)
+                              say=say, ready_timeout_s=args.ready_timeout or READY_TIMEOUT_S,
+                              config_path=args.config)
 
     try:
         with Notifier.from_env() as notifier:

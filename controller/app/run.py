@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from controller.app.sd_notify import Notifier
@@ -30,6 +31,7 @@ from controller.archive import open_archive
 from controller.clock import Clock
 from controller.config import LineConfig
 from controller.confirming import LOST_AFTER_MM
+from controller.diagnostics import RollingTelemetry, TelemetryFanout
 from controller.encoder import EncoderHistory
 from controller.errors import DriverTimeout
 from controller.journal import FinalRecord, Journal
@@ -64,8 +66,14 @@ async def run_line(config: LineConfig, clock: Clock, stop: asyncio.Event, *,
                    stop_now: asyncio.Event | None = None, notifier: Notifier | None = None,
                    say: Callable[[str], None] = log.info,
                    ready_timeout_s: float = READY_TIMEOUT_S,
-                   on_final: Callable[[FinalRecord], None] | None = None) -> SorterStats:
-    """Sort on the line the config names until ``stop`` is set; return the counters."""
+                   on_final: Callable[[FinalRecord], None] | None = None,
+                   config_path: Path | None = None) -> SorterStats:
+    """Sort on the line the config names until ``stop`` is set; return the counters.
+
+    With ``[diagnostics]`` it publishes the technicians' view and takes their commands
+    (docs/diagnostics-protocol.md); ``reload-plan`` reads ``config_path``.
+    """
+    from controller.app.live import diagnostics
     from controller.app.metrics import LineMetrics, node_states
     from drivers.cameras import open_camera
     from drivers.decoders import make_line_decoders
@@ -79,6 +87,7 @@ async def run_line(config: LineConfig, clock: Clock, stop: asyncio.Event, *,
     cameras = [open_camera(c, clock=clock, encoder_at=history.at) for c in config.cameras]
     decoders: dict[str, BarcodeDecoder] = make_line_decoders(config)
     metrics = LineMetrics()
+    rolling = RollingTelemetry(clock)
 
     def links_down() -> list[str]:
         return [f"line I/O {name}" for name, state in links.states().items()
@@ -91,46 +100,60 @@ async def run_line(config: LineConfig, clock: Clock, stop: asyncio.Event, *,
                                         synchronous=config.journal.synchronous),
                         archive=open_archive(config.archive), encoder_history=history,
                         wait_for_frames=True, prerequisites=links_down,
-                        telemetry=metrics.telemetry)
-        metrics.watch(sorter, links.states, node_states(links.links))
+                        telemetry=TelemetryFanout(metrics.telemetry, rolling))
+        nodes = node_states(links.links)
+        metrics.watch(sorter, links.states, nodes)
         if on_final is not None:
             sorter.listeners.append(on_final)
-        running = asyncio.create_task(sorter.run(), name=f"sorter[{config.line.name}]")
-        background = [
-            asyncio.create_task(_status(sorter, links.states, clock, notifier), name="run.status"),
-            asyncio.create_task(notifier.keep_alive(), name="run.watchdog")]
-        stopping = asyncio.create_task(stop.wait(), name="run.stop")
-        at_once = asyncio.create_task(stop_now.wait(), name="run.stop-now")
-        tasks: list[asyncio.Task[Any]] = [running, *background, stopping, at_once]
-        try:
-            if await _start(sorter, running, stopping, clock=clock, notifier=notifier, say=say,
-                            timeout_s=ready_timeout_s):
-                await _set_mode_run(links.links)
-                await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if stopping.done() and not running.done() and not at_once.done():
-                timeout = stop_timeout_s(config)
-                notifier.stopping(f"stopping: finishing {sorter.open_parcels} parcels on the belt")
-                say(f"stopping: induction stopped, finishing {sorter.open_parcels} parcels on "
-                    f"the belt (at most {timeout:.1f} s); signal again to stop at once")
-                finishing = asyncio.create_task(sorter.finish(timeout), name="run.finish")
-                tasks.append(finishing)
-                await asyncio.wait({running, finishing, at_once},
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if finishing.done() and not finishing.cancelled() and finishing.exception() is None:
-                    left = finishing.result()
-                    say("stopped: every parcel on the belt finished" if not left else
-                        f"stopped: {left} parcels not finished in time, closed LOST")
-            elif at_once.done():
-                notifier.stopping("stopping at once")
-        finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            await sorter.aclose()
-        failure = results[0]
-        if isinstance(failure, BaseException) and not isinstance(failure, asyncio.CancelledError):
-            raise failure
-        return sorter.stats
+        async with diagnostics(config, sorter, clock, config_path=config_path,
+                               telemetry=rolling, link_states=links.states,
+                               device_states=nodes):
+            return await _sort(config, sorter, links.links, clock=clock, stop=stop,
+                               stop_now=stop_now, notifier=notifier, say=say,
+                               ready_timeout_s=ready_timeout_s, states=links.states)
+
+
+async def _sort(config: LineConfig, sorter: Sorter, links: Mapping[str, object], *,
+                clock: Clock, stop: asyncio.Event, stop_now: asyncio.Event,
+                notifier: Notifier, say: Callable[[str], None], ready_timeout_s: float,
+                states: Callable[[], Mapping[str, object]]) -> SorterStats:
+    """The sorter's life: start, sort until stopped, finish the belt; then it is closed."""
+    running = asyncio.create_task(sorter.run(), name=f"sorter[{config.line.name}]")
+    background = [
+        asyncio.create_task(_status(sorter, states, clock, notifier), name="run.status"),
+        asyncio.create_task(notifier.keep_alive(), name="run.watchdog")]
+    stopping = asyncio.create_task(stop.wait(), name="run.stop")
+    at_once = asyncio.create_task(stop_now.wait(), name="run.stop-now")
+    tasks: list[asyncio.Task[Any]] = [running, *background, stopping, at_once]
+    try:
+        if await _start(sorter, running, stopping, clock=clock, notifier=notifier, say=say,
+                        timeout_s=ready_timeout_s):
+            await _set_mode_run(links)
+            await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.done() and not running.done() and not at_once.done():
+            timeout = stop_timeout_s(config)
+            notifier.stopping(f"stopping: finishing {sorter.open_parcels} parcels on the belt")
+            say(f"stopping: induction stopped, finishing {sorter.open_parcels} parcels on "
+                f"the belt (at most {timeout:.1f} s); signal again to stop at once")
+            finishing = asyncio.create_task(sorter.finish(timeout), name="run.finish")
+            tasks.append(finishing)
+            await asyncio.wait({running, finishing, at_once},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if finishing.done() and not finishing.cancelled() and finishing.exception() is None:
+                left = finishing.result()
+                say("stopped: every parcel on the belt finished" if not left else
+                    f"stopped: {left} parcels not finished in time, closed LOST")
+        elif at_once.done():
+            notifier.stopping("stopping at once")
+    finally:
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await sorter.aclose()
+    failure = results[0]
+    if isinstance(failure, BaseException) and not isinstance(failure, asyncio.CancelledError):
+        raise failure
+    return sorter.stats
 
 
 async def _start(sorter: Sorter, running: asyncio.Task[None], stopping: asyncio.Task[bool], *,

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from controller.archive import open_archive
 from controller.clock import Clock
 from controller.config import LineConfig
+from controller.diagnostics import Diagnostics, RollingTelemetry, TelemetryFanout
 from controller.encoder import EncoderHistory
 from controller.errors import JournalError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import LineIO
 from controller.orders import OrderStore
 from controller.sorter import Sorter, SorterStats
+from controller.telemetry import NO_TELEMETRY, Telemetry
 from controller.vision import BarcodeDecoder, Camera
 
 if TYPE_CHECKING:  # the emulator's modules are imported when a shift runs, not before
@@ -77,6 +79,7 @@ class Rig:
     board: IoBoard | None = None
     nodes: MqttNodes | None = None
     line_io: LineIO | None = None  # the controller's
+    diagnostics: Diagnostics | None = None  # the controller's, with [diagnostics]
 
 
 @dataclass(frozen=True)
@@ -117,13 +120,18 @@ async def run_shift(
     link_options: LinkOptions = LinkOptions(),
     during: Callable[[Rig], Coroutine[Any, Any, None]] | None = None,
     with_sorter: Callable[[Sorter], None] | None = None,
+    telemetry: Telemetry = NO_TELEMETRY,
+    config_path: Path | None = None,
 ) -> ShiftResult:
     """Run one shift to its end: every parcel physically settled and finally disposed.
 
     The shift's order book, journal and no-read archive are made afresh in ``workdir``,
     whatever paths the config names. ``with_sorter`` is handed the controller before it
-    starts (a test bench's technician: to command it mid-shift).
+    starts (a test bench's technician: to command it mid-shift). With ``[diagnostics]`` in
+    the config the shift publishes the technicians' view and takes their commands, as
+    ``run`` does (``reload-plan`` reads ``config_path``); ``telemetry`` sees its durations.
     """
+    from controller.app.live import diagnostics
     from drivers.decoders import make_line_decoders
     from sim_hardware.devices import SimLineIO
     from sim_hardware.line import PhysicalLine
@@ -146,15 +154,21 @@ async def run_shift(
             cameras = [camera_wrapper(camera) for camera in cameras]
         decoders: dict[str, BarcodeDecoder] = make_line_decoders(config)
         journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
+        rolling = RollingTelemetry(clock)
         sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
                         order_store=order_store_wrapper(store) if order_store_wrapper else store,
                         journal=journal, archive=open_archive(config.archive),
                         encoder_history=history, decode_threads=decode_threads,
-                        decode_cost_s=decode_cost_s, wait_for_frames=free_running)
+                        decode_cost_s=decode_cost_s, wait_for_frames=free_running,
+                        telemetry=TelemetryFanout(telemetry, rolling))
         if on_final is not None:
             sorter.listeners.append(on_final)
         if with_sorter is not None:
             with_sorter(sorter)
+        live = await stack.enter_async_context(diagnostics(
+            config, sorter, clock, config_path=config_path, telemetry=rolling,
+            link_states=getattr(line_io, "states", None)))
+        rig.diagnostics = live
         # The links are up: the infeed waits until the controller is ready to sort.
         records = await _run_to_end(sorter, rig, clock, during, infeed=sorter.ready)
         return ShiftResult(
