@@ -39,8 +39,8 @@ def start_emulate(tmp_path: Path, *, parcels: int, seed: int,
     return emulator, report, config
 
 
-def start_run(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(cli("run", "--config", str(config)), cwd=ROOT, env=ENV,
+def start_run(config: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(cli("run", "--config", str(config), *extra), cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -213,13 +213,14 @@ def _full_example() -> dict[str, Any]:
     data = _example()
     data["archive"] = {"path": "var/archive"}
     data["line_io"] = {"serial": {"port": "/dev/ttyUSB0"}, "mqtt": {}}
+    data["diagnostics"] = {}
     return data
 
 
 def test_the_walk_finds_the_float_fields_of_every_section() -> None:
     sections = {loc[0] for loc in FLOAT_FIELDS}
     assert {"belt", "induction", "cameras", "diverters", "bins", "end_of_line", "order_store",
-            "decision", "archive", "line_io"} <= sections
+            "decision", "archive", "line_io", "diagnostics"} <= sections
     assert ("diverters", 0, "position_mm") in FLOAT_FIELDS
     assert ("line_io", "serial", "ack_timeout_ms") in FLOAT_FIELDS
     assert ("line_io", "mqtt", "reconnect_max_s") in FLOAT_FIELDS

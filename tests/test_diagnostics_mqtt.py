@@ -431,3 +431,88 @@ async def test_the_deploy_acl_lets_the_diagnostics_through(tmp_path: Path) -> No
                 collecting.cancel()
                 await asyncio.gather(collecting, return_exceptions=True)
         assert sink.stats.commands == 1
+
+
+@pytest.mark.asyncio
+async def test_pause_and_resume_over_the_deploy_broker_keep_every_parcel_right(
+        tmp_path: Path) -> None:
+    """A real-time shift on the deploy broker: the read-only technician's pause does nothing
+    (no reply, the line keeps running); the operator's pause and resume are carried out, and
+    every parcel still ends exactly once, where the emulator's truth says it should."""
+    from controller.app.shift_report import parcel_records
+
+    with Mosquitto(deploy=True) as broker:
+        secret = tmp_path / "controller.secret"
+        secret.write_text(broker.passwords["controller"] + "\n", encoding="utf-8")
+        base = _fast_line(broker)
+        assert base.diagnostics is not None
+        config = base.model_copy(update={"diagnostics": base.diagnostics.model_copy(
+            update={"username": "controller", "password_file": str(secret)})})
+        spec = ScenarioSpec(parcels=40, seed=21, scuffed_share=0.0, length_mm=(150.0, 260.0),
+                            gap_mm=(300.0, 400.0), multi_parcel_share=0.0)
+        clock = RealClock()
+        window: list[float] = []
+
+        async def login(user: str) -> aiomqtt.Client:
+            name, password = broker.credentials(user)
+            return aiomqtt.Client(broker.host, broker.port, username=name, password=password,
+                                  timeout=WITHIN_S, protocol=aiomqtt.ProtocolVersion.V5)
+
+        async def command(client: aiomqtt.Client, verb: str, transaction: str) -> None:
+            await client.publish(f"{BASE}/cmd/{verb}",
+                                 _request({"transaction": transaction, "by": "anna"}), qos=1)
+
+        async def technicians(watcher: Watcher) -> None:
+            await watcher.until(lambda: any(p["state"] == "running"
+                                            for p in watcher.on(f"{BASE}/status")), 20.0)
+            await asyncio.sleep(1.5)
+            async with await login("technician") as reader:
+                await command(reader, "pause", "from-the-reader")  # dropped by the ACL
+            async with await login("operator") as operator:
+                await command(operator, "rebirth", "marker")  # after the reader's, in order
+                await watcher.until(lambda: watcher.on(f"{BASE}/cmd/rebirth/response"))
+                window.append(clock.now())
+                await command(operator, "pause", "p1")
+                await watcher.until(lambda: watcher.on(f"{BASE}/cmd/pause/response"))
+                await asyncio.sleep(2.0)
+                window.append(clock.now())
+                await command(operator, "resume", "r1")
+                await watcher.until(lambda: watcher.on(f"{BASE}/cmd/resume/response"))
+
+        async with await login("technician") as reader:
+            watcher = Watcher(reader)
+            await reader.subscribe(f"{BASE}/#", qos=1)
+            collecting = asyncio.create_task(watcher.collect())
+            try:
+                asking = asyncio.create_task(technicians(watcher))
+                result = await run_shift(config, spec, tmp_path, clock)
+                await asking
+            finally:
+                collecting.cancel()
+                await asyncio.gather(collecting, return_exceptions=True)
+
+    replies = [r for verb in ("pause", "resume", "rebirth")
+               for r in watcher.on(f"{BASE}/cmd/{verb}/response")]
+    assert sorted(r["transaction"] for r in replies) == ["marker", "p1", "r1"]
+    assert all(r["status"] == "ok" for r in replies), replies
+    states = [p["state"] for p in watcher.on(f"{BASE}/status")]
+    assert "paused" in states
+    assert states.index("paused") < len(states) - 1
+    paused_at, resumed_at = window
+    records = parcel_records(result)
+    ids = [r["parcel_id"] for r in records]
+    assert None not in ids
+    assert len(ids) == len(set(ids)) == spec.parcels  # one outcome each
+    journal = {row["parcel_id"]: row for row in result.journal}
+    held = [r for r in records if paused_at <= journal[r["parcel_id"]]["inducted_at"]
+            < resumed_at]
+    assert held, "no parcel reached the induction eye while paused"
+    for r in records:
+        assert r["disposition"] != "MISSORT", r
+        if r in held and r["disposition"] == "NOT_READY":
+            assert r["reason"] == "inducted while the line was paused", r
+            assert r["actual_bin"] == "END", r  # never fired at
+        else:
+            assert r["disposition"] == r["expected_disposition"], r
+            assert r["actual_bin"] == r["controller_bin"], r
+    assert any(r["disposition"] == "NOT_READY" for r in held)

@@ -1,8 +1,12 @@
-"""``run`` killed with SIGKILL mid-shift against ``emulate``, then started again."""
+"""``run`` killed with SIGKILL mid-shift against ``emulate``, then started again.
+
+The first ``run`` publishes diagnostics (``--mqtt``) to a real mosquitto: a technician
+watching its status sees it turn ``offline`` through the Will the broker publishes."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -12,6 +16,7 @@ import pytest
 
 from controller.config import load_config
 from controller.journal import read_records
+from sim_hardware.broker import Mosquitto, mosquitto_path
 from tests.bench_processes import start_emulate, start_run, stop, wait_for
 from tests.test_graceful_stop import wait_finals
 
@@ -24,19 +29,34 @@ FAILSAFE_S = 0.5 + 0.25  # the emulated board's heartbeat fail-safe, and a heart
 
 def test_sigkill_then_restart_leaves_one_disposition_each_and_no_stray_fire(
         tmp_path: Path) -> None:
+    subscriber = shutil.which("mosquitto_sub")
+    if mosquitto_path() is None or subscriber is None:
+        pytest.skip("mosquitto and mosquitto_sub are not installed (apt-get install mosquitto "
+                    "mosquitto-clients)")
     emulator, report, config_path = start_emulate(tmp_path, parcels=PARCELS, seed=12,
                                                   extra=("--drain", "1"))
     first: subprocess.Popen[str] | None = None
     second: subprocess.Popen[str] | None = None
+    technician: subprocess.Popen[str] | None = None
     seen: list[str] = []
+    broker = Mosquitto()
     try:
+        broker.start()
         assert emulator.stdout is not None
         wait_for(emulator.stdout, r"^config: ", seen)
         config = load_config(config_path)
-        first = start_run(config_path)
+        first = start_run(config_path, "--mqtt", f"{broker.host}:{broker.port}")
         wait_finals(config.journal.path, 8, within_s=90)
+        # a technician's mosquitto_sub: the retained status first, then what comes next
+        technician = subprocess.Popen(  # the broker's own client, on our broker
+            [subscriber, "-h", broker.host, "-p", str(broker.port), "-t", "sorter/+/status",
+             "-C", "2", "-W", "20"], stdout=subprocess.PIPE, text=True)
+        assert technician.stdout is not None
+        assert json.loads(technician.stdout.readline())["state"] == "running"
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+        will = json.loads(technician.stdout.readline())
+        assert (will["state"], will["reason"]) == ("offline", "connection lost"), will
         # What the dead process left: its journal is intact, some parcels were still open.
         left = read_records(config.journal.path)
         in_flight = {r["parcel_id"] for r in left if r["disposition"] is None}
@@ -51,7 +71,8 @@ def test_sigkill_then_restart_leaves_one_disposition_each_and_no_stray_fire(
         assert second.returncode == 0, output
         assert time.monotonic() - killed_at > 0
     finally:
-        stop(emulator, first, second)
+        stop(emulator, first, second, technician)
+        broker.close()
 
     rows = {r["parcel_id"]: r for r in read_records(config.journal.path)}
     assert [r for r in rows.values() if r["disposition"] is None] == []
