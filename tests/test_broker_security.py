@@ -24,8 +24,9 @@ import aiomqtt
 import pytest
 
 from controller.clock import RealClock
-from controller.config import MqttLinkConfig, MqttTlsConfig
+from controller.config import DiagnosticsConfig, MqttLinkConfig, MqttTlsConfig
 from controller.errors import DriverTimeout
+from drivers.diagnostics_mqtt import MqttDiagnostics
 from drivers.lineio.mqtt import DEVICE, MqttLineIO
 from drivers.mqtt_client import close_failed_handshakes, login
 from sim_hardware.broker import (
@@ -292,3 +293,29 @@ async def test_the_controllers_link_refuses_a_broker_it_cannot_verify(
                           sensors=False) as io:
         with pytest.raises(DriverTimeout, match="CERTIFICATE_VERIFY_FAILED"):
             await io.wait_up(1.0)
+
+
+@pytest.mark.asyncio
+async def test_the_diagnostics_connect_over_tls_and_a_technician_reads_them(
+        broker: Mosquitto, line: str, tmp_path: Path) -> None:
+    """[diagnostics.tls] ca_file: the controller's diagnostics come up on the TLS listener
+    as the controller's account, and a technician there reads the retained status and the
+    broker device they publish."""
+    link = tls_link(broker, tmp_path, MqttTlsConfig(ca_file=str(broker.ca_path)))
+    settings = DiagnosticsConfig(**link.model_dump(exclude={"client_id", "qos", "keepalive_s",
+                                                            "heartbeat_ms",
+                                                            "reply_timeout_ms"}))
+
+    async def refuse(verb: str, payload: bytes) -> dict[str, Any]:
+        return {"transaction": None, "verb": verb, "status": "error", "data": None,
+                "error": "not under test"}
+
+    sink = MqttDiagnostics(settings, line=line, on_command=refuse, on_connect=lambda: None,
+                           version="0")
+    async with client(broker, "technician", tls=True) as technician, sink:
+        await sink.wait_up(WITHIN_S)
+        sink.publish("status", {"state": "running", "reason": "sorting"}, retain=True)
+        await technician.subscribe(f"sorter/{line}/status", qos=1)
+        [(topic, status)] = await received(technician, 1)
+        assert (topic, status["state"]) == (f"sorter/{line}/status", "running")
+    assert sink.stats.last_error is None
