@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -136,10 +137,26 @@ class EndOfLineConfig(Strict):
 
 
 class OrderStoreConfig(Strict):
-    backend: Literal["sqlite"] = "sqlite"
+    """Where the line's orders are: an SQLite file beside it (``path``), or a PostgreSQL
+    database several lines share (``dsn``, e.g. ``postgresql://sorter@db.local:5432/orders``,
+    its password in ``password_file``, never in the config)."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: str = "var/orders.sqlite"
+    dsn: str | None = None
+    password_file: str | None = None
     timeout_ms: PositiveFloat = 200.0
     cache_size: Annotated[int, Field(ge=0)] = 100_000
+
+    @model_validator(mode="after")
+    def _dsn_for_postgresql(self) -> OrderStoreConfig:
+        if self.backend == "postgresql" and not self.dsn:
+            raise ValueError("backend = 'postgresql' needs a dsn")
+        if self.dsn is not None and not self.dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"dsn must be a postgresql:// URL, not {self.dsn!r}")
+        if self.dsn is not None and urlsplit(self.dsn).password is not None:
+            raise ValueError("dsn must not hold a password: use password_file")
+        return self
 
 
 class JournalConfig(Strict):
@@ -358,8 +375,10 @@ def load_config(path: str | Path) -> LineConfig:
         "line_io": line_io,
         "diagnostics": diagnostics,
         "cameras": cameras,
-        "order_store": config.order_store.model_copy(
-            update={"path": str(_resolve(base, config.order_store.path))}),
+        "order_store": config.order_store.model_copy(update={
+            "path": str(_resolve(base, config.order_store.path)),
+            "password_file": str(_resolve(base, config.order_store.password_file))
+            if config.order_store.password_file else None}),
         "journal": config.journal.model_copy(
             update={"path": str(_resolve(base, config.journal.path))}),
         "archive": config.archive.model_copy(

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 
 class OrderStatus(StrEnum):
+    """Only a released order is sorted to a shipping bin; the others go where a rule naming
+    their status says (a hold bin), else to the end of the line (ORDER_HELD)."""
+
     RELEASED = "released"
     HELD = "held"
     CANCELLED = "cancelled"
+    BACKORDERED = "backordered"  # its lines are not in stock: it waits to be released
+    SHIPPED = "shipped"  # already gone: a parcel of it on the belt is an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +34,7 @@ class Order:
     postcode: str
     created_at: float
     parcels_in_order: int = 1
+    promised_ship_at: float | None = None  # when the customer was told it ships (epoch s)
 
 
 class OrderStore(Protocol):
@@ -40,6 +47,31 @@ class OrderStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """What an import did to the order book: parcels (order, code) added and updated."""
+
+    added: int
+    updated: int
+
+
+class OrderBook(Protocol):
+    """The write side of an order store, for imports and a person at the box (not the line).
+
+    One :class:`Order` is one parcel of an order (its ``code``); an order of several parcels
+    is several with the same ``order_id``. Upserting a code that exists replaces its row."""
+
+    async def upsert(self, orders: Sequence[Order]) -> Upserted: ...
+
+    async def find(self, code_or_order_id: str) -> list[Order]:
+        """The parcels of the order with this id, or the one parcel with this code."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Parcels in the book by status, and ``orders``: distinct order ids."""
+        ...
 
 
 class OrderCache:

@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT NOT NULL,
     code TEXT PRIMARY KEY,
     channel TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('released', 'held', 'cancelled')),
+    status TEXT NOT NULL CHECK (status IN ('released', 'held', 'cancelled', 'backordered', 'shipped')),
     carrier TEXT NOT NULL,
     service TEXT NOT NULL,
     route TEXT NOT NULL,
