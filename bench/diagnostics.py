@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from controller.app.simulate import CameraLink, Rig, ShiftResult, run_shift  # noqa: E402
 from controller.clock import RealClock, run_real  # noqa: E402
 from controller.config import DiagnosticsConfig, LineConfig, load_config  # noqa: E402
+from sim_hardware import labels  # noqa: E402
 from sim_hardware.broker import Mosquitto  # noqa: E402
 from sim_hardware.scenario import ScenarioSpec  # noqa: E402
 
@@ -158,7 +159,12 @@ def one_shift(config: LineConfig, spec: ScenarioSpec, link: CameraLink,
             return await run_shift(config, spec, Path(tmp), clock, camera_link=link,
                                    telemetry=decisions, during=during)
 
-        gc.collect()  # the last shift's garbage is not this one's cost
+        # Every shift starts alike: the emulator's label images are drawn afresh (its cache
+        # would give the second shift of a seed its labels for free) and the last shift's
+        # garbage is not this one's cost.
+        labels.render_label.cache_clear()
+        labels.label_alpha.cache_clear()
+        gc.collect()
         wall, cpu = time.perf_counter(), time.process_time()
         result = run_real(shift)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -27,7 +27,7 @@ from sim_hardware.scenario import make_code
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "line.example.toml"
 FRAMES_PER_PARCEL = 3
-PARCELS = 40
+PARCELS = 30
 SCUFFED_SHARE = 0.05  # as in the scenarios' default
 QR_SHARE = 0.3
 
