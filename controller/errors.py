@@ -10,7 +10,8 @@
      │    └── DriverTimeout       no answer in time; also a TimeoutError
      ├── ProtocolError            a malformed frame or message from outside
      │    ├── FrameError          damaged in transit (COBS, length, CRC)
-     │    └── MessageError        arrived intact, but not a valid message
+     │    ├── MessageError        arrived intact, but not a valid message
+     │    └── ImageError          a camera's image that does not decode to pixels
      ├── OrderStoreError          the order store failed or is unreachable
      ├── JournalError             the durable journal cannot be written or opened
      └── ArchiveError             the no-read archive cannot do what was asked
@@ -74,6 +75,10 @@ class MessageError(ProtocolError):
     def __init__(self, message: str, seq: int | None = None) -> None:
         self.seq = seq
         super().__init__(message)
+
+
+class ImageError(ProtocolError):
+    """A camera's image (a JPEG part of a stream) does not decode to pixels."""
 
 
 class OrderStoreError(SorterError):

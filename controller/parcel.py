@@ -72,6 +72,7 @@ class SorterStats:
     dispositions: Counter[str] = field(default_factory=Counter)
     frames: int = 0
     frames_decoded: int = 0
+    frames_undecodable: int = 0  # a camera's image that did not decode, when it was wanted
     frames_ahead_of_events: int = 0  # skipped: the line's events had not caught up with them
     reads_unassigned: int = 0
     reads_ambiguous: int = 0  # within reach of two parcels: given to neither

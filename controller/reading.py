@@ -19,6 +19,7 @@ from controller.archive import ArchivedFrame
 from controller.clock import Clock
 from controller.codes import CodeRule, ReadVerdict
 from controller.config import CameraConfig, LabelType, LineConfig
+from controller.errors import ImageError
 from controller.lineio import LineIO
 from controller.parcel import Belt, ParcelState
 from controller.tracking import TrackingWindow
@@ -166,6 +167,9 @@ class ReadZone:
         symbols = await self._clock.offload(self._executor, decode_frame_crops, decoder,
                                             frame, merge_spans(crops),
                                             cost=self._decode_cost_s)
+        if symbols is None:  # its pixels never came: the parcels wait for the next frame
+            stats.frames_undecodable += 1
+            return
         tracker = self._belt.tracker
         per_parcel: dict[int, tuple[dict[str, LabelType], set[str]]] = {
             p.parcel_id: ({}, set()) for p in wanted}
@@ -273,9 +277,14 @@ def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def decode_frame_crops(decoder: BarcodeDecoder, frame: Frame,
-                       spans: list[tuple[int, int]]) -> list[Symbol]:
-    """:func:`decode_crops` of a frame, whose pixels may be made only now (in the thread)."""
-    return decode_crops(decoder, frame.image, spans)
+                       spans: list[tuple[int, int]]) -> list[Symbol] | None:
+    """:func:`decode_crops` of a frame, whose pixels may be made only now (in the thread);
+    None if they cannot be (a camera's JPEG that does not decode): no evidence either way."""
+    try:
+        image = frame.image
+    except ImageError:
+        return None
+    return decode_crops(decoder, image, spans)
 
 
 def decode_crops(decoder: BarcodeDecoder, image: GrayImage,

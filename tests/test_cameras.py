@@ -16,9 +16,10 @@ import pytest
 from controller.clock import RealClock
 from controller.config import CameraConfig, LineConfig
 from controller.errors import ConfigError, DriverUnavailable
+from controller.reading import decode_frame_crops
 from controller.vision import Camera, CameraState, Frame
 from drivers.cameras import Backoff, CameraLink, open_camera
-from drivers.cameras.mjpeg import MjpegCamera
+from drivers.cameras.mjpeg import MjpegCamera, jpeg_size
 from drivers.cameras.opencv import OpenCVCamera
 from drivers.decoders import make_decoder
 from sim_hardware.line import PhysicalLine
@@ -460,6 +461,43 @@ async def test_undecodable_jpeg_in_good_framing_is_skipped_and_counted() -> None
         assert frames[0].captured_at < clock.now() - 0.25
         assert frames[0].enc == round(frames[0].captured_at * 1000)
         assert _level(frames[0]) == 1
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("size", [(1920, 1080), (640, 480), (7, 3)])
+def test_a_jpegs_size_is_read_from_its_header(size: tuple[int, int], progressive: bool) -> None:
+    image = np.random.default_rng(1).integers(0, 255, (size[1], size[0]), dtype=np.uint8)
+    for pixels in (image, cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)):
+        ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+        assert ok
+        assert jpeg_size(jpeg.tobytes()) == size
+    assert jpeg_size(b"\xff\xd8" + bytes(300) + b"\xff\xd9") is None
+    assert jpeg_size(b"\xff\xd8\xff\xda\x00\x02") is None  # data before any frame header
+    assert jpeg_size(b"\xff\xd8\xff\xc0\x00") is None  # cut short
+
+
+@pytest.mark.asyncio
+async def test_a_jpeg_is_decoded_only_when_looked_at_and_a_broken_one_is_no_evidence() -> None:
+    """The header gives the size: the pixels are decoded when the controller decodes the
+    frame, and a JPEG whose data is broken then gives no reads and is counted."""
+    header_only = JPEG[:JPEG.index(b"\xff\xda")] + b"\xff\xda" + bytes(40) + b"\xff\xd9"
+    assert jpeg_size(header_only) == jpeg_size(JPEG)
+
+    async def send(writer: asyncio.StreamWriter) -> None:
+        await _endless(writer, _part(header_only) + _part(JPEG), HEAD)
+
+    async with _hostile_server(send) as port:
+        camera = MjpegCamera("cam9", f"http://127.0.0.1:{port}/x.mjpg", clock=RealClock(),
+                             encoder_at=lambda t: 0, read_timeout_s=0.5, backoff=FAST)
+        async with _consuming(camera) as frames:
+            await _until(lambda: len(frames) >= 2, 3, "two frames")
+    assert camera.stats.bad_frames == 0  # nothing decoded yet
+    decoder = make_decoder("zxing")
+    broken, good = frames[0], frames[1]
+    assert decode_frame_crops(decoder, broken, [(0, 8)]) is None
+    assert camera.stats.bad_frames == 1
+    assert decode_frame_crops(decoder, good, [(0, 8)]) == []
+    assert _level(good) == 1
 
 
 # --- the registry --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -130,11 +131,11 @@ class CameraLink:
         self._log.warning("camera %s: down, reconnecting with backoff: %s", self.camera_id,
                           reason)
 
-    def _size_error(self, image: GrayImage, source: str) -> ConfigError | None:
-        """The refusal if ``image`` is not the configured size, else None."""
+    def _size_error(self, size: tuple[int, int], source: str) -> ConfigError | None:
+        """The refusal if a frame of ``size`` (width, height) is not the configured size."""
         if self.resolution is None:
             return None
-        height, width = image.shape[:2]
+        width, height = size
         if (width, height) == tuple(self.resolution):
             return None
         return wrong_size(source, self.camera_id, (width, height), self.resolution)
@@ -157,11 +158,14 @@ class CameraLink:
         if self._fatal is not None:
             raise self._fatal
 
-    def _frame(self, image: GrayImage, arrived_at: float, enc: int | None = None,
-               captured_at: float | None = None) -> Frame:
-        """A frame; capture time and count default to arrival less the link's latency."""
+    def _frame(self, image: GrayImage | Callable[[], GrayImage], arrived_at: float,
+               enc: int | None = None, captured_at: float | None = None) -> Frame:
+        """A frame of ``image``, or of the pixels ``image()`` makes when first looked at;
+        capture time and count default to arrival less the link's latency."""
         at = arrived_at - self.latency_s if captured_at is None else captured_at
         count = self.encoder_at(at) if enc is None else enc
+        if callable(image):
+            return Frame(self.camera_id, None, count, at, render=image)
         return Frame(self.camera_id, image, count, at)
 
 

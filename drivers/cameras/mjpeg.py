@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from controller.clock import Clock
-from controller.errors import ConfigError, DriverUnavailable, ProtocolError
+from controller.errors import ConfigError, DriverUnavailable, ImageError, ProtocolError
 from controller.vision import EncoderAt, Frame, GrayImage
 from drivers.cameras import Backoff, CameraLink
 from drivers.cameras.credentials import Credentials
@@ -142,6 +142,58 @@ def decode_gray(jpeg: bytes) -> GrayImage | None:
     if image is None or image.ndim != 2:
         return None
     return np.ascontiguousarray(image, dtype=np.uint8)
+
+
+# Start-of-frame markers (baseline, progressive, ...): not DHT 0xC4, JPG 0xC8, DAC 0xCC.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RSTn: no length follows
+
+
+def jpeg_size(jpeg: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame header, without decoding it; None if
+    there is none before the image data."""
+    at, end = 2, len(jpeg)  # after SOI
+    while at + 4 <= end:
+        if jpeg[at] != 0xFF:
+            return None
+        marker = jpeg[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in _STANDALONE:
+            at += 2
+            continue
+        if marker == 0xDA:  # start of scan: no frame header before the data
+            return None
+        length = int.from_bytes(jpeg[at + 2:at + 4], "big")
+        if marker in _SOF:
+            if at + 9 > end or length < 7:
+                return None
+            height = int.from_bytes(jpeg[at + 5:at + 7], "big")
+            width = int.from_bytes(jpeg[at + 7:at + 9], "big")
+            return (width, height) if width and height else None
+        at += 2 + length
+    return None
+
+
+class _Pixels:
+    """A part's pixels, decoded the first time the controller looks at them (in a decoding
+    thread): a frame nobody decodes costs only its header. A JPEG that turns out not to decode
+    is counted and logged, and raises ImageError."""
+
+    __slots__ = ("_camera", "_jpeg")
+
+    def __init__(self, camera: MjpegCamera, jpeg: bytes) -> None:
+        self._camera = camera
+        self._jpeg = jpeg
+
+    def __call__(self) -> GrayImage:
+        image = decode_gray(self._jpeg)
+        if image is None:
+            self._camera.undecodable(len(self._jpeg))
+            raise ImageError(f"camera {self._camera.camera_id}: a JPEG of {len(self._jpeg)} "
+                             "bytes did not decode")
+        return image
 
 
 def _describe(exc: BaseException, read_timeout_s: float) -> str:
@@ -346,18 +398,21 @@ class MjpegCamera(CameraLink):
         if not (body.startswith(SOI) and body.rstrip(b"\r\n").endswith(EOI)):
             raise ProtocolError(f"part of {len(body)} bytes is not a whole JPEG "
                                 "(truncated, or a wrong Content-Length)")
-        image = await self.clock.offload(self._executor, decode_gray, body)
-        if image is None:
-            self.stats.bad_frames += 1
-            self.stats.last_error = "undecodable JPEG"
-            log.warning("camera %s: a JPEG of %d bytes did not decode", self.camera_id,
-                        len(body))
+        size = jpeg_size(body)
+        if size is None:
+            self.undecodable(len(body))
             return
-        refusal = self._size_error(image, "mjpeg+" + self.url)
+        refusal = self._size_error(size, "mjpeg+" + self.url)
         if refusal is not None:
             raise refusal
         self.backoff.reset()
-        self._offer(self._frame(image, arrived_at, enc, captured_at))
+        self._offer(self._frame(_Pixels(self, body), arrived_at, enc, captured_at))
+
+    def undecodable(self, size: int) -> None:
+        """A part that is no image: counted and logged (from any thread), never raised."""
+        self.stats.bad_frames += 1
+        self.stats.last_error = "undecodable JPEG"
+        log.warning("camera %s: a JPEG of %d bytes did not decode", self.camera_id, size)
 
     async def _body(self, stream: _Buffered, headers: dict[str, str], delimiter: bytes) -> bytes:
         length_text = headers.get("content-length")

@@ -292,7 +292,7 @@ class OpenCVCamera(CameraLink):
                 gray = to_gray(image)
             except (ValueError, cv2.error) as exc:
                 return f"unusable frame: {exc}"
-            refusal = self._size_error(gray, self._source_text())
+            refusal = self._size_error((gray.shape[1], gray.shape[0]), self._source_text())
             if refusal is not None:
                 return refusal
             self.backoff.reset()
