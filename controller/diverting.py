@@ -35,7 +35,8 @@ class DivertScheduler:
         self._cpm = config.belt.encoder_counts_per_mm
         self._next_command_id = 1
         self._messages = messages if messages is not None else MessageLog()
-        self._links = {d.id: config.diverter_link(d) for d in config.diverters}
+        self._links = {d.id: config.diverter_link(d) if config.line_io is not None
+                       else "inprocess" for d in config.diverters}
 
     def next_command_id(self) -> int:
         """A command id no other divert of this controller has (a test fire's too)."""

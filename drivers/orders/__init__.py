@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def open_order_store(config: OrderStoreConfig, clock: Clock | None = None, *,
                      create: bool = True) -> OrderStore:
-    """The store the config names; lookups run on ``clock`` (the running loop's if None).
+    """The store the config names; SQLite's lookups run on ``clock`` (the running loop's if
+    None); PostgreSQL's are network I/O on the loop itself, on real time.
 
     ``create=False`` (``run``): a database that does not exist is an error, never made empty.
     """
@@ -23,4 +24,11 @@ def open_order_store(config: OrderStoreConfig, clock: Clock | None = None, *,
 
         return SqliteOrderStore(config.path, timeout_s=config.timeout_ms / 1000, clock=clock,
                                 create=create)
+    if config.backend == "postgresql":
+        try:
+            from drivers.orders.postgres import PostgresOrderStore
+        except ImportError as exc:
+            raise DriverUnavailable("order_store", f"backend 'postgresql' needs asyncpg "
+                                                   f"(pip install asyncpg): {exc}") from None
+        return PostgresOrderStore(config, create=create)
     raise DriverUnavailable("order_store", f"unknown backend {config.backend!r}")
