@@ -304,7 +304,7 @@ def test_trace_shows_the_record_and_the_divert_with_its_latency(example_config: 
     assert kinds == ["divert", "divert_answer", "bin_entry"], kinds
     sent, answer, entry = data["messages"]
     assert sent["direction"] == "sent"
-    assert sent["link"] == "serial"
+    assert sent["link"] == "inprocess"  # the in-process line has no [line_io]
     assert sent["detail"]["diverter"] == f"D{str(data['bin'])[1:]}"
     assert answer["detail"] == {"command": sent["detail"]["command"], "accepted": True}
     assert answer["latency_ms"] >= 0
