@@ -38,30 +38,16 @@ import aiomqtt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.realtime import SPEED_MM_S, fast_line  # noqa: E402
 from controller.app.simulate import CameraLink, Rig, ShiftResult, run_shift  # noqa: E402
 from controller.clock import RealClock, run_real  # noqa: E402
-from controller.config import DiagnosticsConfig, LineConfig, load_config  # noqa: E402
+from controller.config import DiagnosticsConfig, LineConfig  # noqa: E402
 from sim_hardware import labels  # noqa: E402
 from sim_hardware.broker import Mosquitto  # noqa: E402
 from sim_hardware.scenario import ScenarioSpec  # noqa: E402
 
-SPEED_MM_S = 3000.0
 METRICS_EVERY_S = 0.5
 REBIRTH_EVERY_S = 1.0
-
-
-def fast_line(cameras: int) -> LineConfig:
-    """bench/realtime.py's line: 3 m/s, bins that never fill."""
-    base = load_config(ROOT / "deploy" / "line.example.toml")
-    first = base.cameras[0].model_copy(update={"fps": 30.0, "position_mm": 900.0})
-    cams = [first] + [first.model_copy(update={"id": f"cam{i + 1}",
-                                                "position_mm": 900.0 + 700.0 * i})
-                      for i in range(1, cameras)]
-    return base.model_copy(update={
-        "belt": base.belt.model_copy(update={"speed_mm_s": SPEED_MM_S}),
-        "cameras": cams,
-        "bins": [b.model_copy(update={"capacity": 100_000}) for b in base.bins],
-    })
 
 
 class Decisions:
