@@ -27,6 +27,7 @@ from controller.config_io import (
     SerialLinkConfig as SerialLinkConfig,  # noqa: PLC0414 - re-exported
 )
 from controller.errors import ConfigError
+from controller.orders import OrderStatus
 
 B = TypeVar("B", bound=MqttBrokerConfig)
 
@@ -211,13 +212,14 @@ class DecisionConfig(Strict):
 
 
 RuleField = Literal["carrier", "service", "route", "channel", "postcode_prefix", "status"]
-ORDER_STATUSES = ("released", "held", "cancelled")
+ORDER_STATUSES = tuple(OrderStatus)
 
 
 class SortRule(Strict):
     """Orders matching every ``when`` field go to ``bins`` (primary first).
 
-    Held and cancelled orders match only rules that name their ``status``.
+    An order that is not released (held, cancelled, backordered, shipped) matches only
+    rules that name its ``status``.
     """
 
     name: str

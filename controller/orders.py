@@ -73,6 +73,12 @@ class OrderBook(Protocol):
         """Parcels in the book by status, and ``orders``: distinct order ids."""
         ...
 
+    async def channels(self) -> dict[str, int]:
+        """Orders in the book by sales channel."""
+        ...
+
+    async def close(self) -> None: ...
+
 
 class OrderCache:
     """Recently seen orders, so the line keeps sorting them while the store is down."""

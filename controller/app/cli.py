@@ -16,6 +16,7 @@ from controller.app.archive_tool import add_archive_command
 from controller.app.decode_tool import add_decode_command
 from controller.app.diag import add_diag_command
 from controller.app.example_line import EXAMPLE_CONFIG
+from controller.app.orders_tool import add_orders_command
 from controller.app.simulate import DECODE_COST_S, ShiftResult
 from controller.app.trace_tool import add_trace_command
 from controller.clock import Clock
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     add_archive_command(sub)
     add_diag_command(sub)
     add_trace_command(sub)
+    add_orders_command(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -227,8 +228,12 @@ class SqliteOrderStore:
         worker.shutdown(wait=True)  # idle by now: returns at once
 
 
+_values = attrgetter(*_COLUMNS)
+
+
 def _row(order: Order) -> tuple[object, ...]:
-    return tuple(str(order.status) if c == "status" else getattr(order, c) for c in _COLUMNS)
+    values: tuple[object, ...] = _values(order)
+    return values  # status, a StrEnum, binds as its text
 
 
 def migrate(db: sqlite3.Connection) -> None:
