@@ -7,7 +7,7 @@ import logging
 
 from controller.config import OrderStoreConfig
 from controller.errors import OrderStoreError
-from controller.orders import Order, OrderCache, OrderStore
+from controller.orders import Order, OrderCache, OrderChanges, OrderStore
 from controller.parcel import SorterStats
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,19 @@ class OrderLookup:
             return
         for order in reversed(orders):
             self._cache.put(order)
+
+    async def follow(self) -> None:
+        """Keep the cache fresh from the store's change feed, if it has one, until cancelled.
+        A feed that fails is logged once; the line goes on with the cache as it is."""
+        if not self._config.cache_size or not isinstance(self.store, OrderChanges):
+            return
+        try:
+            async for order in self.store.changes():
+                self._cache.put(order)
+        except Exception:  # the feed is a help, never a reason to stop sorting
+            self._stats.order_store_errors += 1
+            log.exception("order store: its change feed stopped; the cache is no longer "
+                          "kept fresh")
 
     async def order(self, code: str) -> tuple[Order | None, str]:
         """The order (it knows of holds and cancellations), and why there is none if none.

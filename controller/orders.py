@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class OrderStatus(StrEnum):
@@ -78,6 +78,14 @@ class OrderBook(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class OrderChanges(Protocol):
+    """A store that tells of its changes (PostgreSQL's LISTEN/NOTIFY): every order changed
+    from now on, and after a reconnect the ones changed while it was away."""
+
+    def changes(self) -> AsyncIterator[Order]: ...
 
 
 class OrderCache:

@@ -168,6 +168,8 @@ class Sorter(LineControls):
         name = f"sorter[{self.config.line.name}]"
         try:
             async with asyncio.TaskGroup() as tg:
+                # the change feed listens before the cache is warmed: no change falls between
+                tg.create_task(self._lookup.follow(), name=f"{name}.order-changes")
                 tg.create_task(self._become_ready(), name=f"{name}.ready")
                 tg.create_task(self._line_events(), name=f"{name}.line")
                 tg.create_task(self._watch(), name=f"{name}.watch")

@@ -17,6 +17,7 @@ from controller.app.decode_tool import add_decode_command
 from controller.app.diag import add_diag_command
 from controller.app.example_line import EXAMPLE_CONFIG
 from controller.app.orders_tool import add_orders_command
+from controller.app.report_tool import add_report_command
 from controller.app.simulate import DECODE_COST_S, ShiftResult
 from controller.app.trace_tool import add_trace_command
 from controller.clock import Clock
@@ -125,11 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--for", dest="purpose", choices=("run", "sim"), default="run",
                        help="check it for `run` on a real line (default; what the unit's "
                             "ExecStartPre= runs) or for `sim` against the emulator")
-    add_decode_command(sub)
-    add_archive_command(sub)
-    add_diag_command(sub)
-    add_trace_command(sub)
-    add_orders_command(sub)
+    for add_tool in (add_decode_command, add_archive_command, add_diag_command,
+                     add_trace_command, add_orders_command, add_report_command):
+        add_tool(sub)
     return parser
 
 

@@ -58,8 +58,11 @@ def open_order_book(config: OrderStoreConfig, *, create: bool) -> ClosableBook:
         if not create and not Path(config.path).is_file():
             raise BookUnavailable(f"{config.path}: no such order book")
         return SqliteOrderStore(config.path, timeout_s=timeout_s, create=create)
-    raise BookUnavailable(f"order_store.backend = {config.backend!r}: not available to "
-                          "`parcel-sorter orders` yet (only sqlite)")
+    if config.backend == "postgresql":
+        from drivers.orders.postgres import PostgresOrderStore
+
+        return PostgresOrderStore(config, create=create)
+    raise BookUnavailable(f"order_store.backend = {config.backend!r}: not known")
 
 
 def add_orders_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
