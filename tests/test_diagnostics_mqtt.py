@@ -516,3 +516,39 @@ async def test_pause_and_resume_over_the_deploy_broker_keep_every_parcel_right(
             assert r["disposition"] == r["expected_disposition"], r
             assert r["actual_bin"] == r["controller_bin"], r
     assert any(r["disposition"] == "NOT_READY" for r in held)
+
+
+@pytest.mark.asyncio
+async def test_a_shift_sorts_as_the_truth_says_with_its_diagnostics_broker_down(
+        tmp_path: Path) -> None:
+    """[diagnostics] names a broker nobody runs: the line sorts every parcel as the truth
+    says, nothing waits on the broker, and what could not be sent is counted as dropped."""
+    from controller.app.shift_report import parcel_records
+    from sim_hardware.broker import free_port
+
+    base = load_config(EXAMPLE_CONFIG)
+    config = base.model_copy(update={
+        "belt": base.belt.model_copy(update={"speed_mm_s": 3000.0}),
+        "diagnostics": DiagnosticsConfig(port=free_port(), metrics_every_s=0.5,
+                                         queue_limit=10, reconnect_max_s=0.2)})
+    spec = ScenarioSpec(parcels=24, seed=31, scuffed_share=0.0, length_mm=(150.0, 260.0),
+                        gap_mm=(60.0, 120.0), multi_parcel_share=0.0)
+    seen: dict[str, Any] = {}
+
+    async def looking(rig: Any) -> None:
+        assert rig.diagnostics is not None
+        sink = rig.diagnostics.sink
+        try:
+            await asyncio.Event().wait()
+        finally:
+            seen.update(state=sink.state, dropped=sink.stats.dropped,
+                        published=sink.stats.published)
+
+    result = await run_shift(config, spec, tmp_path, RealClock(), during=looking)
+    records = parcel_records(result)
+    assert len(records) == spec.parcels
+    assert all(r["disposition"] == r["expected_disposition"] for r in records), records
+    assert all(r["actual_bin"] == r["controller_bin"] for r in records)
+    assert seen["state"] != "up"
+    assert seen["published"] == 0
+    assert seen["dropped"] > 0  # metrics every 0.5 s and the events overflowed the queue
