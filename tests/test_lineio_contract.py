@@ -131,9 +131,10 @@ def test_edges_arrive_with_the_encoder_count_latched_at_them(
             assert blocked.enc == parcel.induct_enc
             cpm = example_config.belt.encoder_counts_per_mm
             assert cleared.enc - blocked.enc == pytest.approx(parcel.length_mm * cpm, abs=1)
-            # The controller's encoder keeps up with the belt (within 30 mm at 2 m/s).
+            # The controller's encoder keeps up with the belt: within 100 mm at 2 m/s, 50 ms,
+            # which a loaded 2-core machine's scheduling can take (a stale count is seconds).
             await clock.sleep(0.05)
-            assert abs(line_io.encoder() - rig.line.encoder()) <= 30 * cpm
+            assert abs(line_io.encoder() - rig.line.encoder()) <= 100 * cpm
 
     _run(example_config, backend[0], tmp_path, broker=backend[1], body=body,
          stub=_stub(backend[0], request))
