@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from controller.config import OrderStoreConfig, load_config
 from controller.errors import OrderStoreError, SorterError
@@ -38,18 +38,7 @@ class BookUnavailable(SorterError):
     """The order book the config names cannot be opened by this tool."""
 
 
-class ClosableBook(OrderBook, Protocol):
-    async def close(self) -> None: ...
-
-
-@runtime_checkable
-class ChannelCounts(Protocol):
-    """A book that also counts its orders by channel (for ``stats``)."""
-
-    async def channels(self) -> dict[str, int]: ...
-
-
-def open_order_book(config: OrderStoreConfig, *, create: bool) -> ClosableBook:
+def open_order_book(config: OrderStoreConfig, *, create: bool) -> OrderBook:
     """The order book the config names; ``create=False``: it must exist (read only)."""
     if config.backend == "sqlite":
         from drivers.orders.sqlite import SqliteOrderStore
@@ -175,7 +164,7 @@ class _Printer(Protocol):
     def __call__(self, line: str, /) -> object: ...
 
 
-async def import_files(book: ClosableBook, files: list[Path], fmt: Format | None = None, *,
+async def import_files(book: OrderBook, files: list[Path], fmt: Format | None = None, *,
                        refused: _Printer = print) -> ImportSummary:
     """Upsert every good record of the files in batches; each refused one goes to
     ``refused``. The book is closed at the end.
@@ -239,7 +228,7 @@ def run_show(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _find_order(book: ClosableBook, key: str) -> list[Order]:
+async def _find_order(book: OrderBook, key: str) -> list[Order]:
     try:
         parcels = await book.find(key)
         if len(parcels) == 1 and parcels[0].order_id != key:  # a code: show its whole order
@@ -283,10 +272,10 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stats(book: ClosableBook) -> tuple[dict[str, int], dict[str, int]]:
+async def _stats(book: OrderBook) -> tuple[dict[str, int], dict[str, int]]:
     try:
         counts = await book.counts()
-        channels = await book.channels() if isinstance(book, ChannelCounts) else {}
+        channels = await book.channels()
         return counts, channels
     finally:
         await book.close()
