@@ -64,6 +64,7 @@ class JournalParcel:
     code: str | None
     order_id: str | None
     final_at: float | None
+    length_mm: float | None = None  # at the induction photo-eye: the parcel's size class
 
     @property
     def in_bin(self) -> bool:
@@ -94,7 +95,9 @@ def journal_parcels(rows: Iterable[Mapping[str, Any]],
             parcel_id=pid, inducted_at=inducted, disposition=disposition,
             bin=_text(row.get("bin"), f"{where}: bin"), code=_text(row.get("code"),
                                                                    f"{where}: code"),
-            order_id=_text(row.get("order_id"), f"{where}: order_id"), final_at=final_at))
+            order_id=_text(row.get("order_id"), f"{where}: order_id"), final_at=final_at,
+            length_mm=None if row.get("length_mm") is None
+            else _number(row["length_mm"], f"{where}: length_mm")))
     return parcels
 
 
@@ -315,8 +318,9 @@ class BusinessReport:
         }
 
 
-AllowedBins = Callable[[Order], Collection[str]]
-"""The bins the plan allows an order (primary, alternates, overflow), e.g. from SortPlan."""
+AllowedBins = Callable[[Order, float | None], Collection[str]]
+"""The bins the plan allows a parcel of an order, given its length at the induction (its
+size class): own bins, alternates, overflow, e.g. from :meth:`SortPlan.destinations`."""
 
 
 def business_kpis(parcels: Sequence[JournalParcel], orders: Mapping[str, Order], *,
@@ -378,7 +382,7 @@ def _parcel_verdict(p: JournalParcel, orders: Mapping[str, Order],
         info_error = order_data_problem(order)
     allowed = p.in_bin
     if allowed and allowed_bins is not None:
-        allowed = order is not None and p.bin in allowed_bins(order)
+        allowed = order is not None and p.bin in allowed_bins(order, p.length_mm)
     missort = p.disposition == Disposition.MISSORT or (p.in_bin and not allowed)
     return _Verdict(info_error, missort, allowed)
 

@@ -26,8 +26,13 @@ from controller.config_io import MqttTlsConfig as MqttTlsConfig  # noqa: PLC0414
 from controller.config_io import (
     SerialLinkConfig as SerialLinkConfig,  # noqa: PLC0414 - re-exported
 )
+from controller.config_plan import ORDER_STATUSES as ORDER_STATUSES  # noqa: PLC0414
+from controller.config_plan import Destination as Destination  # noqa: PLC0414 - re-exported
+from controller.config_plan import RuleField as RuleField  # noqa: PLC0414 - re-exported
+from controller.config_plan import SizeClass as SizeClass  # noqa: PLC0414 - re-exported
+from controller.config_plan import SortPlanConfig as SortPlanConfig  # noqa: PLC0414
+from controller.config_plan import SortRule as SortRule  # noqa: PLC0414 - re-exported
 from controller.errors import ConfigError
-from controller.orders import OrderStatus
 
 B = TypeVar("B", bound=MqttBrokerConfig)
 
@@ -211,34 +216,6 @@ class DecisionConfig(Strict):
         description="how long a parcel's reads wait for a lagging camera after the read zone")
 
 
-RuleField = Literal["carrier", "service", "route", "channel", "postcode_prefix", "status"]
-ORDER_STATUSES = tuple(OrderStatus)
-
-
-class SortRule(Strict):
-    """Orders matching every ``when`` field go to ``bins`` (primary first).
-
-    An order that is not released (held, cancelled, backordered, shipped) matches only
-    rules that name its ``status``.
-    """
-
-    name: str
-    when: dict[RuleField, str] = Field(default_factory=dict)
-    bins: list[Identifier] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _known_status(self) -> SortRule:
-        status = self.when.get("status")
-        if status is not None and status.casefold() not in ORDER_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(ORDER_STATUSES)}")
-        return self
-
-
-class SortPlanConfig(Strict):
-    rules: list[SortRule] = Field(default_factory=list)
-    overflow: Identifier | None = None
-
-
 class LineConfig(Strict):
     """A whole sorting line."""
 
@@ -273,11 +250,15 @@ class LineConfig(Strict):
                      for d in self.diverters if d.bin not in bin_ids]
         problems += [f"bins: {b} is served by more than one diverter"
                      for b in sorted({b for b in served if served.count(b) > 1})]
-        for rule in self.sort_plan.rules:
+        plan = self.sort_plan
+        for rule in plan.rules:
             problems += [f"sort_plan.rules: rule {rule.name!r} names unknown bin {b!r}"
-                         for b in rule.bins if b not in served]
-        if self.sort_plan.overflow is not None and self.sort_plan.overflow not in served:
-            problems.append(f"sort_plan.overflow: unknown bin {self.sort_plan.overflow!r}")
+                         for b in rule.bins or () if b not in served]
+        for name, destination in plan.destinations.items():
+            problems += [f"sort_plan.destinations.{name}: unknown bin {b!r}"
+                         for b in destination.bins + destination.alternates if b not in served]
+        if plan.overflow is not None and plan.overflow not in served:
+            problems.append(f"sort_plan.overflow: unknown bin {plan.overflow!r}")
         pe = self.induction.photo_eye_mm
         last_view = max(c.view_end_mm for c in self.cameras)
         problems += [f"cameras: {c.id} sees belt upstream of the induction photo-eye"
@@ -360,6 +341,13 @@ def load_config(path: str | Path) -> LineConfig:
         raise ConfigError(str(path), [("(file)", "no such file")]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [("(syntax)", str(exc))]) from None
+    inline = data.get("sort_plan")
+    if isinstance(inline, dict) and isinstance(plan_file := inline.get("file"), str):
+        if len(inline) > 1:
+            raise ConfigError(str(path), [("sort_plan", "a plan read from a file has nothing "
+                                           "else here: " + ", ".join(sorted(inline)))])
+        data = {**data, "sort_plan": {**read_plan_file(_resolve(path.parent, plan_file)),
+                                      "file": plan_file}}
     config = parse_config(data, str(path))
     base = path.parent
     archive = config.archive.path
@@ -386,6 +374,20 @@ def load_config(path: str | Path) -> LineConfig:
         "archive": config.archive.model_copy(
             update={"path": str(_resolve(base, archive)) if archive else None}),
     })
+
+
+def read_plan_file(path: Path) -> dict[str, Any]:
+    """A plan file's table: its ``[sort_plan]`` if it has one, else its top level."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("(file)", "no such plan file")]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [("(syntax)", str(exc))]) from None
+    plan = data.get("sort_plan", data)
+    if not isinstance(plan, dict) or "file" in plan:
+        raise ConfigError(str(path), [("sort_plan", "a plan file holds a plan, not a file")])
+    return plan
 
 
 def _broker_paths(base: Path, broker: B) -> B:

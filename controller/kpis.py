@@ -39,6 +39,7 @@ class ParcelTruth:
     expected_bins: tuple[str, ...]  # primary first, then the alternates and the overflow
     actual_bin: str | None  # None: it ended nowhere known
     parcel_id: int | None  # the controller's id for it; None: never tracked
+    places: int = 1  # any of the first ``places`` expected bins is its place (spread over)
 
     @property
     def expected_bin(self) -> str:
@@ -136,7 +137,7 @@ def _with_truth(parcel: ParcelTruth, final: FinalRecord | None) -> ParcelOutcome
         "controller_bin": final.bin if final else None,
         "reason": final.reason if final else (None if tracked
                                               else "never tracked by the controller"),
-        "missort": wrong_place(parcel.expected_bins, actual, disposition),
+        "missort": wrong_place(parcel.expected_bins, actual, disposition, parcel.places),
         "order_created_at": parcel.order_created_at,
         "final_at": final.final_at if final else None,
     }
@@ -159,13 +160,17 @@ def _without_truth(parcel_id: int, final: FinalRecord | None, *,
     }
 
 
-def wrong_place(expected_bins: Sequence[str], actual: str, disposition: str | None) -> bool:
-    """Physically in a bin it should not be in (ship accuracy), whatever the controller says."""
+def wrong_place(expected_bins: Sequence[str], actual: str, disposition: str | None,
+                places: int = 1) -> bool:
+    """Physically in a bin it should not be in (ship accuracy), whatever the controller says.
+
+    Any of the first ``places`` expected bins is right; the others only for a DEST_FULL.
+    """
     if actual in (END_OF_LINE, UNKNOWN_BIN):
         return False
     if not expected_bins:
         return True
-    if actual == expected_bins[0]:
+    if actual in expected_bins[:max(1, places)]:
         return False
     return not (disposition == Disposition.DEST_FULL and actual in expected_bins)
 

@@ -7,13 +7,14 @@ stage carries out (or not, if it comes too late).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 from controller.codes import ReadVerdict
 from controller.disposition import END_OF_LINE, Disposition
 from controller.orders import Order, OrderStatus
-from controller.sortplan import SortPlan
+from controller.sortplan import SortPlan, Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +34,21 @@ def _to_end(disposition: Disposition, reason: str) -> Route:
     return Route(disposition, END_OF_LINE, reason)
 
 
+CONSOLIDATING_ORDERS = 10_000  # multi-parcel orders whose bin is remembered, newest kept
+
+
 class Router:
-    """The sort plan applied to one parcel: held orders, full bins, overflow, no rule."""
+    """The sort plan applied to one parcel: held orders, full bins, spreading, consolidation,
+    overflow, no rule.
+
+    It remembers the bin each multi-parcel order's parcels went to, so the rest follow
+    (:attr:`SortPlanConfig.consolidate`), and where each destination's spreading is.
+    """
 
     def __init__(self, plan: SortPlan) -> None:
         self.plan = plan
+        self._order_bins: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._turn: dict[str, int] = {}
 
     @staticmethod
     def for_reads(verdict: ReadVerdict, *, why: str = "",
@@ -57,29 +68,64 @@ class Router:
         return None
 
     def for_order(self, order: Order | None, full: Set[str], *,
-                  no_order_reason: str = "") -> Route:
+                  no_order_reason: str = "", length_mm: float | None = None) -> Route:
         """The route of a parcel whose one code was read, given its order (None: not found).
 
-        The plan's bins for the order are tried in rank (primary, alternates, overflow);
-        the first not in ``full`` is chosen. Held and cancelled orders go only to a bin a
-        rule names for their status, else to the end of the line.
+        A parcel goes to one of its destination's own bins not in ``full`` (spread over
+        them), else to the first alternate or the overflow not full; a parcel of an order
+        whose earlier parcels went to a bin still allowed and not full goes there too. Held
+        and cancelled orders go only to a bin a rule names for their status, else to the end
+        of the line. ``length_mm``, measured at the induction, gives the parcel's size class.
         """
         if order is None:
             return _to_end(Disposition.NO_ORDER, no_order_reason or "no order for this code")
-        rule, ranked = self.plan.destinations(order)
-        chosen = next((b for b in ranked if b not in full), None)
+        target = self.plan.target(order, length_mm)
+        rule = target.rule
+        consolidated = self._consolidated(order, target, full)
+        chosen = consolidated or self._choose(target, full)
+        if chosen is not None:
+            self._remember(order, chosen)
+        with_order = f"; with the rest of order {order.order_id}" if consolidated else ""
         if order.status is not OrderStatus.RELEASED:
             held = f"order {order.order_id} {order.status}"
             if chosen is None:
                 return _to_end(Disposition.ORDER_HELD,
                                held + (f": rule {rule}: every bin full" if rule else ""))
-            return Route(Disposition.ORDER_HELD, chosen, f"{held}: rule {rule}")
+            return Route(Disposition.ORDER_HELD, chosen, f"{held}: rule {rule}{with_order}")
         if chosen is None:
-            return _to_end(Disposition.DEST_FULL,
-                           f"rule {rule}: every bin full ({', '.join(ranked) or 'none'})")
-        primary = ranked[0]
+            return _to_end(Disposition.DEST_FULL, f"rule {rule}: every bin full "
+                                                  f"({', '.join(target.ranked) or 'none'})")
         planned = f"rule {rule}" if rule else "no rule matched: overflow"
-        if chosen == primary:
-            return Route(Disposition.SORTED, chosen, planned)
+        if chosen in target.own:
+            return Route(Disposition.SORTED, chosen, planned + with_order)
         return Route(Disposition.DEST_FULL, chosen,
-                     f"{planned}: {primary} full, sent to {chosen}")
+                     f"{planned}: {', '.join(target.own)} full, sent to {chosen}{with_order}")
+
+    def _choose(self, target: Target, full: Set[str]) -> str | None:
+        own = [b for b in target.own if b not in full]
+        if own and not target.fill_first and len(target.own) > 1:
+            turn = self._turn.get(target.destination, 0)
+            self._turn[target.destination] = turn + 1
+            return own[turn % len(own)]
+        if own:
+            return own[0]
+        return next((b for b in target.fallback if b not in full), None)
+
+    def _consolidated(self, order: Order, target: Target, full: Set[str]) -> str | None:
+        """The bin this order's earlier parcels went to, if it may take this one too."""
+        if not self.plan.config.consolidate or order.parcels_in_order < 2:
+            return None
+        remembered = self._order_bins.get(order.order_id)
+        if remembered is None:
+            return None
+        bin_id = remembered[0]
+        return bin_id if bin_id in target.ranked and bin_id not in full else None
+
+    def _remember(self, order: Order, bin_id: str) -> None:
+        if not self.plan.config.consolidate or order.parcels_in_order < 2:
+            return
+        _, routed = self._order_bins.pop(order.order_id, ("", 0))
+        if routed + 1 < order.parcels_in_order:
+            self._order_bins[order.order_id] = (bin_id, routed + 1)
+            while len(self._order_bins) > CONSOLIDATING_ORDERS:
+                self._order_bins.popitem(last=False)

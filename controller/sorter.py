@@ -344,7 +344,8 @@ class Sorter(LineControls):
         order, no_order_reason = await self._lookup.order(parcel.code)
         parcel.order = order
         return self._router.for_order(order, self._belt.full_bins(),
-                                      no_order_reason=no_order_reason)
+                                      no_order_reason=no_order_reason,
+                                      length_mm=parcel.window.length_mm)
 
     # --- the end of a parcel ---------------------------------------------------------------
 

@@ -132,6 +132,7 @@ class SimParcel:
     order: Order | None
     expected_disposition: str
     expected_bins: list[str]
+    places: int = 1  # the first ``places`` expected bins are its place; the rest when full
     offset_mm: float = 0.0  # belt travel at which the leading edge is at line position 0
     induct_enc: int | None = None
     stray_diverter: str | None = None
@@ -148,26 +149,66 @@ SERVICES = ("standard", "express")
 CHANNELS = ("webshop", "store", "marketplace")
 
 
-def expected_bins(line: LineConfig, order: Order) -> list[str]:
+SIZE_MARGIN_MM = 20.0
+
+
+def expected_bins(line: LineConfig, order: Order, length_mm: float | None = None) -> list[str]:
+    """Every bin an order's parcel may go to, its places first (see :func:`expected_place`)."""
+    return expected_place(line, order, length_mm)[0]
+
+
+def expected_place(line: LineConfig, order: Order, length_mm: float | None = None,
+                   ) -> tuple[list[str], int]:
     """Where an order should go: the emulator's own reading of the plan, first rule wins.
 
+    ``(bins, places)``: any of the first ``places`` bins is the parcel's place (a destination
+    spreads its parcels over its own bins); the rest take it only when those are full.
     Held and cancelled orders go only where a rule names their status; else to the end.
     """
+    plan = line.sort_plan
     released = order.status is OrderStatus.RELEASED
-    overflow = line.sort_plan.overflow
-    for rule in line.sort_plan.rules:
+    overflow = plan.overflow
+    size = _size_class(line, length_mm)
+    for rule in plan.rules:
         if not released and "status" not in rule.when:
             continue
-        if all(_field_matches(order, key, value) for key, value in rule.when.items()):
-            bins = list(rule.bins)
-            return bins + ([overflow] if overflow and overflow not in bins else [])
-    return [overflow] if overflow and released else []
+        if all(_field_matches(order, size, key, value) for key, value in rule.when.items()):
+            if rule.destination is not None:
+                destination = plan.destinations[rule.destination]
+                bins, places = destination.bins + destination.alternates, len(destination.bins)
+            else:
+                bins, places = list(rule.bins or ()), 1
+            return bins + ([overflow] if overflow and overflow not in bins else []), places
+    return ([overflow] if overflow and released else []), 1
 
 
-def _field_matches(order: Order, key: str, value: str) -> bool:
+def _size_class(line: LineConfig, length_mm: float | None) -> str | None:
+    if length_mm is None:
+        return None
+    for size in line.sort_plan.size_classes:
+        if size.min_length_mm <= length_mm and (size.max_length_mm is None
+                                                or length_mm < size.max_length_mm):
+            return size.name
+    return line.sort_plan.default_size_class
+
+
+def _field_matches(order: Order, size: str | None, key: str, value: str) -> bool:
+    postcode, bound = order.postcode.replace(" ", "").upper(), value.replace(" ", "").upper()
     if key == "postcode_prefix":
-        return order.postcode.upper().startswith(value.upper())
+        return postcode.startswith(bound)
+    if key == "postcode_from":
+        return postcode[:len(bound)] >= bound
+    if key == "postcode_to":
+        return postcode[:len(bound)] <= bound
+    if key == "size_class":
+        return size is not None and size.casefold() == value.casefold()
     return str(getattr(order, key)).casefold() == value.casefold()
+
+
+def _boundaries(line: LineConfig) -> list[float]:
+    """The lengths where a parcel changes size class."""
+    return [b for c in line.sort_plan.size_classes
+            for b in (c.min_length_mm, c.max_length_mm) if b]
 
 
 def make_code(serial: int, prefix: str = "00") -> str:
@@ -187,9 +228,13 @@ class _Generator:
         self.serial += self.rng.randrange(1, 50)
         return make_code(self.serial)
 
-    def order_for(self, code: str, status: OrderStatus, n: int) -> Order:
-        # Orders are drawn for the routing rules (those that do not name a status).
-        rules = [r for r in self.line.sort_plan.rules if "status" not in r.when]
+    def order_for(self, code: str, status: OrderStatus, n: int,
+                  length_mm: float | None = None) -> Order:
+        # Orders are drawn for the routing rules (those that do not name a status) that take
+        # a parcel of this size.
+        size = _size_class(self.line, length_mm)
+        rules = [r for r in self.line.sort_plan.rules if "status" not in r.when
+                 and r.when.get("size_class", size) == size]
         rule: SortRule | None = None
         if rules and self.rng.random() < 0.95:
             weights = [1.0 / (i + 1) ** self.spec.hot_bins for i in range(len(rules))]
@@ -201,9 +246,11 @@ class _Generator:
         }
         if rule is not None:
             for key, value in rule.when.items():
-                if key == "postcode_prefix":
+                bound = key == "postcode_from" or (key == "postcode_to"
+                                                   and "postcode_from" not in rule.when)
+                if key == "postcode_prefix" or bound:
                     attrs["postcode"] = value + attrs["postcode"][len(value):]
-                else:
+                elif key not in ("size_class", "postcode_to"):
                     attrs[key] = value
         return Order(order_id=f"SO-{n:07d}", code=code, status=status,
                      created_at=-self.rng.uniform(600, 6 * 3600), channel=attrs["channel"],
@@ -226,6 +273,10 @@ class _Generator:
         s, rng = self.spec, self.rng
         case = rng.choices(list(s.mix), list(s.mix.values()))[0]
         length = rng.uniform(*s.length_mm)
+        for _ in range(20):  # not where the controller's measure could put it in another class
+            if all(abs(length - b) > SIZE_MARGIN_MM for b in _boundaries(self.line)):
+                break
+            length = rng.uniform(*s.length_mm)
         width = rng.uniform(*s.width_mm)
         half_view = min(self.line.belt.width_mm,
                         *(c.resolution[1] * c.mm_per_px for c in self.line.cameras)) / 2
@@ -240,7 +291,7 @@ class _Generator:
         status = {Case.HELD_ORDER: OrderStatus.HELD,
                   Case.CANCELLED_ORDER: OrderStatus.CANCELLED}.get(case, OrderStatus.RELEASED)
         if case is not Case.UNKNOWN_ORDER:
-            order = self.order_for(code, status, sim_id)
+            order = self.order_for(code, status, sim_id, length)
         if case is Case.NO_LABEL:
             pass  # its label fell off: the order exists, nothing on the box says which
         elif case is Case.DAMAGED_LABEL:
@@ -260,8 +311,8 @@ class _Generator:
         if case is Case.CAMERA_STALL:
             # Isolated: the parcel before has left every view when the stall starts.
             gap = max(gap, max(c.fov_mm for c in self.line.cameras) + 300.0)
-        expected = expected_bins(self.line, order) if order and case in ROUTED_CASES | {
-            Case.HELD_ORDER, Case.CANCELLED_ORDER} else []
+        expected, places = expected_place(self.line, order, length) if order and case in \
+            ROUTED_CASES | {Case.HELD_ORDER, Case.CANCELLED_ORDER} else ([], 1)
         disposition = EXPECTED_DISPOSITION[case]
         if case is Case.NOMINAL and not expected:
             disposition = "DEST_FULL"
@@ -269,7 +320,7 @@ class _Generator:
                            None if case is Case.NO_LABEL else code, order, disposition,
                            expected if case in (Case.NOMINAL, Case.JAMMED_DIVERTER,
                                                 Case.HELD_ORDER, Case.CANCELLED_ORDER,
-                                                Case.LICENCE_PLATE) else [])
+                                                Case.LICENCE_PLATE) else [], places=places)
         if case is Case.STRAY_PUSH:
             # The faulty pusher is the one just upstream of where the parcel should go; with
             # none upstream, the parcel is one the line sends to the end (no order) instead.
@@ -320,5 +371,6 @@ def _group_into_orders(parcels: list[SimParcel], spec: ScenarioSpec, line: LineC
         for parcel in group:
             assert parcel.order is not None
             parcel.order = replace(head, code=parcel.order.code, parcels_in_order=len(group))
-            parcel.expected_bins = expected_bins(line, parcel.order)
+            parcel.expected_bins, parcel.places = expected_place(line, parcel.order,
+                                                                 parcel.length_mm)
         i += len(group)

@@ -86,7 +86,8 @@ def test_every_figure_matches_the_emulators_truth(example_config: LineConfig,
 
     book = asyncio.run(read_book())
     plan = SortPlan(example_config.sort_plan)
-    report = business_kpis(parcels, book, allowed_bins=lambda o: plan.destinations(o)[1])
+    report = business_kpis(parcels, book,
+                           allowed_bins=lambda o, length: plan.destinations(o, length)[1])
     got = report.total
 
     # Per parcel, from where each parcel really went (the emulator's truth).
@@ -166,7 +167,7 @@ ALLOWED = {"A1": {"B1", "B2"}, "A2": {"B1", "B2"}, "B1": {"B1"}, "B2": {"B1"}, "
 
 def hand_report(**kwargs: Any) -> Any:
     return business_kpis(parcels_of(JOURNAL), {o.code: o for o in BOOK}, clock_start=EPOCH,
-                         allowed_bins=lambda o: ALLOWED[o.code], **kwargs)
+                         allowed_bins=lambda o, _length: ALLOWED[o.code], **kwargs)
 
 
 def test_orders_complete_late_missing_and_wrong() -> None:

@@ -190,7 +190,11 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 
 def _is_float(annotation: Any) -> bool:
-    return annotation is float or float in typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _is_float(typing.get_args(annotation)[0])
+    return annotation is float or any(
+        a is float or (typing.get_origin(a) is typing.Annotated and _is_float(a))
+        for a in typing.get_args(annotation))
 
 
 def _float_fields(model: type[BaseModel], prefix: tuple[str | int, ...] = ()
@@ -214,6 +218,7 @@ def _full_example() -> dict[str, Any]:
     data["archive"] = {"path": "var/archive"}
     data["line_io"] = {"serial": {"port": "/dev/ttyUSB0"}, "mqtt": {}}
     data["diagnostics"] = {}
+    data["sort_plan"]["size_classes"] = [{"name": "small", "max_length_mm": 200.0}]
     return data
 
 

@@ -331,18 +331,18 @@ def test_an_order_store_raising_a_bug_fails_one_decision_and_the_line_goes_on(
 
 def test_a_sort_plan_raising_fails_one_decision_and_the_line_goes_on(
         example_config: LineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from controller.sortplan import SortPlan
+    from controller.sortplan import SortPlan, Target
 
-    destinations = SortPlan.destinations
+    target = SortPlan.target
     calls: list[str] = []
 
-    def raising_once(plan: SortPlan, order: Order) -> tuple[str | None, list[str]]:
+    def raising_once(plan: SortPlan, order: Order, length_mm: float | None = None) -> Target:
         calls.append(order.code)
         if len(calls) == 4:
             raise RuntimeError("rule table corrupt")
-        return destinations(plan, order)
+        return target(plan, order, length_mm)
 
-    monkeypatch.setattr(SortPlan, "destinations", raising_once)
+    monkeypatch.setattr(SortPlan, "target", raising_once)
     spec = ScenarioSpec(parcels=16, seed=26, scuffed_share=0.0)
     _, records, result = run_sim(example_config, spec, tmp_path)
     _check_one_failed_decision(records, result, calls[3] if len(calls) > 3 else None,

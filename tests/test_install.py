@@ -103,6 +103,10 @@ def installed_root(factory: pytest.TempPathFactory) -> Staged:
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Staged:
     staged = installed_root(tmp_path_factory)
     with_targets(staged.root)
+    # What the unit runs from the system, as Debian's procps installs it (ExecReload)
+    kill = staged.root / "usr" / "bin" / "kill"
+    kill.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(shutil.which("kill") or "/usr/bin/kill", kill)
     return staged
 
 
@@ -406,6 +410,7 @@ def test_the_unit_runs_the_installed_venv_as_a_notifying_hardened_service(
         ("Service", "SupplementaryGroups"): ["dialout video"],
         ("Service", "ExecStartPre"): [f"{VENV_BIN} check-config {CONFIG}"],
         ("Service", "ExecStart"): [f"{VENV_BIN} run --config {CONFIG}"],
+        ("Service", "ExecReload"): ["/usr/bin/kill -HUP $MAINPID"],
         ("Service", "Restart"): ["on-failure"],
         ("Service", "RestartSec"): ["2s"],
         ("Service", "KillSignal"): ["SIGTERM"],

@@ -298,7 +298,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"parcel-sorter: {line}", file=sys.stderr, flush=True)
 
     async def main(notifier: Notifier) -> SorterStats:
-        stop, stop_now = asyncio.Event(), asyncio.Event()
+        stop, stop_now, reload = asyncio.Event(), asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
@@ -306,10 +306,12 @@ def _run(args: argparse.Namespace) -> int:
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal)
-        say(f"running line {config.line.name!r}; SIGINT or SIGTERM stops (a second one at once)")
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        say(f"running line {config.line.name!r}; SIGINT or SIGTERM stops (a second one at "
+            f"once), SIGHUP reloads the sort plan")
         return await run_line(config, RealClock(), stop, stop_now=stop_now, notifier=notifier,
                               say=say, ready_timeout_s=args.ready_timeout or READY_TIMEOUT_S,
-                              config_path=args.config)
+                              config_path=args.config, reload=reload)
 
     try:
         with Notifier.from_env() as notifier:

@@ -109,8 +109,8 @@ def build_report(args: argparse.Namespace) -> BusinessReport:
     if config is not None:
         plan = SortPlan(config.sort_plan)
 
-        def allowed(order: Order) -> Collection[str]:
-            return plan.destinations(order)[1]
+        def allowed(order: Order, length_mm: float | None) -> Collection[str]:
+            return plan.destinations(order, length_mm)[1]
 
     return business_kpis(parcels, orders, clock_start=clock_start, allowed_bins=allowed,
                          shift_hours=args.shift_hours)

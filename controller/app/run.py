@@ -23,18 +23,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from controller.app.sd_notify import Notifier
 from controller.archive import open_archive
 from controller.clock import Clock
-from controller.config import LineConfig
+from controller.commands import iso_utc
+from controller.config import LineConfig, load_config
 from controller.confirming import LOST_AFTER_MM
 from controller.diagnostics import RollingTelemetry, TelemetryFanout
 from controller.encoder import EncoderHistory
-from controller.errors import DriverTimeout
-from controller.journal import FinalRecord, Journal
+from controller.errors import ConfigError, DriverTimeout
+from controller.journal import AuditRecord, FinalRecord, Journal
 from controller.lineio import LinkState
 from controller.sorter import Sorter, SorterStats
 from controller.vision import BarcodeDecoder
@@ -67,11 +69,13 @@ async def run_line(config: LineConfig, clock: Clock, stop: asyncio.Event, *,
                    say: Callable[[str], None] = log.info,
                    ready_timeout_s: float = READY_TIMEOUT_S,
                    on_final: Callable[[FinalRecord], None] | None = None,
-                   config_path: Path | None = None) -> SorterStats:
+                   config_path: Path | None = None,
+                   reload: asyncio.Event | None = None) -> SorterStats:
     """Sort on the line the config names until ``stop`` is set; return the counters.
 
     With ``[diagnostics]`` it publishes the technicians' view and takes their commands
-    (docs/diagnostics-protocol.md); ``reload-plan`` reads ``config_path``.
+    (docs/diagnostics-protocol.md); ``reload-plan`` reads ``config_path``. Each time
+    ``reload`` is set (SIGHUP), the sort plan is read again from ``config_path``.
     """
     from controller.app.live import diagnostics
     from controller.app.metrics import LineMetrics, node_states
@@ -108,9 +112,46 @@ async def run_line(config: LineConfig, clock: Clock, stop: asyncio.Event, *,
         async with diagnostics(config, sorter, clock, config_path=config_path,
                                telemetry=rolling, link_states=links.states,
                                device_states=nodes):
-            return await _sort(config, sorter, links.links, clock=clock, stop=stop,
-                               stop_now=stop_now, notifier=notifier, say=say,
-                               ready_timeout_s=ready_timeout_s, states=links.states)
+            reloads = asyncio.create_task(
+                _reload_plans(sorter, reload, config_path, notifier, say),
+                name="run.reload-plan")
+            try:
+                return await _sort(config, sorter, links.links, clock=clock, stop=stop,
+                                   stop_now=stop_now, notifier=notifier, say=say,
+                                   ready_timeout_s=ready_timeout_s, states=links.states)
+            finally:
+                reloads.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reloads
+
+
+async def _reload_plans(sorter: Sorter, reload: asyncio.Event | None, config_path: Path | None,
+                        notifier: Notifier, say: Callable[[str], None]) -> None:
+    """On each ``reload``, the plan from the config file, checked whole first: a plan the
+    line cannot use is refused and the running one stays. Each attempt is audited."""
+    if reload is None or config_path is None:
+        return
+    while True:
+        await reload.wait()
+        reload.clear()
+        notifier.send("RELOADING=1")
+        try:
+            rules = sorter.replace_plan(load_config(config_path).sort_plan)
+        except ConfigError as exc:
+            problems = "; ".join(f"{path}: {why}" for path, why in exc.problems)
+            status, result = "error", f"plan refused: {problems}"
+            say(f"reload: {result}; the running plan stays")
+        else:
+            status, result = "ok", f"{rules} rules"
+            say(f"reload: new sort plan, {rules} rules")
+        notifier.ready(f"sorting; plan reload {status}")
+        record = AuditRecord(at=sorter.clock.now(), wall=iso_utc(datetime.now(UTC)),
+                             who="SIGHUP", verb="reload-plan", args={}, status=status,
+                             result=result)
+        try:
+            await sorter.journal.audit(record)
+        except Exception as exc:  # a journal fault stops the line through the sorter
+            log.warning("plan reload not audited: %s", exc)
 
 
 async def _sort(config: LineConfig, sorter: Sorter, links: Mapping[str, object], *,
