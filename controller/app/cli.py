@@ -17,6 +17,7 @@ from controller.app.decode_tool import add_decode_command
 from controller.app.diag import add_diag_command
 from controller.app.example_line import EXAMPLE_CONFIG
 from controller.app.orders_tool import add_orders_command
+from controller.app.plan_tool import add_plan_command
 from controller.app.report_tool import add_report_command
 from controller.app.simulate import DECODE_COST_S, ShiftResult
 from controller.app.trace_tool import add_trace_command
@@ -127,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="check it for `run` on a real line (default; what the unit's "
                             "ExecStartPre= runs) or for `sim` against the emulator")
     for add_tool in (add_decode_command, add_archive_command, add_diag_command,
-                     add_trace_command, add_orders_command, add_report_command):
+                     add_trace_command, add_orders_command, add_report_command,
+                     add_plan_command):
         add_tool(sub)
     return parser
 
