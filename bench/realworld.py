@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,7 +38,7 @@ def tally(decoder_name: str, formats: tuple[str, ...], folder: Path) -> tuple[in
         gray = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
         if gray is None:
             continue
-        symbols = decoder.decode(gray)
+        symbols = decoder.decode(np.asarray(gray, dtype=np.uint8))
         want = expected_text(image)
         if want is not None and any(letters_and_digits(s.text) == want for s in symbols):
             read += 1

@@ -210,9 +210,11 @@ def test_no_false_reads_on_empty_frames(name: str) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_colour_image(name: str, code128: np.ndarray) -> None:
     frame, cx, cy = frame_with(code128, 0, seed=11, whole_px=True)
-    bgr = cv2.merge([frame // 2, frame, np.clip(frame.astype(int) + 20, 0, 255).astype(np.uint8)])
+    bgr = np.asarray(cv2.merge([frame // 2, frame,
+                                np.clip(frame.astype(int) + 20, 0, 255).astype(np.uint8)]),
+                     dtype=np.uint8)
     assert_read(make_decoder(name).decode(bgr), TRACKING, "code128", cx, cy)
-    bgra = cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+    bgra = np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA), dtype=np.uint8)
     assert_read(make_decoder(name).decode(bgra), TRACKING, "code128", cx, cy)
 
 
@@ -335,3 +337,38 @@ def test_stacked_codes_keep_their_own_centres(name: str) -> None:
             x = 640 + dx * math.cos(t) + dy * math.sin(t)
             y = 400 - dx * math.sin(t) + dy * math.cos(t)
             assert math.hypot(s.x - x, s.y - y) <= CENTRE_TOLERANCE, (angle, s, x, y)
+
+
+def test_active_region_holds_the_label_and_nothing_on_a_bare_belt() -> None:
+    """The gate that lets empty frames out early: none on belt and a bare parcel, a region
+    around the emulator's label otherwise, and the decoder's reads agree."""
+    from controller.config import load_config
+    from drivers.decoders.activity import active_region
+    from sim_hardware.labels import LabelSpec
+    from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel
+    from sim_hardware.scenario import make_code
+
+    cam = load_config(Path(__file__).resolve().parents[1] / "deploy" / "line.example.toml"
+                      ).cameras[0]
+    decoder = make_decoder("located-zxing")
+    for seed in range(4):
+        renderer = FrameRenderer(*cam.resolution, cam.mm_per_px, seed=seed)
+        bare = ParcelTop(lead_x_mm=cam.position_mm + 200, length_mm=400, width_mm=300,
+                         y_mm=0.0, shade=130 + 10 * seed, labels=())
+        for frame in (renderer.render(cam.view_start_mm, []),
+                      renderer.render(cam.view_start_mm, [bare])):
+            assert active_region(frame) is None
+            assert decoder.decode(frame) == []
+        code = make_code(5000 + seed)
+        for contrast in (0.15, 1.0):  # the faintest print the robustness table reads
+            placed = PlacedLabel(LabelSpec(code, contrast=contrast, seed=seed), 10.0, -5.0,
+                                 70.0 * seed)
+            parcel = ParcelTop(bare.lead_x_mm, bare.length_mm, bare.width_mm, bare.y_mm,
+                               bare.shade, (placed,))
+            frame = renderer.render(cam.view_start_mm, [parcel])
+            region = active_region(frame)
+            assert region is not None
+            col, row = renderer.label_centre_px(cam.view_start_mm, parcel, placed)
+            assert region[0] < col < region[2]
+            assert region[1] < row < region[3]
+        assert [s.text for s in decoder.decode(frame)] == [code]

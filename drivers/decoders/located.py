@@ -26,6 +26,7 @@ from ._common import (
     check_formats,
     dedupe,
 )
+from .activity import Box, active_region, unread_bars
 from .locator import (
     LABEL_AREA_SHARE,
     LABEL_RECTANGULARITY,
@@ -110,6 +111,10 @@ class LocatingDecoder:
     ``matrix`` (zxing-cpp by default) reads the 2-D formats from the whole image, where
     they are rotation-invariant. When no crop yields a linear read (the locator found
     nothing or only texture), ``inner`` reads the whole image as a fallback.
+
+    A large frame with nothing barcode-like in it (:mod:`drivers.decoders.activity`: an
+    empty belt, a bare parcel) gives no reads at once; otherwise the locator and the
+    whole-image passes look only inside its active region.
     """
 
     name = "located"
@@ -119,10 +124,17 @@ class LocatingDecoder:
     #: plain crops read 40 % of
     sharpen: bool = True
 
-    def __init__(self, inner: Finder, matrix: Finder | None = None, *, name: str = "") -> None:
+    def __init__(self, inner: Finder, matrix: Finder | None = None, *, name: str = "",
+                 whole: Finder | None = None, small_matrix: Finder | None = None) -> None:
         self.inner = inner
         self.matrix = matrix
         self.formats = tuple(dict.fromkeys(inner.formats + (matrix.formats if matrix else ())))
+        #: reads inner's and matrix's formats in one pass, when a large frame needs both
+        self.whole = whole
+        #: reads the 2-D formats in images no larger than LABELS_FIRST_SIDE (photographs,
+        #: close crops) instead of ``matrix``: there light-on-dark codes occur, and the
+        #: pass is cheap
+        self.small_matrix = small_matrix or matrix
         if name:
             self.name = name
         self._locator = CodeLocator()
@@ -135,33 +147,40 @@ class LocatingDecoder:
         gray = as_gray(image)
         if gray is None:
             return []
+        region = active_region(gray)
+        if region is None:  # a large frame with nothing barcode-like: belt, bare cardboard
+            return []
         found: list[Found] = []
         boxes: list[tuple[Quad, float]] = []
+        matrix_read = False
         if self.inner.formats:
-            linear, boxes = self._linear(gray)
+            linear, boxes, matrix_read = self._linear(gray, region)
             found += linear
             if not linear:
                 boxes = []
-        if self.matrix is not None:
-            found += self._matrix(gray, boxes)
+        if self.matrix is not None and not matrix_read:
+            found += self._matrix(gray, boxes, region)
         return dedupe(found)
 
-    def _matrix(self, gray: GrayImage, boxes: list[tuple[Quad, float]]) -> list[Found]:
-        """2-D codes near the located linear codes once one was read, else in the whole image."""
+    def _matrix(self, gray: GrayImage, boxes: list[tuple[Quad, float]],
+                region: Box) -> list[Found]:
+        """2-D codes near the located linear codes once one was read, else in the region."""
         # A label's 2-D code sits beside its linear one; a whole 1080p pass costs about 4 ms.
         assert self.matrix is not None
+        assert self.small_matrix is not None
         regions = matrix_regions(gray.shape, boxes)
         if regions is None:
-            return self.matrix.find(gray)
+            small = max(gray.shape) <= LABELS_FIRST_SIDE
+            return find_in(self.small_matrix if small else self.matrix, gray, region)
         found: list[Found] = []
-        for x0, y0, x1, y1 in regions:
-            for f in self.matrix.find(gray[y0:y1, x0:x1]):
-                s = f.symbol
-                found.append(Found(Symbol(s.text, s.symbology, s.x + x0, s.y + y0), f.size))
+        for box in regions:
+            found += find_in(self.matrix, gray, box)
         return found
 
-    def _linear(self, gray: GrayImage) -> tuple[list[Found], list[tuple[Quad, float]]]:
-        """Linear reads, and the boxes searched with the reach (box lengths) for 2-D codes."""
+    def _linear(self, gray: GrayImage,
+                region: Box) -> tuple[list[Found], list[tuple[Quad, float]], bool]:
+        """Linear reads, the boxes searched with the reach (box lengths) for 2-D codes, and
+        whether the 2-D formats were read too (by :attr:`whole`, on the active region)."""
         # Labels first: when every label-like region is a clean rectangle and each one
         # reads, the code locator (about 7 ms on a whole 1080p frame) runs on the labels
         # only. Anything else (a torn label, labels touching, a code printed straight on
@@ -176,16 +195,29 @@ class LocatingDecoder:
             if labels and not odd_blobs and LABEL_CROP_GROWTH * label_px < gray.size:
                 per_label = [self._read_label(gray, quad) for quad in labels]
                 if all(per_label):
-                    return [f for reads in per_label for f in reads], label_boxes
-        quads = self.locate(gray)
+                    return [f for reads in per_label for f in reads], label_boxes, False
+        quads = self._locate_in(gray, region)
         reads = self._located_reads(gray, quads)
         # a small image is searched whole for 2-D codes: that costs little
         boxes = _reach(quads, MATRIX_REACH) + label_boxes if big else []
-        if not reads:
-            if labels is None:
-                labels = locate_labels(gray)
-            return self._labels(gray, labels) or self.inner.find(gray), boxes
-        return reads, boxes
+        if reads:
+            return reads, boxes, False
+        if labels is None:
+            labels = locate_labels(gray)
+        reads = self._labels(gray, labels)
+        if reads:
+            return reads, boxes, False
+        if self.whole is not None and big:
+            return find_in(self.whole, gray, region), boxes, True
+        return find_in(self.inner, gray, region), boxes, False
+
+    def _locate_in(self, gray: GrayImage, region: Box) -> list[Quad]:
+        """Located codes in the region of ``gray``, in ``gray``'s pixels."""
+        x0, y0, x1, y1 = region
+        if (x0, y0, x1, y1) == (0, 0, gray.shape[1], gray.shape[0]):
+            return self.locate(gray)
+        offset = np.array((x0, y0), dtype=np.float32)
+        return [q + offset for q in self.locate(gray[y0:y1, x0:x1])]
 
     def _located_reads(self, gray: GrayImage, quads: list[Quad]) -> list[Found]:
         """Reads of the located boxes; a code also caught in another box's margin is kept
@@ -220,7 +252,11 @@ class LocatingDecoder:
         if squared is None:
             return []
         crop, back = squared
-        reads = self._located_reads(crop, self.locate(crop)) or self._whole_reads(crop)
+        # Squared up, the label's codes lie along a crop axis, where a whole read finds
+        # them for a third of the locator's cost; bars it left unread send it the locator's way.
+        reads = self._whole_reads(crop)
+        if not reads or unread_bars(crop, [(f.symbol.x, f.symbol.y) for f in reads]):
+            reads = self._located_reads(crop, self.locate(crop)) or reads
         return [mapped(f, back) for f in reads]
 
     def _labels(self, gray: GrayImage, labels: list[Quad]) -> list[Found]:
@@ -270,6 +306,15 @@ def _reach(quads: list[Quad], factor: float) -> list[tuple[Quad, float]]:
     return [(q, factor) for q in quads]
 
 
+def find_in(finder: Finder, gray: GrayImage, box: Box) -> list[Found]:
+    """``finder``'s reads in the (x0, y0, x1, y1) ``box`` of ``gray``, in ``gray``'s pixels."""
+    x0, y0, x1, y1 = box
+    if (x0, y0, x1, y1) == (0, 0, gray.shape[1], gray.shape[0]):
+        return finder.find(gray)
+    return [Found(Symbol(f.symbol.text, f.symbol.symbology, f.symbol.x + x0, f.symbol.y + y0),
+                  f.size) for f in finder.find(gray[y0:y1, x0:x1])]
+
+
 
 def _split(formats: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     names = check_formats(formats)
@@ -295,6 +340,8 @@ class LocatedZxingDecoder(LocatingDecoder):
             ZxingDecoder(linear) if linear else _EmptyFinder(),
             ZxingDecoder(matrix) if matrix else None,
             name="located-zxing",
+            whole=ZxingDecoder(linear + matrix) if linear and matrix else None,
+            small_matrix=ZxingDecoder(matrix, try_invert=True) if matrix else None,
         )
 
 
@@ -309,4 +356,5 @@ class LocatedPyzbarDecoder(LocatingDecoder):
             PyzbarDecoder(linear) if linear else _EmptyFinder(),
             ZxingDecoder(matrix) if matrix else None,
             name="located-pyzbar",
+            small_matrix=ZxingDecoder(matrix, try_invert=True) if matrix else None,
         )

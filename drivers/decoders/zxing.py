@@ -59,8 +59,8 @@ def symbology_name(barcode: zxingcpp.Barcode) -> str:
 class ZxingDecoder:
     """zxing-cpp over the whole image, looking only for ``formats`` (none: every one it reads).
 
-    ``try_invert`` is off: labels are dark on light, and the inverted pass doubles the
-    cost of every frame. ``try_rotate`` stays on so 90°/270° linear codes read.
+    ``try_invert`` is off unless asked for: labels are dark on light, and the inverted pass
+    doubles the cost of every frame. ``try_rotate`` stays on so 90°/270° linear codes read.
     """
 
     name = "zxing"
@@ -71,11 +71,13 @@ class ZxingDecoder:
         *,
         try_rotate: bool = True,
         try_downscale: bool = True,
+        try_invert: bool = False,
     ) -> None:
         self.formats = check_formats(formats, every=tuple(TO_ZXING))
         self._zx_formats = zxingcpp.BarcodeFormats([TO_ZXING[f] for f in self.formats])
         self._try_rotate = try_rotate
         self._try_downscale = try_downscale
+        self._try_invert = try_invert
 
     def decode(self, image: GrayImage) -> list[Symbol]:
         return decode_with(self.find, image)
@@ -88,7 +90,7 @@ class ZxingDecoder:
                 formats=self._zx_formats,
                 try_rotate=self._try_rotate,
                 try_downscale=self._try_downscale,
-                try_invert=False,
+                try_invert=self._try_invert,
             )
             found = []
             for b in barcodes:
