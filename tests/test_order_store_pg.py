@@ -1,5 +1,6 @@
-"""The PostgreSQL order store against a real server: the same book as SQLite's, a lookup
-timeout when the server stops answering, reconnects, and the change feed (with its reload)."""
+"""The PostgreSQL order store against a real server: a lookup timeout when the server stops
+answering, reconnects, and the change feed's reload after one. What it shares with SQLite's
+(the book, the feed, a line's cache following it) is tests/test_order_book_parity.py."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import pytest
 
 from controller.config import OrderStoreConfig
 from controller.errors import OrderStoreError
-from controller.orders import Order, OrderStatus, Upserted
+from controller.orders import Order, OrderStatus
 from drivers.orders import open_order_store
-from drivers.orders.sqlite import SqliteOrderStore
 from sim_hardware.postgres import Postgres, unavailable_reason
 
 pytestmark = pytest.mark.wallclock
@@ -71,55 +71,6 @@ def pg_config(server: Postgres) -> OrderStoreConfig:
 
 def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(main())
-
-
-# --- the contract both backends keep -----------------------------------------------------------
-
-BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(params=BACKENDS)
-def open_book(request: pytest.FixtureRequest, tmp_path: Path
-              ) -> Callable[[], SqliteOrderStore | PostgresOrderStore]:
-    if request.param == "sqlite":
-        return lambda: SqliteOrderStore(tmp_path / "orders.sqlite")
-    config = request.getfixturevalue("pg_config")
-    return lambda: PostgresOrderStore(config)
-
-
-def test_the_book_upserts_finds_counts_and_looks_up_like_sqlite(
-        open_book: Callable[[], SqliteOrderStore | PostgresOrderStore]) -> None:
-    async def main() -> None:
-        store = open_book()
-        try:
-            first = await store.upsert([
-                _order("A1", created=1.0, order_id="O-1"),
-                _order("A2", created=1.5, order_id="O-1", promised=99.5),
-                _order("B2", OrderStatus.HELD, 2.0),
-                _order("C3", OrderStatus.BACKORDERED, 3.0),
-                _order("D4", created=4.0)])
-            assert first == Upserted(added=5, updated=0)
-            second = await store.upsert([_order("D4", OrderStatus.SHIPPED, 4.0),
-                                         _order("E5", created=5.0),
-                                         _order("E5", OrderStatus.CANCELLED, 5.0)])
-            assert second == Upserted(added=1, updated=2)
-            assert await store.lookup("A2") == _order("A2", created=1.5, order_id="O-1",
-                                                      promised=99.5)
-            assert await store.lookup("D4") == _order("D4", OrderStatus.SHIPPED, 4.0)
-            assert await store.lookup("Z9") is None
-            assert [o.code for o in await store.released(2)] == ["A2", "A1"]
-            assert [o.code for o in await store.find("O-1")] == ["A1", "A2"]
-            assert [o.code for o in await store.find("B2")] == ["B2"]
-            assert await store.find("nothing") == []
-            assert await store.counts() == {"released": 2, "held": 1, "cancelled": 1,
-                                            "backordered": 1, "shipped": 1, "orders": 5}
-            await store.upsert([_order("F6", order_id="O-6"), _order("F7", order_id="O-6")])
-            await store.upsert([replace(_order("G8"), channel="shop")])
-            assert await store.channels() == {"web": 6, "shop": 1}
-        finally:
-            await store.close()
-
-    _run(main)
 
 
 # --- PostgreSQL's own ------------------------------------------------------------------------
@@ -234,27 +185,6 @@ async def _next(feed: AsyncIterator[Order], timeout_s: float = 3.0) -> Order:
         return await anext(feed)
 
 
-def test_a_change_made_by_another_connection_reaches_the_feed(
-        pg_config: OrderStoreConfig) -> None:
-    async def main() -> None:
-        store, writer = PostgresOrderStore(pg_config), PostgresOrderStore(pg_config)
-        try:
-            await writer.upsert([_order("A1")])
-            async with aclosing(store.changes()) as feed:
-                first = asyncio.ensure_future(_next(feed))
-                await asyncio.sleep(0.3)  # it is listening by now
-                await writer.upsert([_order("A1", OrderStatus.CANCELLED)])
-                assert await first == _order("A1", OrderStatus.CANCELLED)
-                await writer.upsert([_order(f"N{i}") for i in range(50)])
-                seen = {(await _next(feed)).code for _ in range(50)}
-                assert seen == {f"N{i}" for i in range(50)}
-        finally:
-            await writer.close()
-            await store.close()
-
-    _run(main)
-
-
 def test_after_a_reconnect_the_feed_reloads_what_changed_while_it_was_away(
         server: Postgres, pg_config: OrderStoreConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pg_driver, "FEED_RETRY_S", 0.5)
@@ -288,38 +218,3 @@ def test_after_a_reconnect_the_feed_reloads_what_changed_while_it_was_away(
 
     _run(main)
 
-
-def test_a_lines_cache_follows_the_book_and_answers_while_the_server_does_not(
-        server: Postgres, pg_config: OrderStoreConfig) -> None:
-    """OrderLookup.follow: an order imported after the line warmed its cache reaches the
-    cache through the feed, so once the server stops answering the line still sorts it."""
-    from controller.lookup import OrderLookup
-    from controller.parcel import SorterStats
-
-    async def main() -> None:
-        store, importer = PostgresOrderStore(pg_config), PostgresOrderStore(pg_config)
-        stats = SorterStats()
-        lookup = OrderLookup(store, pg_config, stats)
-        following = asyncio.create_task(lookup.follow())
-        try:
-            await importer.upsert([_order("OLD")])
-            await lookup.warm()
-            await asyncio.sleep(0.3)  # the feed listens by now
-            await importer.upsert([_order("NEW", created=5.0)])
-            await asyncio.sleep(0.5)  # the notification and the fetch that follows it
-            server.pause()
-            try:
-                found, why = await lookup.order("NEW")
-            finally:
-                server.resume()
-            assert (found, why) == (_order("NEW", created=5.0), "")
-            assert stats.order_store_errors >= 1  # it was the cache that answered
-            missing, why = await lookup.order("NEVER")
-            assert missing is None  # now the server answers again: no such order
-        finally:
-            following.cancel()
-            await asyncio.gather(following, return_exceptions=True)
-            await importer.close()
-            await store.close()
-
-    _run(main)
