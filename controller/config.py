@@ -49,6 +49,12 @@ class BeltConfig(Strict):
 
 class InductionConfig(Strict):
     photo_eye_mm: float = 0.0
+    min_gap_mm: Annotated[float, Field(ge=0)] = Field(default=0.0, description=(
+        "the least gap (trailing edge to the next leading edge) at which a diverter pushes "
+        "one parcel and not its neighbour; both parcels of a pair closer than this are not "
+        "diverted (TOO_CLOSE). 0: not checked"))
+    min_pitch_mm: Annotated[float, Field(ge=0)] = Field(default=0.0, description=(
+        "the same for the pitch (leading edge to the next leading edge). 0: not checked"))
 
 
 class CameraConfig(Strict):
@@ -153,6 +159,8 @@ class OrderStoreConfig(Strict):
     password_file: str | None = None
     timeout_ms: PositiveFloat = 200.0
     cache_size: Annotated[int, Field(ge=0)] = 100_000
+    poll_ms: PositiveFloat = Field(default=1000.0, description=(
+        "sqlite: how often the line's cache reads the book's change log"))
 
     @model_validator(mode="after")
     def _dsn_for_postgresql(self) -> OrderStoreConfig:
@@ -261,6 +269,12 @@ class LineConfig(Strict):
             problems.append(f"sort_plan.overflow: unknown bin {plan.overflow!r}")
         pe = self.induction.photo_eye_mm
         last_view = max(c.view_end_mm for c in self.cameras)
+        problems += [f"induction.{name}: {value:g} mm is longer than the belt from PE-IN to "
+                     f"the read zone's end ({last_view - pe:g} mm): a parcel would be decided "
+                     f"before the gap behind it is measured"
+                     for name, value in (("min_gap_mm", self.induction.min_gap_mm),
+                                         ("min_pitch_mm", self.induction.min_pitch_mm))
+                     if value > last_view - pe]
         problems += [f"cameras: {c.id} sees belt upstream of the induction photo-eye"
                      for c in self.cameras if c.view_start_mm < pe]
         problems += [f"diverters: {d.id} at {d.position_mm} mm is not downstream of the cameras"

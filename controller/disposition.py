@@ -19,6 +19,7 @@ class Disposition(StrEnum):
     LOST = "LOST"  # tracking lost: never confirmed anywhere
     MISSORT = "MISSORT"  # landed somewhere it was not sent
     NOT_READY = "NOT_READY"  # inducted before the line was ready: not read, rode to the end
+    TOO_CLOSE = "TOO_CLOSE"  # inducted closer to a neighbour than a diverter can push apart
 
     @property
     def is_sorted(self) -> bool:

@@ -33,6 +33,7 @@ class ParcelState:
     booked: bool = False  # counted in its bin's in-flight parcels until confirmed or given up
     strayed_into: str | None = None  # a bin that took a parcel unbidden while it was in front
     lost_track: bool = False  # given up: its position is not known, so it is never diverted
+    too_close: str = ""  # why it is too close to a neighbour to be diverted, if it is
     frames: list[tuple[bool, ArchivedFrame]] = field(default_factory=list)  # (whole, crop)
 
     def keep_frame(self, frame: ArchivedFrame, *, whole: bool, limit: int) -> None:
@@ -85,6 +86,7 @@ class SorterStats:
     unanswered_diverts: int = 0
     order_store_errors: int = 0
     decision_errors: int = 0  # decisions that raised: their parcels went to the end as LATE
+    too_close_decided: int = 0  # a pair too close found after one of them was decided
     archive_errors: int = 0
     frames_by_camera: Counter[str] = field(default_factory=Counter)  # received, per camera
     decoded_by_camera: Counter[str] = field(default_factory=Counter)

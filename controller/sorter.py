@@ -45,6 +45,7 @@ from controller.parcel import Belt, BinState, ParcelState, SorterStats
 from controller.reading import ReadZone
 from controller.routing import Route, Router
 from controller.sortplan import SortPlan
+from controller.spacing import Spacing, mark_too_close
 from controller.telemetry import NO_TELEMETRY, Telemetry
 from controller.tracking import Tracker
 from controller.vision import BarcodeDecoder, Camera, CameraState
@@ -120,6 +121,7 @@ class Sorter(LineControls):
                                  decode_threads=decode_threads, decode_cost_s=decode_cost_s)
         self._lookup = OrderLookup(order_store, config.order_store, self.stats)
         self._router = Router(SortPlan(config.sort_plan))
+        self._spacing = Spacing(config.induction)
         self._diverting = DivertScheduler(config, line_io, self._belt, clock,
                                           telemetry=telemetry, messages=self.messages)
         self._confirming = Confirmations(config, self._belt, self._finalise, clock,
@@ -278,6 +280,8 @@ class Sorter(LineControls):
             now = self.clock.now()
             parcel = self.parcels[parcel_id] = ParcelState(
                 window, ParcelReads(self.config.decision.min_agreeing_reads), now)
+            if (pair := self._spacing.inducted(window)) is not None:
+                self.stats.too_close_decided += mark_too_close(pair, self.parcels)
             if not self.ready.is_set():
                 # Not counted against the line: it is not read, and rides to the end.
                 parcel.verdict, parcel.decided_at = ReadVerdict.NO_READ, now
@@ -322,6 +326,9 @@ class Sorter(LineControls):
             route = await self._route(parcel)
             if self.fault is not None:
                 parcel.to_end(Disposition.LATE, f"line faulted: {self.fault}")
+            elif route.diverts and parcel.too_close:
+                parcel.to_end(Disposition.TOO_CLOSE, f"{parcel.too_close}; it would have "
+                                                     f"gone to {route.bin}")
             elif route.diverts:
                 await self._diverting.divert(parcel, route)
             else:

@@ -7,6 +7,7 @@ goes with them, each parcel carrying the truth about itself.
 
 from __future__ import annotations
 
+import itertools
 import random
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ class Case(StrEnum):
     STRAY_PUSH = "stray_push"  # a faulty pusher upstream shoves it into the wrong bin
     PICKED_OFF = "picked_off"  # someone lifts it off the belt after the read zone
     LICENCE_PLATE = "licence_plate"  # a warehouse licence-plate label beside the shipment one
+    TOO_CLOSE = "too_close"  # inducted right behind the parcel before: neither is diverted
 
 
 EXPECTED_DISPOSITION = {
@@ -53,9 +55,10 @@ EXPECTED_DISPOSITION = {
     Case.STRAY_PUSH: "MISSORT",
     Case.PICKED_OFF: "LOST",
     Case.LICENCE_PLATE: "SORTED",
+    Case.TOO_CLOSE: "TOO_CLOSE",
 }
 ROUTED_CASES = frozenset({Case.NOMINAL, Case.CAMERA_STALL, Case.JAMMED_DIVERTER,
-                          Case.STRAY_PUSH, Case.PICKED_OFF, Case.LICENCE_PLATE})
+                          Case.STRAY_PUSH, Case.PICKED_OFF, Case.LICENCE_PLATE, Case.TOO_CLOSE})
 """Cases whose order is released and routed by the plan; the rest belong at the end."""
 
 Range = tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]]
@@ -283,6 +286,8 @@ class _Generator:
         y_room = max(0.0, half_view - width / 2 - 5)
         y = rng.uniform(-y_room, y_room)
         gap = rng.uniform(*s.gap_mm)
+        if case is Case.TOO_CLOSE:
+            gap = rng.uniform(CLOSE_GAP_MM, max(CLOSE_GAP_MM, 0.7 * self.line.induction.min_gap_mm))
         code = self.next_code()
         qr = rng.random() < s.qr_share
         damage = "scuffed" if rng.random() < s.scuffed_share else "none"
@@ -313,12 +318,14 @@ class _Generator:
             gap = max(gap, max(c.fov_mm for c in self.line.cameras) + 300.0)
         expected, places = expected_place(self.line, order, length) if order and case in \
             ROUTED_CASES | {Case.HELD_ORDER, Case.CANCELLED_ORDER} else ([], 1)
-        disposition = EXPECTED_DISPOSITION[case]
-        if case is Case.NOMINAL and not expected:
+        # A parcel inducted too close is sorted like any other where the line's gap allows
+        # it: generate() says which pairs it does not (_too_close).
+        disposition = "SORTED" if case is Case.TOO_CLOSE else EXPECTED_DISPOSITION[case]
+        if case in (Case.NOMINAL, Case.TOO_CLOSE) and not expected:
             disposition = "DEST_FULL"
         parcel = SimParcel(sim_id, case, length, width, y, rng.randrange(125, 185), gap, labels,
                            None if case is Case.NO_LABEL else code, order, disposition,
-                           expected if case in (Case.NOMINAL, Case.JAMMED_DIVERTER,
+                           expected if case in (Case.NOMINAL, Case.TOO_CLOSE, Case.JAMMED_DIVERTER,
                                                 Case.HELD_ORDER, Case.CANCELLED_ORDER,
                                                 Case.LICENCE_PLATE) else [], places=places)
         if case is Case.STRAY_PUSH:
@@ -348,8 +355,42 @@ def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], lis
         # The parcel after a camera stall enters the view only once the camera is back.
         room_after = (line.belt.speed_mm_s * spec.camera_stall_s + 300.0 - parcel.length_mm
                       if parcel.case is Case.CAMERA_STALL else 0.0)
+    _too_close(parcels, line)
     orders = [p.order for p in parcels if p.order is not None]
     return parcels, orders
+
+
+CLOSE_GAP_MM = 40.0  # the least gap a Case.TOO_CLOSE parcel is inducted at: PE-IN sees it
+SPACING_MARGIN_MM = 15.0  # no gap this near the line's minimum: PE-IN's measure could fall
+
+
+def _too_close(parcels: list[SimParcel], line: LineConfig) -> None:
+    """The truth of gap control: both parcels of a pair closer than the line's minimum gap or
+    pitch ride to the end (TOO_CLOSE) where they would have been diverted. Gaps just around
+    the minimum are widened past it, so the truth does not hang on a millimetre."""
+    min_gap, min_pitch = line.induction.min_gap_mm, line.induction.min_pitch_mm
+    if not (min_gap or min_pitch):
+        return
+    shift = 0.0
+    for before, after in itertools.pairwise(parcels):
+        after.offset_mm += shift
+        gap = after.offset_mm - before.offset_mm - before.length_mm
+        pitch = after.offset_mm - before.offset_mm
+        widen = max(min_gap + SPACING_MARGIN_MM - gap if abs(gap - min_gap) < SPACING_MARGIN_MM
+                    else 0.0,
+                    min_pitch + SPACING_MARGIN_MM - pitch
+                    if abs(pitch - min_pitch) < SPACING_MARGIN_MM else 0.0)
+        if widen > 0:
+            after.offset_mm += widen
+            shift += widen
+            gap, pitch = gap + widen, pitch + widen
+        if gap < min_gap or pitch < min_pitch:
+            for parcel in (before, after):
+                if parcel.expected_bins and parcel.expected_disposition in _DIVERTED:
+                    parcel.expected_disposition, parcel.expected_bins = "TOO_CLOSE", []
+
+
+_DIVERTED = frozenset({"SORTED", "DEST_FULL", "ORDER_HELD", "DIVERT_FAULT"})
 
 
 def _group_into_orders(parcels: list[SimParcel], spec: ScenarioSpec, line: LineConfig,

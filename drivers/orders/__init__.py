@@ -23,7 +23,7 @@ def open_order_store(config: OrderStoreConfig, clock: Clock | None = None, *,
         from drivers.orders.sqlite import SqliteOrderStore
 
         return SqliteOrderStore(config.path, timeout_s=config.timeout_ms / 1000, clock=clock,
-                                create=create)
+                                create=create, poll_s=config.poll_ms / 1000)
     if config.backend == "postgresql":
         try:
             from drivers.orders.postgres import PostgresOrderStore
