@@ -1,10 +1,17 @@
-"""Benchmark of the example line: simulated parcels per wall second, and decode cost per frame.
+"""Benchmark of long shifts on the virtual clock: wall time, CPU per parcel, peak memory by size.
 
-Run: ``.venv/bin/python bench/shift.py`` (``--parcels``, ``--repeat``, ``--frames`` to change).
+Run: ``.venv/bin/python bench/shift.py`` (about 25 minutes on the 2-core machine; ``--parcels``,
+``--truth``, ``--repeat``, ``--frames`` to change what runs).
 
-1. A shift of the nominal mix on the virtual clock, with real rendering and real decoding,
-   repeated; prints parcels simulated per second of wall time (median of the repeats) and the
-   process CPU seconds per parcel (emulator rendering included: they share the process).
+1. Shifts of the demo mix (the exceptions included) on the example line, virtual clock, each
+   in a process of its own so that its peak memory is its own: ``--parcels`` sizes with real
+   rendering and real decoding, ``--truth`` sizes with truth frames
+   (:mod:`sim_hardware.truth_frames`: the emulator neither renders nor decodes, it hands the
+   controller the labels in view as read). Each row: wall time, process CPU per parcel,
+   frames decoded per parcel, peak resident memory and how much of it the shift added to
+   the process it started in (libraries loaded and the config read); "as truth" counts the
+   parcels that went where the emulator's truth says. A size run both ways shows what
+   truth frames skip: the difference of the CPU per parcel is rendering and decoding.
 2. Frames the emulator renders for the example camera with one parcel in view; for every
    decoder available, the median and p95 milliseconds to decode the whole frame and the
    parcel's crop (which is what the controller decodes), and the read rate.
@@ -13,23 +20,27 @@ Run: ``.venv/bin/python bench/shift.py`` (``--parcels``, ``--repeat``, ``--frame
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from controller.app.simulate import ShiftResult, run_shift  # noqa: E402
+from controller.app.simulate import FrameMode, ShiftResult, run_shift  # noqa: E402
 from controller.clock import VirtualClock, run_virtual  # noqa: E402
 from controller.config import LineConfig, load_config  # noqa: E402
 from drivers.decoders import available_decoders, make_decoder  # noqa: E402
 from sim_hardware.labels import LabelSpec  # noqa: E402
 from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel  # noqa: E402
-from sim_hardware.scenario import ScenarioSpec, make_code  # noqa: E402
+from sim_hardware.scenario import DEMO_MIX, ScenarioSpec, make_code  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "line.example.toml"
 
@@ -39,31 +50,59 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def bench_shift(config: LineConfig, parcels: int, repeat: int) -> None:
-    rates, cpu_per_parcel, decoded = [], [], []
-    for i in range(repeat):
-        spec = ScenarioSpec(parcels=parcels, seed=100 + i)
-        with tempfile.TemporaryDirectory() as tmp:
+def one_shift(parcels: int, frames: FrameMode, seed: int) -> dict[str, Any]:
+    """One shift in this process: its figures (run by the parent in a child of its own)."""
+    config = load_config(CONFIG)
+    spec = ScenarioSpec(parcels=parcels, seed=seed, mix=DEMO_MIX)
+    with tempfile.TemporaryDirectory() as tmp:
 
-            async def shift(clock: VirtualClock, spec: ScenarioSpec = spec,
-                            workdir: Path = Path(tmp)) -> ShiftResult:
-                return await run_shift(config, spec, workdir, clock)
+        async def shift(clock: VirtualClock) -> ShiftResult:
+            return await run_shift(config, spec, Path(tmp), clock, frames=frames)
 
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = run_virtual(shift)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        rates.append(parcels / wall)
-        cpu_per_parcel.append(cpu / parcels * 1000)
-        decoded.append(result.stats.frames_decoded / parcels)
-        print(f"  run {i + 1}: {parcels} parcels in {wall:.1f} s wall "
-              f"({result.line_time_s:.0f} s of line time), "
-              f"{result.stats.frames_decoded} frames decoded", flush=True)
-    print(f"shift, example line, nominal mix, virtual clock, {parcels} parcels x {repeat}:")
-    print(f"  parcels simulated per wall second: median {statistics.median(rates):.1f} "
-          f"(min {min(rates):.1f}, max {max(rates):.1f})")
-    print(f"  process CPU per parcel: median {statistics.median(cpu_per_parcel):.0f} ms "
-          f"(rendering, decoding on 2 threads, controller)")
-    print(f"  frames decoded per parcel: median {statistics.median(decoded):.2f}")
+        rss_before = rss_mb()
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = run_virtual(shift)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    sorted_ok = sum(p.actual in p.expected_bins or (p.actual == "END" and not p.expected_bins)
+                    for p in result.truth)
+    return {"parcels": parcels, "frames": frames, "wall_s": wall, "cpu_s": cpu,
+            "decoded": result.stats.frames_decoded, "as_truth": sorted_ok,
+            "line_time_s": result.line_time_s,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "grown_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before}
+
+
+def rss_mb() -> float:
+    """This process's resident memory now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def shift_in_child(parcels: int, frames: FrameMode, seed: int) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--one", str(parcels), "--mode", frames,
+                          "--seed", str(seed)], check=True, capture_output=True, text=True)
+    figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def bench_shifts(runs: list[tuple[int, FrameMode]], repeat: int) -> None:
+    print("shift, example line, demo mix, virtual clock; each in a process of its own "
+          "(median of the repeats):", flush=True)
+    print(f"  {'parcels':>8} {'frames':<9}{'wall s':>9}{'CPU ms/parcel':>15}"
+          f"{'decoded/parcel':>16}{'peak RSS MB':>13}{'grown MB':>10}{'as truth':>10}",
+          flush=True)
+    for parcels, frames in runs:
+        rows = [shift_in_child(parcels, frames, 100 + i) for i in range(repeat)]
+
+        def med(key: str, rows: list[dict[str, Any]] = rows) -> float:
+            return float(statistics.median(r[key] for r in rows))
+
+        print(f"  {parcels:>8} {frames:<9}{med('wall_s'):>9.1f}"
+              f"{med('cpu_s') / parcels * 1000:>15.1f}{med('decoded') / parcels:>16.2f}"
+              f"{med('peak_rss_mb'):>13.0f}{med('grown_mb'):>10.0f}"
+              f"{min(r['as_truth'] for r in rows):>10}", flush=True)
 
 
 def bench_decoders(config: LineConfig, frames: int) -> None:
@@ -90,10 +129,10 @@ def bench_decoders(config: LineConfig, frames: int) -> None:
         decoder = make_decoder(name)
         for kind, index in (("whole frame", 1), ("parcel crop", 2)):
             times, reads = [], 0
-            for sample in samples:
-                code, image = sample[0], sample[index]
+            for code, frame, crop in samples:
+                image = frame if index == 1 else crop
                 start = time.perf_counter()
-                symbols = decoder.decode(image)  # type: ignore[arg-type]
+                symbols = decoder.decode(image)
                 times.append((time.perf_counter() - start) * 1000)
                 reads += any(s.text == code and s.symbology == "code128" for s in symbols)
             shape = f"{kind} {image.shape[1]}x{image.shape[0]}" if kind == "whole frame" \
@@ -104,13 +143,26 @@ def bench_decoders(config: LineConfig, frames: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parcels", type=int, default=300)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--parcels", type=int, nargs="*", default=[1000, 10000],
+                        help="shift sizes rendered and decoded (default: 1000 10000)")
+    parser.add_argument("--truth", type=int, nargs="*", default=[1000, 10000, 100000],
+                        help="shift sizes with truth frames (default: 1000 10000 100000)")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=40,
+                        help="frames for the decoder table (0: no table)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=("rendered", "truth"), default="rendered",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    config = load_config(CONFIG)
-    bench_shift(config, args.parcels, args.repeat)
-    bench_decoders(config, args.frames)
+    if args.one is not None:
+        print(json.dumps(one_shift(args.one, args.mode, args.seed)))
+        return
+    runs: list[tuple[int, FrameMode]] = [(n, "rendered") for n in args.parcels]
+    runs += [(n, "truth") for n in args.truth]
+    bench_shifts(runs, args.repeat)
+    if args.frames:
+        bench_decoders(load_config(CONFIG), args.frames)
 
 
 if __name__ == "__main__":

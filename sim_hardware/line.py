@@ -31,9 +31,11 @@ class PhysicalLine(LineCameras, LineDiverters):
     """Runs a scenario's parcels down a configured line and records where each one went."""
 
     def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: list[SimParcel],
-                 clock: Clock, *, render: bool = True, free_running: bool = False) -> None:
+                 clock: Clock, *, render: bool = True, free_running: bool = False,
+                 truth_frames: bool = False) -> None:
         super().__init__(config, scenario, parcels, clock)
-        self._init_cameras(render=render, free_running=free_running)
+        self._init_cameras(render=render, free_running=free_running,
+                           truth_frames=truth_frames)
         self._init_diverters()
 
     # --- running ---------------------------------------------------------------------------

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
 
 from controller.config import CameraConfig
-from controller.vision import Frame
+from controller.vision import Frame, GrayImage
 from sim_hardware.line_state import FrameSink, LineState
 from sim_hardware.render import FrameRenderer, ParcelTop
 from sim_hardware.scenario import Case, SimParcel
+from sim_hardware.truth_frames import truth_frame
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +22,18 @@ class LineCameras(LineState):
 
     free_running: bool
     render: bool
+    truth_frames: bool
     frame_sinks: dict[str, list[FrameSink]]
     _renderers: dict[str, FrameRenderer]
     _backlogs: dict[str, list[Frame]]
     _stalled: set[int]
 
-    def _init_cameras(self, *, render: bool, free_running: bool) -> None:
+    def _init_cameras(self, *, render: bool, free_running: bool,
+                      truth_frames: bool = False) -> None:
         self.render = render
+        # Frames marked with the truth of the labels in view (sim_hardware.truth_frames)
+        # instead of their pixels: for shifts too long to render.
+        self.truth_frames = truth_frames
         # Triggered cameras capture only while a parcel is in view (cheap to simulate);
         # free-running ones, like IP cameras streaming to a controller, capture always.
         self.free_running = free_running
@@ -78,7 +86,12 @@ class LineCameras(LineState):
                  parcels: list[SimParcel]) -> None:
         tops = [ParcelTop(self.lead_mm(p, travel), p.length_mm, p.width_mm, p.y_mm, p.shade,
                           p.labels) for p in parcels]
-        render = renderer.deferred(camera.view_start_mm, tops if self.render else [])
+        render: Callable[[], GrayImage]
+        if self.truth_frames:
+            marks = tuple((p.sim_id, top) for p, top in zip(parcels, tops, strict=True))
+            render = partial(truth_frame, renderer, camera.view_start_mm, marks)
+        else:
+            render = renderer.deferred(camera.view_start_mm, tops if self.render else [])
         frame = Frame(camera.id, None, self.belt.enc_at_travel(travel), self.clock.now(),
                       render=render)
         self.counters.frames += 1

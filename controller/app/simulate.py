@@ -38,6 +38,10 @@ if TYPE_CHECKING:  # the emulator's modules are imported when a shift runs, not 
 log = logging.getLogger(__name__)
 
 CameraLink = Literal["inprocess", "mjpeg", "opencv"]
+FrameMode = Literal["rendered", "truth"]
+"""What the emulator's cameras hand over: rendered pixels that the line's decoders read, or
+truth frames that the emulator's truth decoder reads (:mod:`sim_hardware.truth_frames`: no
+pixels to render or decode, for shifts too long for that)."""
 LineLink = Literal["inprocess", "serial", "mqtt", "serial+mqtt"]
 """How the controller reaches the emulated line's I/O: in-process, or the real drivers over a
 pty (the I/O board), a broker (diverter and sensor nodes), or both (sensors on the board,
@@ -122,6 +126,7 @@ async def run_shift(
     with_sorter: Callable[[Sorter], None] | None = None,
     telemetry: Telemetry = NO_TELEMETRY,
     config_path: Path | None = None,
+    frames: FrameMode = "rendered",
 ) -> ShiftResult:
     """Run one shift to its end: every parcel physically settled and finally disposed.
 
@@ -130,15 +135,20 @@ async def run_shift(
     starts (a test bench's technician: to command it mid-shift). With ``[diagnostics]`` in
     the config the shift publishes the technicians' view and takes their commands, as
     ``run`` does (``reload-plan`` reads ``config_path``); ``telemetry`` sees its durations.
+    ``frames="truth"`` (in-process cameras only) skips rendering and decoding.
     """
     from controller.app.live import diagnostics
     from drivers.decoders import make_line_decoders
     from sim_hardware.devices import SimLineIO
     from sim_hardware.line import PhysicalLine
+    from sim_hardware.truth_frames import TruthDecoder
 
-    config, parcels, store = fresh_books(config, scenario, workdir)
     free_running = camera_link != "inprocess"
-    line = PhysicalLine(config, scenario, parcels, clock, free_running=free_running)
+    if frames == "truth" and free_running:
+        raise ValueError("truth frames are handed over in-process only")
+    config, parcels, store = fresh_books(config, scenario, workdir)
+    line = PhysicalLine(config, scenario, parcels, clock, free_running=free_running,
+                        truth_frames=frames == "truth")
     rig = Rig(line)
     async with contextlib.AsyncExitStack() as stack:
         if line_link == "inprocess":
@@ -153,6 +163,9 @@ async def run_shift(
         if camera_wrapper is not None:
             cameras = [camera_wrapper(camera) for camera in cameras]
         decoders: dict[str, BarcodeDecoder] = make_line_decoders(config)
+        if frames == "truth":
+            truth = TruthDecoder(parcels)
+            decoders = dict.fromkeys(decoders, truth)
         journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
         rolling = RollingTelemetry(clock)
         sorter = Sorter(config, clock, line_io=line_io, cameras=cameras, decoders=decoders,
