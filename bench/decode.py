@@ -63,6 +63,53 @@ def parcel_frames(count: int, seed: int) -> list[np.ndarray]:
     return frames
 
 
+def unreadable_frames(kind: str, count: int, seed: int) -> list[np.ndarray]:
+    """The example line's frames of a parcel that passes the activity check but holds no
+    readable code: ``destroyed`` (one smeared label), ``several`` (three destroyed labels),
+    ``glare`` (a destroyed label under a lamp's reflection), ``print`` (cardboard printed
+    with text and rules, no code), ``busy`` (many non-code edges: tape, straps, scribbles)."""
+    import cv2
+
+    from controller.config import load_config
+    from sim_hardware.labels import LabelSpec
+    from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel
+
+    cam = load_config(EXAMPLE_CONFIG).cameras[0]
+    rng = np.random.default_rng(seed)
+    frames = []
+    for i in range(count):
+        glare = 220.0 if kind == "glare" else 0.0
+        renderer = FrameRenderer(*cam.resolution, cam.mm_per_px, seed=seed + i, glare_px=glare)
+        n_labels = {"destroyed": 1, "several": 3, "glare": 1}.get(kind, 0)
+        labels = tuple(
+            PlacedLabel(LabelSpec(code=f"1Z{seed + i:06d}{k}", damage="destroyed",
+                                  seed=seed + 7 * i + k),
+                        u_mm=float(rng.uniform(-120, 120)) if n_labels == 1 else -150.0 + 150 * k,
+                        v_mm=float(rng.uniform(-40, 40)), angle_deg=float(rng.uniform(0, 360)))
+            for k in range(n_labels))
+        parcel = ParcelTop(lead_x_mm=cam.position_mm + float(rng.uniform(150, 300)),
+                           length_mm=float(rng.uniform(500, 650)),
+                           width_mm=float(rng.uniform(300, 380)), y_mm=0.0,
+                           shade=int(rng.integers(125, 185)), labels=labels)
+        frame = np.ascontiguousarray(renderer.render(cam.view_start_mm, [parcel]))
+        h, w = frame.shape[:2]
+        if kind == "print":
+            for _ in range(25):
+                org = (int(rng.uniform(0.2, 0.7) * w), int(rng.uniform(0.2, 0.8) * h))
+                cv2.putText(frame, "FRAGILE THIS SIDE UP 12345", org, cv2.FONT_HERSHEY_SIMPLEX,
+                            float(rng.uniform(0.6, 1.4)), 40, 2)
+            for _ in range(8):
+                y = int(rng.uniform(0.2, 0.8) * h)
+                cv2.line(frame, (int(0.2 * w), y), (int(0.8 * w), y), 40, 3)
+        elif kind == "busy":
+            for _ in range(300):
+                p0 = (int(rng.uniform(0.1, 0.9) * w), int(rng.uniform(0.1, 0.9) * h))
+                p1 = (p0[0] + int(rng.normal(0, 80)), p0[1] + int(rng.normal(0, 80)))
+                cv2.line(frame, p0, p1, int(rng.integers(0, 255)), int(rng.integers(1, 4)))
+        frames.append(frame)
+    return frames
+
+
 def run_case(decoder: BarcodeDecoder, frames: list[np.ndarray]) -> tuple[float, float, int]:
     """Median ms, p95 ms and number of frames where TEXT was read (or anything, if empty)."""
     decoder.decode(frames[0])  # warm-up: imports, per-thread detector
@@ -143,6 +190,24 @@ def main() -> None:
     for name, decoder in decoders.items():
         med, p95, reads = false_reads(decoder, bare)
         print(f"{name:<16}{'1920x1080 parcel':<16}{med:>6.1f}{p95:>9.1f}{f'{reads} false':>10}")
+
+    # frames past the activity check with no readable code: located must not cost more
+    # than plain whole-image zxing-cpp (the two interleaved frame by frame)
+    pair = [decoders[k] for k in ("zxing", "located-zxing") if k in decoders]
+    for kind in ("destroyed", "several", "glare", "print", "busy"):
+        frames = unreadable_frames(kind, n, seed=31)
+        for d in pair:
+            d.decode(frames[0])
+        times: list[list[float]] = [[] for _ in pair]
+        counts = [0 for _ in pair]
+        for frame in frames:
+            for k, d in enumerate(pair):
+                t0 = time.perf_counter()
+                counts[k] += len(d.decode(frame))
+                times[k].append((time.perf_counter() - t0) * 1000)
+        for d, ts, r in zip(pair, times, counts, strict=True):
+            print(f"{d.name:<16}{f'1920x1080 {kind}':<22}{float(np.median(ts)):>6.1f}"
+                  f"{float(np.percentile(ts, 95)):>9.1f}{f'{r} false':>10}")
 
     default = make_decoder(DEFAULT_DECODER, FORMATS)
     crops = label_frames(600, 600, n, seed=600)
