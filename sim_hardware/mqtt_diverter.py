@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOMBSTONES = 1024  # cancels remembered for diverts not (yet) seen
+TAKEN_MEMORY = 65_536  # command ids this node took, so only one of them is looked up as held
 
 
 class DiverterNode(MqttNode):
@@ -51,6 +52,7 @@ class DiverterNode(MqttNode):
         self.session: str | None = None
         self._heard = asyncio.Event()
         self._tombstones: OrderedDict[int, None] = OrderedDict()
+        self._taken: OrderedDict[int, None] = OrderedDict()  # accepted by the line, ever
         self._replies: set[asyncio.Task[None]] = set()
 
     async def on_connect(self, client: aiomqtt.Client) -> None:
@@ -128,12 +130,18 @@ class DiverterNode(MqttNode):
         if not self.armed:
             stats.refused_unarmed += 1
             reply = DivertReply(command.command_id, False, "fault")
-        else:
+        elif command.command_id in self._taken:
             # the line keeps a command id it already holds as it is and answers accepted
             held = line.scheduled_diverts([self.node_id])
             reply = line.accept_divert(command)
             if reply.accepted and line.scheduled_diverts([self.node_id]) == held:
                 stats.already_held += 1
+        else:  # not taken through this node: no look-up (it walks every divert the line holds)
+            reply = line.accept_divert(command)
+            if reply.accepted:
+                self._taken[command.command_id] = None
+                if len(self._taken) > TAKEN_MEMORY:
+                    self._taken.popitem(last=False)
         if reply.accepted:
             stats.accepted += 1
         else:

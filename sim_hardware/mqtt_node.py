@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Coroutine
@@ -20,7 +21,7 @@ import aiomqtt
 
 from drivers.backoff import Backoff
 from drivers.lineio import mqtt_codec as codec
-from drivers.lineio.aiomqtt_fast import NODELAY, send_now
+from drivers.lineio.aiomqtt_fast import NODELAY, Inbox, send_now, write_soon
 from drivers.lineio.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -96,9 +97,12 @@ class MqttNode:
         while True:
             entered = False
             try:
-                async with self._new_client() as client:
+                client = self._new_client()
+                inbox = Inbox(client, functools.partial(self._take, client))
+                write_soon(client)
+                async with client:
                     entered = True
-                    await self._serve(client)
+                    await self._serve(client, inbox)
             except aiomqtt.MqttError as exc:
                 if not entered:
                     self.owner.stats.connect_failures += 1
@@ -110,7 +114,7 @@ class MqttNode:
                 self.client = None
             await clock.sleep(self.backoff.next_delay())
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, client: aiomqtt.Client, inbox: Inbox) -> None:
         await self.on_connect(client)
         status = self.status()
         await client.publish(self.status_topic, codec.encode_status(status), qos=1, retain=True)
@@ -128,16 +132,8 @@ class MqttNode:
         helpers = [asyncio.create_task(coro, name=f"sim.node[{self.node_id}].{name}")
                    for name, coro in self.helpers(client)]
         try:
-            async for message in client.messages:
-                payload = message.payload
-                if not isinstance(payload, bytes):  # pragma: no cover - paho gives bytes
-                    payload = str(payload).encode()
-                topic = message.topic.value
-                try:
-                    codec.check_size(payload)
-                    self.on_message(client, topic, payload)
-                except codec.BadPayload as exc:
-                    self.owner.bad(exc.kind, self.node_id, topic, payload)
+            inbox.open()  # what came while connecting, then each message as it comes
+            await inbox.until_lost()
         finally:
             # the helpers loop only while this is their connection, so one that swallowed
             # its cancellation still ends
@@ -145,6 +141,17 @@ class MqttNode:
             self.connected.clear()
             self.wake_helpers()
             await cancel_and_wait(helpers)
+
+    def _take(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        """One message, in paho's read callback (the Inbox): it must not raise there."""
+        try:
+            codec.check_size(payload)
+            self.on_message(client, topic, payload)
+        except codec.BadPayload as exc:
+            self.owner.bad(exc.kind, self.node_id, topic, payload)
+        except Exception:  # a bug must not take the node off the broker
+            log.exception("node %s: unexpected error on a message on %r", self.node_id,
+                          topic[:120])
 
     def _lost(self, reason: str) -> None:
         if not self._down_logged:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import socket
 from importlib.metadata import version
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
 import pytest
 
-from drivers.lineio.aiomqtt_fast import NODELAY, PRIVATE_CLIENT, paho_client, send_now
+from drivers.lineio.aiomqtt_fast import (
+    AIOMQTT_REGISTER_WRITE,
+    DISCONNECTED,
+    IN_CALLBACK,
+    NODELAY,
+    PRIVATE_CLIENT,
+    REGISTERED_WRITE,
+    Inbox,
+    paho_client,
+    send_now,
+    write_soon,
+)
 from sim_hardware.broker import Mosquitto
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.wallclock]
@@ -71,3 +84,124 @@ async def test_send_now_is_delivered_in_order_through_a_broker(mosquitto: Mosqui
             message = await anext(aiter(late.messages))
         assert (message.topic.value, message.payload, message.retain) == (retained, b"kept", True)
         await late.publish(retained, b"", qos=1, retain=True)  # leave the broker clean
+
+
+
+@pytest.mark.asyncio
+async def test_paho_and_aiomqtt_keep_what_the_fast_path_reaches_into() -> None:
+    client = aiomqtt.Client("127.0.0.1", 1)  # never connected
+    paho = paho_client(client)
+    assert getattr(paho, REGISTERED_WRITE) is False, "paho's writer registration flag moved"
+    lock = getattr(paho, IN_CALLBACK)
+    assert lock.acquire(blocking=False), "paho's callback lock moved"
+    lock.release()
+    assert callable(getattr(client, AIOMQTT_REGISTER_WRITE)), "aiomqtt's writer moved"
+    assert paho.on_socket_register_write == getattr(client, AIOMQTT_REGISTER_WRITE)
+    assert isinstance(getattr(client, DISCONNECTED), asyncio.Future), "aiomqtt's end moved"
+    assert paho.on_message == client._on_message  # what an Inbox replaces
+
+
+class Received:
+    """What an Inbox handed over, with a wait for a count of them."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self._want = 0
+        self._enough = asyncio.Event()
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.got.append((topic, payload))
+        if len(self.got) >= self._want:
+            self._enough.set()
+
+    async def wait_for(self, count: int, within_s: float = 5.0) -> None:
+        self._want = count
+        self._enough.clear()
+        if len(self.got) < count:
+            async with asyncio.timeout(within_s):
+                await self._enough.wait()
+
+
+def _clients(broker: Mosquitto, received: Received, *, send_buffer: int | None = None
+             ) -> tuple[aiomqtt.Client, aiomqtt.Client, Inbox]:
+    rx = aiomqtt.Client(broker.host, broker.port, socket_options=NODELAY)
+    inbox = Inbox(rx, received)
+    write_soon(rx)
+    options: tuple[tuple[int, int, int], ...] = NODELAY
+    if send_buffer is not None:
+        options += ((socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer),)
+    tx = aiomqtt.Client(broker.host, broker.port, socket_options=options)
+    write_soon(tx)
+    return rx, tx, inbox
+
+
+@pytest.mark.asyncio
+async def test_send_now_writes_at_once_and_the_inbox_hands_over_in_order(
+        mosquitto: Mosquitto) -> None:
+    """send_now leaves nothing queued in paho (it wrote the packet in the call); the inbox
+    holds back what came before open() and then hands over every message, in order, from
+    the read callback: aiomqtt's queue stays empty."""
+    topic = "test/aiomqtt_fast/inbox"
+    received = Received()
+    rx, tx, inbox = _clients(mosquitto, received)
+    async with rx, tx:
+        await rx.subscribe([(topic, 1), (topic + "/0", 1)])
+        tx_paho = paho_client(tx)
+        sent = [b"%d" % i for i in range(50)]  # more than paho's 20 QoS 1 in flight
+        for payload in sent:
+            send_now(tx, topic, payload, qos=1)
+            assert not tx_paho.want_write(), "send_now left its packet queued"
+        await tx.publish(topic + "/0", b"fence", qos=1)  # its PUBACK: the broker has them
+        async with asyncio.timeout(5):
+            while inbox.held < len(sent) + 1:  # noqa: ASYNC110 - the inbox has no event
+                await asyncio.sleep(0.001)
+        assert received.got == []  # held back until open()
+        inbox.open()
+        assert inbox.held == 0
+        await received.wait_for(len(sent) + 1)
+        assert received.got == [(topic, p) for p in sent] + [(topic + "/0", b"fence")]
+        assert len(rx.messages) == 0  # nothing went through aiomqtt's queue
+        # after open(), each message is handed over as it comes; QoS 0 in order too
+        later = [b"q0-%d" % i for i in range(20)]
+        for payload in later:
+            send_now(tx, topic + "/0", payload, qos=0)
+            assert not tx_paho.want_write()
+        await received.wait_for(len(sent) + 1 + len(later))
+        assert received.got[len(sent) + 1:] == [(topic + "/0", p) for p in later]
+
+
+@pytest.mark.asyncio
+async def test_a_packet_larger_than_the_socket_takes_arrives_whole(
+        mosquitto: Mosquitto) -> None:
+    """A part the socket does not take at once waits for it to be writable (add_writer)."""
+    topic = "test/aiomqtt_fast/large"
+    received = Received()
+    rx, tx, inbox = _clients(mosquitto, received, send_buffer=8192)
+    async with rx, tx:
+        await rx.subscribe(topic, qos=1)
+        inbox.open()
+        big = bytes(range(256)) * (4 * 1024)  # 1 MiB: far more than the socket takes
+        send_now(tx, topic, big, qos=1)
+        assert paho_client(tx).want_write(), "the socket took it all: the test tests nothing"
+        send_now(tx, topic, b"after", qos=1)  # queued behind it, so written after it
+        await tx.publish(topic, b"awaited", qos=1)  # aiomqtt's own path still works
+        await received.wait_for(3, within_s=20)
+        assert [p for _, p in received.got] == [big, b"after", b"awaited"]
+        assert not paho_client(tx).want_write()
+
+
+@pytest.mark.asyncio
+async def test_until_lost_ends_with_the_connection(own_broker: Mosquitto) -> None:
+    rx = aiomqtt.Client(own_broker.host, own_broker.port, socket_options=NODELAY)
+    inbox = Inbox(rx, Received())
+    write_soon(rx)
+    with contextlib.suppress(aiomqtt.MqttError):
+        async with rx:
+            inbox.open()
+            waiting = asyncio.create_task(inbox.until_lost())
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await own_broker.astop()
+            async with asyncio.timeout(5):
+                with pytest.raises(aiomqtt.MqttError):
+                    await waiting

@@ -12,13 +12,17 @@ client per attempt, entered with ``async with`` (aiomqtt 2.x does not reconnect,
 client never resends a stale command), re-subscribed, its status re-published and the
 cancels repeated on every connect, reconnecting forever with backoff and jitter.
 Everything from the network is validated by the codec; a bad payload is counted and logged
-once per kind, and never stops the driver.
+once per kind, and never stops the driver. Messages are taken in paho's read callback
+(:class:`~drivers.lineio.aiomqtt_fast.Inbox`) and commands written to the socket in the call
+that sends them (:func:`~drivers.lineio.aiomqtt_fast.send_now`), without aiomqtt's
+per-message tasks and loop turns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,7 +36,7 @@ from controller.errors import DriverTimeout, DriverUnavailable, LinkDown
 from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState
 from drivers.backoff import Backoff
 from drivers.lineio import mqtt_codec as codec
-from drivers.lineio.aiomqtt_fast import NODELAY, send_now
+from drivers.lineio.aiomqtt_fast import NODELAY, Inbox, send_now, write_soon
 from drivers.lineio.mqtt_book import DEVICE, CommandBook, Inbound, MqttStats
 from drivers.lineio.tasks import cancel_and_wait
 from drivers.mqtt_client import login
@@ -307,10 +311,13 @@ class MqttLineIO:
         """One connection; returns why it ended."""
         entered = False
         reason: str | None = None
+        client = self._new_client()
+        inbox = Inbox(client, functools.partial(self._dispatch, client))
+        write_soon(client)
         try:
-            async with self._new_client() as client:
+            async with client:
                 entered = True
-                reason = await self._connected(client)
+                reason = await self._connected(client, inbox)
         except aiomqtt.MqttError as exc:
             if not entered:
                 self.stats.connect_failures += 1
@@ -321,7 +328,7 @@ class MqttLineIO:
             log.debug("mqtt %s: no clean disconnect: %s", self._where, _describe(exc))
         return reason or "connection ended"
 
-    async def _connected(self, client: aiomqtt.Client) -> str:
+    async def _connected(self, client: aiomqtt.Client, inbox: Inbox) -> str:
         try:
             self.book.connecting()  # statuses are rebuilt from the retained ones
             await client.subscribe(self.topics.controller_subscriptions(
@@ -338,24 +345,21 @@ class MqttLineIO:
         self._client = client
         self._went_up()
         try:
-            return await self._serve(client)
+            return await self._serve(client, inbox)
         finally:
             self._client = None
 
-    async def _serve(self, client: aiomqtt.Client) -> str:
+    async def _serve(self, client: aiomqtt.Client, inbox: Inbox) -> str:
         beats = asyncio.create_task(self._heartbeats(client), name="lineio[mqtt].heartbeat")
         try:
-            async for message in client.messages:
-                payload = message.payload
-                if not isinstance(payload, bytes):  # pragma: no cover - paho gives bytes
-                    payload = str(payload).encode()
-                self._dispatch(client, message.topic.value, payload)
+            inbox.open()  # what came while connecting (retained statuses), then each message
+            await inbox.until_lost()
         except aiomqtt.MqttError as exc:
             return f"connection lost: {_describe(exc)}"
         finally:
             self._client = None  # the heartbeat loop ends even if it swallowed its cancel
             await cancel_and_wait([beats])
-        return "message stream ended"  # pragma: no cover - the iterator never ends
+        return "message stream ended"  # pragma: no cover - until_lost only raises
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         period = self.config.heartbeat_ms / 1000
@@ -387,6 +391,15 @@ class MqttLineIO:
     # --- what comes in ---------------------------------------------------------------------
 
     def _dispatch(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        """One message, taken in paho's read callback (the Inbox): it must not raise there."""
+        try:
+            self._take(client, topic, payload)
+        except Exception:  # a bug must not take the link down: report it, go on
+            self.stats.dispatch_errors += 1
+            log.exception("mqtt %s: unexpected error on a message on %r", self._where,
+                          topic[:120])
+
+    def _take(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         inbound: Inbound = self.book.receive(topic, payload)
         if inbound.answer is not None:
             future = self._futures.get(inbound.answer.command_id)

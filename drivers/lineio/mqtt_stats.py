@@ -32,6 +32,7 @@ class MqttStats:
     conflicting_replies: int = 0  # a second reply for one command id said otherwise
     unknown_nodes: int = 0  # sensor events from a node id not configured: refused
     foreign_statuses: int = 0  # statuses of nodes this link does not follow: not kept
+    dispatch_errors: int = 0  # messages whose handling raised (a bug): logged and dropped
     bad_payloads: int = 0
     bad_by_kind: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
