@@ -21,7 +21,8 @@ from controller.orders import Order, OrderChanges, OrderStatus, Upserted
 from controller.parcel import SorterStats
 from drivers.orders import open_order_store
 from drivers.orders.sqlite import SqliteOrderStore
-from sim_hardware.postgres import Postgres, unavailable_reason
+from sim_hardware.postgres import Postgres
+from tests import order_books
 
 pytestmark = pytest.mark.wallclock  # PostgreSQL's I/O is on real time: both run on it
 
@@ -41,21 +42,8 @@ db.execute("ROLLBACK")
 """
 
 
-def _order(code: str, status: OrderStatus = OrderStatus.RELEASED, created: float = 0.0,
-           order_id: str | None = None, promised: float | None = None) -> Order:
-    return Order(order_id=order_id or f"O-{code}", code=code, channel="web", status=status,
-                 carrier="DHL", service="std", route="R1", postcode="10115", created_at=created,
-                 promised_ship_at=promised)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"no PostgreSQL server can run here: {reason}")
-    pytest.importorskip("asyncpg", reason="the postgresql backend needs asyncpg")
-    with Postgres() as pg:
-        yield pg
+_order = order_books.one_parcel_order
+server = order_books.server  # the module's PostgreSQL (a fixture)
 
 
 async def _drop_table(server: Postgres) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import fields, replace
 from pathlib import Path
@@ -18,7 +18,8 @@ from controller.config import OrderStoreConfig
 from controller.errors import OrderStoreError
 from controller.orders import Order, OrderStatus
 from drivers.orders import open_order_store
-from sim_hardware.postgres import Postgres, unavailable_reason
+from sim_hardware.postgres import Postgres
+from tests import order_books
 
 pytestmark = pytest.mark.wallclock
 
@@ -29,20 +30,8 @@ from drivers.orders.postgres import PostgresOrderStore  # noqa: E402
 TIMEOUT_MS = 200.0
 
 
-def _order(code: str, status: OrderStatus = OrderStatus.RELEASED, created: float = 0.0,
-           order_id: str | None = None, promised: float | None = None) -> Order:
-    return Order(order_id=order_id or f"O-{code}", code=code, channel="web", status=status,
-                 carrier="DHL", service="std", route="R1", postcode="10115", created_at=created,
-                 promised_ship_at=promised)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Postgres]:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"no PostgreSQL server can run here: {reason}")
-    with Postgres() as pg:
-        yield pg
+_order = order_books.one_parcel_order
+server = order_books.server  # the module's PostgreSQL (a fixture)
 
 
 def _config(server: Postgres, **changes: object) -> OrderStoreConfig:
