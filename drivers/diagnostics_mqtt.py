@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 from controller.config import DiagnosticsConfig
 from controller.diagnostics import wall_time
 from drivers.backoff import Backoff
-from drivers.lineio.aiomqtt_fast import NODELAY
+from drivers.lineio.aiomqtt_fast import NODELAY, end_misc_loop
 from drivers.lineio.tasks import cancel_and_wait
 from drivers.mqtt_client import login
 
@@ -226,13 +226,16 @@ class MqttDiagnostics:
 
     async def _connection(self) -> str:
         entered = False
+        client = self._new_client()
         try:
-            async with self._new_client() as client:
+            async with client:
                 entered = True
                 return await self._connected(client)
         except aiomqtt.MqttError as exc:
             return (f"connection lost: {_describe(exc)}" if entered
                     else f"cannot connect: {_describe(exc)}")
+        finally:
+            await end_misc_loop(client)
 
     async def _connected(self, client: aiomqtt.Client) -> str:
         await client.subscribe(f"{self.base}/cmd/+", qos=1)

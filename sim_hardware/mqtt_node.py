@@ -21,7 +21,7 @@ import aiomqtt
 
 from drivers.backoff import Backoff
 from drivers.lineio import mqtt_codec as codec
-from drivers.lineio.aiomqtt_fast import NODELAY, Inbox, send_now, write_soon
+from drivers.lineio.aiomqtt_fast import NODELAY, Inbox, end_misc_loop, send_now, write_soon
 from drivers.lineio.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class MqttNode:
         clock = self.owner.clock
         while True:
             entered = False
+            client: aiomqtt.Client | None = None
             try:
                 client = self._new_client()
                 inbox = Inbox(client, functools.partial(self._take, client))
@@ -112,6 +113,8 @@ class MqttNode:
             finally:
                 self.connected.clear()
                 self.client = None
+                if client is not None:
+                    await end_misc_loop(client)
             await clock.sleep(self.backoff.next_delay())
 
     async def _serve(self, client: aiomqtt.Client, inbox: Inbox) -> None:

@@ -44,6 +44,8 @@ async def test_the_aiomqtt_client_keeps_its_paho_client_where_send_now_looks() -
     paho = paho_client(client)
     assert isinstance(paho, paho_mqtt.Client), type(paho)
     assert getattr(client, PRIVATE_CLIENT) is paho
+    # end_misc_loop ends the housekeeping task aiomqtt keeps here
+    assert hasattr(client, "_misc_task"), "aiomqtt.Client has no '_misc_task' any more"
     # send_now calls publish(topic, payload, qos, retain) positionally
     assert list(inspect.signature(paho.publish).parameters)[:4] == [
         "topic", "payload", "qos", "retain"]

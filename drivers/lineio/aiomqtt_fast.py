@@ -26,6 +26,7 @@ changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -189,3 +190,22 @@ class Inbox:
         """Wait while connected: aiomqtt's MqttError when the connection is lost."""
         await anext(aiter(self._client.messages))
         raise RuntimeError("a message reached aiomqtt's queue past the inbox")
+
+
+async def end_misc_loop(client: aiomqtt.Client) -> None:
+    """End the client's housekeeping task once its connection is over.
+
+    aiomqtt creates that task from a callback scheduled when the socket opens, and cancels it
+    when the socket closes; a socket that closes before the callback ran leaves it running
+    (up to a second, or for good while ``loop_misc`` still succeeds).
+    """
+    # aiomqtt connects in an executor thread, which may still open the socket after a
+    # cancelled connect: then nothing may start the task any more.
+    paho = paho_client(client)
+    paho.on_socket_open = None
+    await asyncio.sleep(0)  # the scheduled creation runs first, if it is still to come
+    task: asyncio.Task[None] | None = getattr(client, "_misc_task", None)
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

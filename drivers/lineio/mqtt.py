@@ -36,7 +36,7 @@ from controller.errors import DriverTimeout, DriverUnavailable, LinkDown
 from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState
 from drivers.backoff import Backoff
 from drivers.lineio import mqtt_codec as codec
-from drivers.lineio.aiomqtt_fast import NODELAY, Inbox, send_now, write_soon
+from drivers.lineio.aiomqtt_fast import NODELAY, Inbox, end_misc_loop, send_now, write_soon
 from drivers.lineio.mqtt_book import DEVICE, CommandBook, Inbound, MqttStats
 from drivers.lineio.tasks import cancel_and_wait
 from drivers.mqtt_client import login
@@ -326,6 +326,8 @@ class MqttLineIO:
                 return f"connection lost: {_describe(exc)}"
             # after a loss aiomqtt's exit returns at once; a clean DISCONNECT may fail
             log.debug("mqtt %s: no clean disconnect: %s", self._where, _describe(exc))
+        finally:
+            await end_misc_loop(client)
         return reason or "connection ended"
 
     async def _connected(self, client: aiomqtt.Client, inbox: Inbox) -> str:
