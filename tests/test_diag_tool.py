@@ -38,6 +38,7 @@ from controller.app.diag_view import (
 from controller.app.trace_tool import format_trace
 from controller.config import DiagnosticsConfig, load_config
 from controller.errors import ConfigError
+from drivers.lineio.tasks import cancel_and_wait
 from sim_hardware.broker import Mosquitto, mosquitto_path
 
 from .conftest import EXAMPLE_CONFIG, ROOT
@@ -377,10 +378,10 @@ async def standing_in(stand_in: StandIn) -> AsyncIterator[StandIn]:
             task.result()
         yield stand_in
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            async with asyncio.timeout(5):
-                await task
+        # cancelled again until it ends: aiomqtt's publish can swallow a cancellation
+        assert await cancel_and_wait([task]), "the stand-in did not stop"
+        if not task.cancelled():
+            task.result()
 
 
 def _prefix() -> str:
