@@ -16,6 +16,12 @@ WARM_TIMEOUT_FACTOR = 10  # warming reads many orders at once: at least ten look
 WARM_S_PER_ORDER = 50e-6  # and time for each order it reads: 100,000 took 0.9-1.8 s here
 
 
+def warm_budget_s(config: OrderStoreConfig) -> float:
+    """How long the line lets warming its cache take."""
+    return max(WARM_TIMEOUT_FACTOR * config.timeout_ms / 1000,
+               WARM_S_PER_ORDER * config.cache_size)
+
+
 class OrderLookup:
     """Asks the store with a timeout; while the store fails, sorts from the cache it warmed."""
 
@@ -31,8 +37,7 @@ class OrderLookup:
         if not size:
             return
         try:
-            async with asyncio.timeout(max(WARM_TIMEOUT_FACTOR * self._config.timeout_ms / 1000,
-                                           WARM_S_PER_ORDER * size)):
+            async with asyncio.timeout(warm_budget_s(self._config)):
                 orders = await self.store.released(size)
         except (OrderStoreError, TimeoutError) as exc:
             self._stats.order_store_errors += 1
