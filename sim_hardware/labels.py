@@ -18,6 +18,7 @@ import numpy.typing as npt
 import zxingcpp
 
 from controller.vision import GrayImage
+from sim_hardware.label_damage import apply_damage, torn_mask
 
 if TYPE_CHECKING:
     from controller.config import LineConfig
@@ -35,12 +36,6 @@ __all__ = [
 DAMAGE_KINDS = ("none", "scuffed", "destroyed", "covered", "torn_edge")
 PAPER = 235
 INK = 25
-STICKER = 212
-TORN_AWAY = 150
-#: A sticker over the bars hides this share of their height (the upper part).
-COVERED_SHARE = (0.35, 0.45)
-#: A tear reaches at most this share of the bars' height into them.
-TORN_SHARE = (0.15, 0.35)
 MAX_CODE_LEN = 48
 QUIET_MODULES = 12
 QR_QUIET_MODULES = 4
@@ -255,93 +250,6 @@ def _clutter(ink: GrayImage, lay: _Layout, spec: LabelSpec, ppm: float) -> None:
     _put_text(ink, route, (MARGIN_MM, text_y + 5.5), 2.0, ppm)
 
 
-def _scuff(img: FloatImage, lay: _Layout, rng: np.random.Generator, ppm: float) -> None:
-    """Light scratches and faded streaks that a decoder reads through."""
-    w = img.shape[1]
-    marks = np.zeros(img.shape, dtype=np.uint8)
-    for _ in range(5):
-        y0 = rng.uniform(lay.bar_y, lay.bar_y + BAR_HEIGHT_MM) * ppm
-        p0 = (round(rng.uniform(0, w)), round(y0 + rng.uniform(-20, 20) * ppm))
-        p1 = (round(rng.uniform(0, w)), round(y0 + rng.uniform(-20, 20) * ppm))
-        cv2.line(marks, p0, p1, 255, max(1, round(0.25 * ppm)), cv2.LINE_AA)
-    img -= marks.astype(np.float32) * (45.0 / 255.0)
-    fade = np.zeros(img.shape, dtype=np.uint8)
-    for _ in range(2):
-        y = round(rng.uniform(lay.bar_y + 3, lay.bar_y + BAR_HEIGHT_MM - 3) * ppm)
-        y1 = y + round(rng.uniform(-4, 4) * ppm)
-        cv2.line(fade, (0, y), (w - 1, y1), 255, max(1, round(0.8 * ppm)), cv2.LINE_AA)
-    img += (PAPER - img) * fade.astype(np.float32) * (0.35 / 255.0)
-
-
-def _destroy(
-    img: FloatImage, lay: _Layout, spec: LabelSpec, rng: np.random.Generator, ppm: float
-) -> None:
-    """A dark smear over the middle of the barcode (full bar height) and most of the QR."""
-
-    def smear(x0: float, y0: float, x1: float, y1: float) -> None:
-        xs = np.linspace(x0, x1, 7)
-        top = [(x, y0 + rng.uniform(-1.5, 0.0)) for x in xs]
-        bottom = [(x, y1 + rng.uniform(0.0, 1.5)) for x in xs[::-1]]
-        poly = np.array([(px * ppm, py * ppm) for px, py in top + bottom], dtype=np.float64)
-        mask8 = np.zeros(img.shape, dtype=np.uint8)
-        cv2.fillPoly(mask8, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
-        mask = mask8.astype(np.float32) / 255.0
-        tone = 40.0 + rng.uniform(0.0, 12.0, size=img.shape).astype(np.float32)
-        img[...] = img * (1.0 - mask) + tone * mask
-
-    span = lay.bar_w * 0.45
-    left = lay.bar_x + (lay.bar_w - span) / 2 + rng.uniform(-0.1, 0.1) * lay.bar_w
-    smear(left, lay.bar_y - 2.0, left + span, lay.bar_y + BAR_HEIGHT_MM + 2.0)
-    if spec.qr_text is not None:
-        q = lay.qr_size
-        smear(lay.qr_x + 0.15 * q, lay.qr_y - 1.0, lay.qr_x + 0.85 * q, lay.qr_y + q + 1.0)
-
-
-def _cover(
-    img: FloatImage, lay: _Layout, rng: np.random.Generator, ppm: float
-) -> None:
-    """An opaque sticker across the upper part of the bars; the rest of them stays clear."""
-    share = rng.uniform(*COVERED_SHARE)
-    x0 = lay.bar_x - rng.uniform(3.0, 8.0)
-    x1 = lay.bar_x + lay.bar_w + rng.uniform(3.0, 8.0)
-    top = lay.bar_y - rng.uniform(2.0, 6.0)
-    bottom = lay.bar_y + share * BAR_HEIGHT_MM
-    slope = rng.uniform(-0.5, 0.5)  # mm over the sticker's length: it is stuck on a bit askew
-    corners = [(x0, top), (x1, top), (x1, bottom + slope / 2), (x0, bottom - slope / 2)]
-    poly = np.array([(x * ppm, y * ppm) for x, y in corners])
-    mask8 = np.zeros(img.shape, dtype=np.uint8)
-    cv2.fillPoly(mask8, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
-    mask = mask8.astype(np.float32) / 255.0
-    img[...] = img * (1.0 - mask) + STICKER * mask
-
-
-def _torn_mask(shape: tuple[int, int], lay: _Layout, spec: LabelSpec, ppm: float) -> FloatImage:
-    """1.0 where paper is left, 0.0 where a corner or the top strip was torn away."""
-    rng = np.random.default_rng((spec.seed, 0x7EA2))
-    deepest = lay.bar_y + rng.uniform(*TORN_SHARE) * BAR_HEIGHT_MM
-    if rng.random() < 0.5:  # the top strip, down into the bars' upper part
-        xs = np.linspace(-1.0, lay.width + 1.0, 40)
-        ys = deepest - rng.uniform(0.0, 0.3, size=len(xs)) * (deepest - lay.bar_y) \
-            - rng.uniform(0.0, 0.8, size=len(xs))
-        line = list(zip(xs, ys, strict=True))
-        poly = [(-1.0, -1.0), *line, (lay.width + 1.0, -1.0)]
-    else:  # a corner: from the top edge down to ``deepest`` at the bars' end, and on
-        right = rng.random() < 0.5
-        start = lay.bar_x + lay.bar_w * rng.uniform(0.55, 0.8)
-        end = lay.bar_x + lay.bar_w
-        if not right:
-            start, end = lay.width - start, lay.width - end
-        edge = lay.width + 1.0 if right else -1.0
-        ts = np.linspace(0.0, (edge - start) / (end - start), 30)
-        xs = start + (end - start) * ts
-        ys = -1.0 + (deepest + 1.0) * ts - rng.uniform(0.0, 0.8, size=len(ts))
-        poly = [*zip(xs, ys, strict=True), (edge, -1.0)]
-    pts = np.array([(x * ppm, y * ppm) for x, y in poly])
-    mask8 = np.full(shape, 255, dtype=np.uint8)
-    cv2.fillPoly(mask8, [np.round(pts * 16).astype(np.int32)], 0, cv2.LINE_AA, shift=4)
-    return np.asarray(mask8, dtype=np.float32) / 255.0
-
-
 @lru_cache(maxsize=128)
 def label_alpha(spec: LabelSpec, px_per_mm: float) -> GrayImage | None:
     """How much of each label pixel is there (uint8, 255 = all); None for a whole label."""
@@ -350,8 +258,8 @@ def label_alpha(spec: LabelSpec, px_per_mm: float) -> GrayImage | None:
     _validate(spec)
     lay = _layout(spec)
     shape = (max(1, round(lay.height * px_per_mm)), max(1, round(lay.width * px_per_mm)))
-    out: GrayImage = np.clip(np.rint(_torn_mask(shape, lay, spec, px_per_mm) * 255), 0, 255) \
-        .astype(np.uint8)
+    kept = torn_mask(shape, lay, spec, px_per_mm, BAR_HEIGHT_MM)
+    out: GrayImage = np.clip(np.rint(kept * 255), 0, 255).astype(np.uint8)
     out.setflags(write=False)
     return out
 
@@ -390,16 +298,7 @@ def render_label(spec: LabelSpec, px_per_mm: float) -> GrayImage:
     ink = np.maximum(ink, text.astype(np.float32) / 255.0)
 
     img = PAPER - np.clip(ink, 0.0, 1.0) * ((PAPER - INK) * spec.contrast)
-    rng = np.random.default_rng((spec.seed, 0x5CAFF))
-    if spec.damage == "scuffed":
-        _scuff(img, lay, rng, ppm)
-    elif spec.damage == "destroyed":
-        _destroy(img, lay, spec, rng, ppm)
-    elif spec.damage == "covered":
-        _cover(img, lay, rng, ppm)
-    elif spec.damage == "torn_edge":
-        kept = _torn_mask((h_px, w_px), lay, spec, ppm)
-        img[...] = img * kept + TORN_AWAY * (1.0 - kept)
+    apply_damage(img, lay, spec, ppm, paper=PAPER, bar_h_mm=BAR_HEIGHT_MM)
     out: GrayImage = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     out.setflags(write=False)
     return out
