@@ -13,19 +13,24 @@ controller's default formats (Code 128 + QR code).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from controller.vision import BarcodeDecoder, Symbol
-from drivers.decoders import DEFAULT_DECODER, available_decoders, make_decoder
-from drivers.decoders.synth import cardboard, paste, render
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from controller.vision import BarcodeDecoder, Symbol  # noqa: E402
+from drivers.decoders import DEFAULT_DECODER, available_decoders, make_decoder  # noqa: E402
+from drivers.decoders.synth import cardboard, paste, render  # noqa: E402
+from tests.test_decode_budget import unreadable_frames  # noqa: E402
 
 TEXT = "1Z999AA10123456784"
 FORMATS = ("code128", "qrcode")
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "line.example.toml"
+EXAMPLE_CONFIG = ROOT / "deploy" / "line.example.toml"
 
 
 def label_frames(
@@ -60,53 +65,6 @@ def parcel_frames(count: int, seed: int) -> list[np.ndarray]:
                            width_mm=float(rng.uniform(180, 380)), y_mm=0.0,
                            shade=int(rng.integers(125, 185)), labels=())
         frames.append(renderer.render(cam.view_start_mm, [parcel]))
-    return frames
-
-
-def unreadable_frames(kind: str, count: int, seed: int) -> list[np.ndarray]:
-    """The example line's frames of a parcel that passes the activity check but holds no
-    readable code: ``destroyed`` (one smeared label), ``several`` (three destroyed labels),
-    ``glare`` (a destroyed label under a lamp's reflection), ``print`` (cardboard printed
-    with text and rules, no code), ``busy`` (many non-code edges: tape, straps, scribbles)."""
-    import cv2
-
-    from controller.config import load_config
-    from sim_hardware.labels import LabelSpec
-    from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel
-
-    cam = load_config(EXAMPLE_CONFIG).cameras[0]
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i in range(count):
-        glare = 220.0 if kind == "glare" else 0.0
-        renderer = FrameRenderer(*cam.resolution, cam.mm_per_px, seed=seed + i, glare_px=glare)
-        n_labels = {"destroyed": 1, "several": 3, "glare": 1}.get(kind, 0)
-        labels = tuple(
-            PlacedLabel(LabelSpec(code=f"1Z{seed + i:06d}{k}", damage="destroyed",
-                                  seed=seed + 7 * i + k),
-                        u_mm=float(rng.uniform(-120, 120)) if n_labels == 1 else -150.0 + 150 * k,
-                        v_mm=float(rng.uniform(-40, 40)), angle_deg=float(rng.uniform(0, 360)))
-            for k in range(n_labels))
-        parcel = ParcelTop(lead_x_mm=cam.position_mm + float(rng.uniform(150, 300)),
-                           length_mm=float(rng.uniform(500, 650)),
-                           width_mm=float(rng.uniform(300, 380)), y_mm=0.0,
-                           shade=int(rng.integers(125, 185)), labels=labels)
-        frame = np.ascontiguousarray(renderer.render(cam.view_start_mm, [parcel]))
-        h, w = frame.shape[:2]
-        if kind == "print":
-            for _ in range(25):
-                org = (int(rng.uniform(0.2, 0.7) * w), int(rng.uniform(0.2, 0.8) * h))
-                cv2.putText(frame, "FRAGILE THIS SIDE UP 12345", org, cv2.FONT_HERSHEY_SIMPLEX,
-                            float(rng.uniform(0.6, 1.4)), 40, 2)
-            for _ in range(8):
-                y = int(rng.uniform(0.2, 0.8) * h)
-                cv2.line(frame, (int(0.2 * w), y), (int(0.8 * w), y), 40, 3)
-        elif kind == "busy":
-            for _ in range(300):
-                p0 = (int(rng.uniform(0.1, 0.9) * w), int(rng.uniform(0.1, 0.9) * h))
-                p1 = (p0[0] + int(rng.normal(0, 80)), p0[1] + int(rng.normal(0, 80)))
-                cv2.line(frame, p0, p1, int(rng.integers(0, 255)), int(rng.integers(1, 4)))
-        frames.append(frame)
     return frames
 
 

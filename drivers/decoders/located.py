@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol
 
 import cv2
 import numpy as np
@@ -18,15 +17,10 @@ import numpy.typing as npt
 
 from controller.vision import GrayImage, Symbol
 
-from ._common import (
-    LINEAR_SYMBOLOGIES,
-    MATRIX_SYMBOLOGIES,
-    Found,
-    as_gray,
-    check_formats,
-    dedupe,
-)
+from ._common import LINEAR_SYMBOLOGIES, Found, as_gray, dedupe
 from .activity import Box, active_region, unread_bars
+from .budget import WorkBudget, locator_ms, survey_ms, zxing_ms
+from .finders import EmptyFinder, Finder, find_in, split_formats
 from .locator import (
     LABEL_AREA_SHARE,
     LABEL_RECTANGULARITY,
@@ -82,14 +76,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Finder(Protocol):
-    """A whole-image decoder that also reports code sizes (ZxingDecoder, PyzbarDecoder)."""
-
-    formats: tuple[str, ...]
-
-    def find(self, gray: GrayImage) -> list[Found]: ...
-
-
 #: Gaussian sigma (px) of the unsharp mask tried on crops that did not read.
 SHARPEN_SIGMA = 1.0
 #: Codes longer than this (px) have modules wide enough not to need the 2x stretch.
@@ -114,7 +100,10 @@ class LocatingDecoder:
 
     A large frame with nothing barcode-like in it (:mod:`drivers.decoders.activity`: an
     empty belt, a bare parcel) gives no reads at once; otherwise the locator and the
-    whole-image passes look only inside its active region.
+    whole-image passes look only inside its active region. There, a large frame's work is
+    held to about one plain zxing-cpp pass (:mod:`drivers.decoders.budget`): the
+    frame-wide locator pass is left out where the budget cannot afford it and nothing in
+    the frame is label-like, or narrowed to the labels where something is.
     """
 
     name = "located"
@@ -150,20 +139,50 @@ class LocatingDecoder:
         region = active_region(gray)
         if region is None:  # a large frame with nothing barcode-like: belt, bare cardboard
             return []
+        budget = self._budget(gray, region)
         found: list[Found] = []
         boxes: list[tuple[Quad, float]] = []
         matrix_read = False
         if self.inner.formats:
-            linear, boxes, matrix_read = self._linear(gray, region)
+            linear, boxes, matrix_read = self._linear(gray, region, budget)
             found += linear
             if not linear:
                 boxes = []
         if self.matrix is not None and not matrix_read:
-            found += self._matrix(gray, boxes, region)
+            found += self._matrix(gray, boxes, region, budget)
         return dedupe(found)
 
+    def _budget(self, gray: GrayImage, region: Box) -> WorkBudget:
+        """A large frame's budget: what plain zxing-cpp would spend on it, the survey
+        (activity map, label search) already spent, the region's last pass held back.
+        Smaller images (photographs, parcel crops) are cheap whatever is tried: no limit."""
+        if max(gray.shape) <= LABELS_FIRST_SIDE:
+            return WorkBudget()
+        budget = WorkBudget(zxing_ms(gray.size, self.formats))
+        budget.spend(survey_ms(gray.size))
+        x0, y0, x1, y1 = region
+        budget.reserve_ms = zxing_ms((x1 - x0) * (y1 - y0), self.formats)
+        return budget
+
+    @staticmethod
+    def _find(finder: Finder, crop: GrayImage, budget: WorkBudget) -> list[Found]:
+        budget.spend(zxing_ms(crop.size, finder.formats))
+        return finder.find(crop)
+
+    def _find_in(self, finder: Finder, gray: GrayImage, box: Box,
+                 budget: WorkBudget) -> list[Found]:
+        """A last pass over ``box``: what the reserve was held back for."""
+        budget.reserve_ms = 0.0
+        x0, y0, x1, y1 = box
+        budget.spend(zxing_ms((x1 - x0) * (y1 - y0), finder.formats))
+        return find_in(finder, gray, box)
+
+    def _locate(self, crop: GrayImage, budget: WorkBudget) -> list[Quad]:
+        budget.spend(locator_ms(crop.size))
+        return self.locate(crop)
+
     def _matrix(self, gray: GrayImage, boxes: list[tuple[Quad, float]],
-                region: Box) -> list[Found]:
+                region: Box, budget: WorkBudget) -> list[Found]:
         """2-D codes near the located linear codes once one was read, else in the region."""
         # A label's 2-D code sits beside its linear one; a whole 1080p pass costs about 4 ms.
         assert self.matrix is not None
@@ -171,14 +190,15 @@ class LocatingDecoder:
         regions = matrix_regions(gray.shape, boxes)
         if regions is None:
             small = max(gray.shape) <= LABELS_FIRST_SIDE
-            return find_in(self.small_matrix if small else self.matrix, gray, region)
+            return self._find_in(self.small_matrix if small else self.matrix, gray, region,
+                                 budget)
         found: list[Found] = []
         for box in regions:
-            found += find_in(self.matrix, gray, box)
+            found += self._find_in(self.matrix, gray, box, budget)
         return found
 
-    def _linear(self, gray: GrayImage,
-                region: Box) -> tuple[list[Found], list[tuple[Quad, float]], bool]:
+    def _linear(self, gray: GrayImage, region: Box,
+                budget: WorkBudget) -> tuple[list[Found], list[tuple[Quad, float]], bool]:
         """Linear reads, the boxes searched with the reach (box lengths) for 2-D codes, and
         whether the 2-D formats were read too (by :attr:`whole`, on the active region)."""
         # Labels first: when every label-like region is a clean rectangle and each one
@@ -187,45 +207,69 @@ class LocatingDecoder:
         # cardboard, nothing read) takes the whole-image path, so the shortcut loses no code.
         big = max(gray.shape) > LABELS_FIRST_SIDE
         labels: list[Quad] | None = None
+        odd_blobs = torn = 0
         label_boxes: list[tuple[Quad, float]] = []
+        #: each label's whole reads once made, for the second label pass below
+        whole_reads: dict[int, list[Found]] = {}
         if big:
-            labels, odd_blobs = label_candidates(gray)
+            labels, odd_blobs, torn = label_candidates(gray)
             label_boxes = _reach(labels, LABEL_REACH)
             label_px = sum(abs(float(cv2.contourArea(q))) for q in labels)
             if labels and not odd_blobs and LABEL_CROP_GROWTH * label_px < gray.size:
-                per_label = [self._read_label(gray, quad) for quad in labels]
-                if all(per_label):
-                    return [f for reads in per_label for f in reads], label_boxes, False
-        quads = self._locate_in(gray, region)
-        reads = self._located_reads(gray, quads)
+                per_label: list[Found] = []
+                for i, quad in enumerate(labels):
+                    reads = self._read_label(gray, quad, budget, whole_reads, i)
+                    if not reads:  # the shortcut is lost: the rest wait for the whole path
+                        break
+                    per_label += reads
+                else:
+                    return per_label, label_boxes, False
+        quads = self._search(gray, region, budget, labels or [], torn)
+        reads = self._located_reads(gray, quads, budget)
         # a small image is searched whole for 2-D codes: that costs little
         boxes = _reach(quads, MATRIX_REACH) + label_boxes if big else []
         if reads:
             return reads, boxes, False
         if labels is None:
             labels = locate_labels(gray)
-        reads = self._labels(gray, labels)
+        reads = self._labels(gray, labels, budget, whole_reads)
         if reads:
             return reads, boxes, False
         if self.whole is not None and big:
-            return find_in(self.whole, gray, region), boxes, True
-        return find_in(self.inner, gray, region), boxes, False
+            return self._find_in(self.whole, gray, region, budget), boxes, True
+        return self._find_in(self.inner, gray, region, budget), boxes, False
 
-    def _locate_in(self, gray: GrayImage, region: Box) -> list[Quad]:
+    def _search(self, gray: GrayImage, region: Box, budget: WorkBudget, labels: list[Quad],
+                torn: int) -> list[Quad]:
+        """The locator over the region, if the budget affords it; else over the labels
+        only, or nowhere when nothing is label-like (cardboard printed or strapped all
+        over): the region's whole pass then reads what plain zxing-cpp would."""
+        # A label is searched again here even if its crop was: on the frame's own pixels,
+        # bars resampled once only read where the crop's failed (0.5 mm bars: 74 % of
+        # frames without this pass, 80 % needed).
+        big = max(gray.shape) > LABELS_FIRST_SIDE
+        x0, y0, x1, y1 = region
+        if not big or torn or budget.affords(locator_ms((x1 - x0) * (y1 - y0))):
+            return self._locate_in(gray, region, budget)
+        near = matrix_regions(gray.shape, _reach(labels, LABEL_REACH)) if labels else []
+        if near is None:
+            return self._locate_in(gray, region, budget)
+        return [q for box in near for q in self._locate_in(gray, box, budget)]
+
+    def _locate_in(self, gray: GrayImage, region: Box, budget: WorkBudget) -> list[Quad]:
         """Located codes in the region of ``gray``, in ``gray``'s pixels."""
         x0, y0, x1, y1 = region
-        if (x0, y0, x1, y1) == (0, 0, gray.shape[1], gray.shape[0]):
-            return self.locate(gray)
         offset = np.array((x0, y0), dtype=np.float32)
-        return [q + offset for q in self.locate(gray[y0:y1, x0:x1])]
+        return [q + offset for q in self._locate(gray[y0:y1, x0:x1], budget)]
 
-    def _located_reads(self, gray: GrayImage, quads: list[Quad]) -> list[Found]:
+    def _located_reads(self, gray: GrayImage, quads: list[Quad],
+                       budget: WorkBudget) -> list[Found]:
         """Reads of the located boxes; a code also caught in another box's margin is kept
         only from its own box, where its centre is true (a margin read's position is poor)."""
         on_line: list[Found] = []
         off_line: list[Found] = []
         for quad in quads:
-            for found, centred in self._read_located(gray, quad):
+            for found, centred in self._read_located(gray, quad, budget):
                 (on_line if centred else off_line).append(found)
         seen = {(f.symbol.text, f.symbol.symbology) for f in on_line}
         return on_line + [f for f in off_line if (f.symbol.text, f.symbol.symbology) not in seen]
@@ -241,12 +285,13 @@ class LocatingDecoder:
             return None
         return stretch_contrast(crop), back
 
-    def _whole_reads(self, crop: GrayImage) -> list[Found]:
+    def _whole_reads(self, crop: GrayImage, budget: WorkBudget) -> list[Found]:
         """The inner decoder on a whole label crop, linear reads centred across their bars."""
         return [Found(centre_across(crop, f) if f.symbol.symbology in LINEAR_SYMBOLOGIES
-                      else f.symbol, f.size) for f in self.inner.find(crop)]
+                      else f.symbol, f.size) for f in self._find(self.inner, crop, budget)]
 
-    def _read_label(self, gray: GrayImage, quad: Quad) -> list[Found]:
+    def _read_label(self, gray: GrayImage, quad: Quad, budget: WorkBudget,
+                    whole_reads: dict[int, list[Found]], index: int) -> list[Found]:
         """Codes on one label, located in its straightened crop or else read whole."""
         squared = self._squared_label(gray, quad)
         if squared is None:
@@ -254,26 +299,36 @@ class LocatingDecoder:
         crop, back = squared
         # Squared up, the label's codes lie along a crop axis, where a whole read finds
         # them for a third of the locator's cost; bars it left unread send it the locator's way.
-        reads = self._whole_reads(crop)
+        reads = self._whole_reads(crop, budget)
+        whole_reads[index] = [mapped(f, back) for f in reads]
         if not reads or unread_bars(crop, [(f.symbol.x, f.symbol.y) for f in reads]):
-            reads = self._located_reads(crop, self.locate(crop)) or reads
+            reads = self._located_reads(crop, self._locate(crop, budget),
+                                        budget) or reads
         return [mapped(f, back) for f in reads]
 
-    def _labels(self, gray: GrayImage, labels: list[Quad]) -> list[Found]:
-        """Second locator: white labels, straightened square to the image, read whole.
+    def _labels(self, gray: GrayImage, labels: list[Quad], budget: WorkBudget,
+                whole_reads: dict[int, list[Found]]) -> list[Found]:
+        """Second locator: white labels, straightened square to the image, read whole
+        (the labels the first pass read whole already are not read again; a crop the
+        budget cannot afford is left to the region's whole pass).
 
         Marks across a code's bars defeat OpenCV's locator at most angles, while a
         scuffed label squared up still reads; labels stand out from cardboard and belt.
         """
         found: list[Found] = []
-        for quad in labels:
+        for i, quad in enumerate(labels):
+            if i in whole_reads:
+                found += whole_reads[i]
+                continue
             squared = self._squared_label(gray, quad)
-            if squared is not None:
+            if squared is not None and budget.affords(zxing_ms(squared[0].size,
+                                                               self.inner.formats)):
                 crop, back = squared
-                found += [mapped(f, back) for f in self._whole_reads(crop)]
+                found += [mapped(f, back) for f in self._whole_reads(crop, budget)]
         return found
 
-    def _read_located(self, gray: GrayImage, quad: Quad) -> list[tuple[Found, bool]]:
+    def _read_located(self, gray: GrayImage, quad: Quad,
+                      budget: WorkBudget) -> list[tuple[Found, bool]]:
         """Reads in the box around ``quad``, each flagged True if it lies on the box's
         centre line (the located code) rather than in its margin (a neighbour)."""
         length = float(np.ptp(quad[:, 0]) + np.ptp(quad[:, 1]))  # coarse, enough for a cap
@@ -288,7 +343,8 @@ class LocatingDecoder:
                 log.warning("straightening a located code failed", exc_info=True)
                 break
             first = first or (crop, back)
-            reads = [back_to_image(f, crop.shape[0], back) for f in self.inner.find(crop)]
+            reads = [back_to_image(f, crop.shape[0], back)
+                     for f in self._find(self.inner, crop, budget)]
             if any(centred for _, centred in reads):
                 return reads
             margin_only = margin_only or reads
@@ -296,7 +352,8 @@ class LocatingDecoder:
             crop, back = first
             blurred = cv2.GaussianBlur(crop, (0, 0), SHARPEN_SIGMA)
             sharp = np.asarray(cv2.addWeighted(crop, 2.0, blurred, -1.0, 0.0), dtype=np.uint8)
-            reads = [back_to_image(f, sharp.shape[0], back) for f in self.inner.find(sharp)]
+            reads = [back_to_image(f, sharp.shape[0], back)
+                     for f in self._find(self.inner, sharp, budget)]
             if any(centred for _, centred in reads):
                 return reads
         return margin_only
@@ -306,38 +363,13 @@ def _reach(quads: list[Quad], factor: float) -> list[tuple[Quad, float]]:
     return [(q, factor) for q in quads]
 
 
-def find_in(finder: Finder, gray: GrayImage, box: Box) -> list[Found]:
-    """``finder``'s reads in the (x0, y0, x1, y1) ``box`` of ``gray``, in ``gray``'s pixels."""
-    x0, y0, x1, y1 = box
-    if (x0, y0, x1, y1) == (0, 0, gray.shape[1], gray.shape[0]):
-        return finder.find(gray)
-    return [Found(Symbol(f.symbol.text, f.symbol.symbology, f.symbol.x + x0, f.symbol.y + y0),
-                  f.size) for f in finder.find(gray[y0:y1, x0:x1])]
-
-
-
-def _split(formats: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    names = check_formats(formats)
-    return (
-        tuple(f for f in names if f in LINEAR_SYMBOLOGIES),
-        tuple(f for f in names if f in MATRIX_SYMBOLOGIES),
-    )
-
-
-class _EmptyFinder:
-    formats: tuple[str, ...] = ()
-
-    def find(self, gray: GrayImage) -> list[Found]:
-        return []
-
-
 class LocatedZxingDecoder(LocatingDecoder):
     """Locate with OpenCV, decode crops with zxing-cpp; 2-D formats by zxing-cpp."""
 
     def __init__(self, formats: Sequence[str] = ("code128", "qrcode")) -> None:
-        linear, matrix = _split(formats)
+        linear, matrix = split_formats(formats)
         super().__init__(
-            ZxingDecoder(linear) if linear else _EmptyFinder(),
+            ZxingDecoder(linear) if linear else EmptyFinder(),
             ZxingDecoder(matrix) if matrix else None,
             name="located-zxing",
             whole=ZxingDecoder(linear + matrix) if linear and matrix else None,
@@ -351,9 +383,9 @@ class LocatedPyzbarDecoder(LocatingDecoder):
     def __init__(self, formats: Sequence[str] = ("code128", "qrcode")) -> None:
         from .pyzbar import PyzbarDecoder
 
-        linear, matrix = _split(formats)
+        linear, matrix = split_formats(formats)
         super().__init__(
-            PyzbarDecoder(linear) if linear else _EmptyFinder(),
+            PyzbarDecoder(linear) if linear else EmptyFinder(),
             ZxingDecoder(matrix) if matrix else None,
             name="located-pyzbar",
             small_matrix=ZxingDecoder(matrix, try_invert=True) if matrix else None,

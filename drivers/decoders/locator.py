@@ -118,6 +118,10 @@ LABEL_AREA_SHARE = (0.004, 0.5)
 #: (blobs of bright cardboard texture fill far less).
 LABEL_RECTANGULARITY = 0.8
 MAX_LABELS = 4
+#: A label-sized bright region that is no rectangle may still be a label (torn, touching
+#: another) when it fills this much of its box; tape, straps and scribbles filled at most
+#: 0.32 in the bench's busy frames.
+TORN_FILL = 0.5
 
 
 def locate_labels(gray: GrayImage) -> list[Quad]:
@@ -125,8 +129,9 @@ def locate_labels(gray: GrayImage) -> list[Quad]:
     return label_candidates(gray)[0]
 
 
-def label_candidates(gray: GrayImage) -> tuple[list[Quad], int]:
-    """Label boxes, and how many label-sized bright regions were not rectangles."""
+def label_candidates(gray: GrayImage) -> tuple[list[Quad], int, int]:
+    """Label boxes, how many label-sized bright regions were not rectangles, and how
+    many of those still fill TORN_FILL of their box (labels torn or touching)."""
     scale = min(1.0, LABEL_SEARCH_SIDE / max(gray.shape))
     small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
         if scale < 1 else gray
@@ -135,7 +140,7 @@ def label_candidates(gray: GrayImage) -> tuple[list[Quad], int]:
     t1, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     upper = small[small > t1]
     if upper.size < 16:
-        return [], 0
+        return [], 0, 0
     t2, _ = cv2.threshold(upper.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask = np.asarray(small > t2, dtype=np.uint8) * 255
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (7, 7))
@@ -144,18 +149,20 @@ def label_candidates(gray: GrayImage) -> tuple[list[Quad], int]:
     area = float(small.shape[0] * small.shape[1])
     lo, hi = LABEL_AREA_SHARE
     boxes = []
-    odd = 0
+    odd = torn = 0
     for contour in contours:
         rect = cv2.minAreaRect(contour)
         (w, h) = rect[1]
         if not lo * area <= w * h <= hi * area:
             continue
-        if min(w, h) < 0.25 * max(w, h) or cv2.contourArea(contour) < LABEL_RECTANGULARITY * w * h:
+        fill = float(cv2.contourArea(contour))
+        if min(w, h) < 0.25 * max(w, h) or fill < LABEL_RECTANGULARITY * w * h:
             odd += 1
+            torn += fill >= TORN_FILL * w * h
             continue
         boxes.append(np.asarray(cv2.boxPoints(rect), dtype=np.float32) / scale)
     boxes.sort(key=lambda q: -abs(float(cv2.contourArea(q))))
-    return boxes[:MAX_LABELS], odd + max(0, len(boxes) - MAX_LABELS)
+    return boxes[:MAX_LABELS], odd + max(0, len(boxes) - MAX_LABELS), torn
 
 
 #: Past this share of the image the regions are not worth it: search the whole image.
