@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from controller.config_base import Identifier, PositiveFloat, Strict
+from controller.config_checks import line_problems
 from controller.config_io import DiagnosticsConfig as DiagnosticsConfig  # noqa: PLC0414
 from controller.config_io import LineIOConfig as LineIOConfig  # noqa: PLC0414 - re-exported
 from controller.config_io import MetricsConfig as MetricsConfig  # noqa: PLC0414 - re-exported
@@ -26,6 +27,7 @@ from controller.config_io import MqttTlsConfig as MqttTlsConfig  # noqa: PLC0414
 from controller.config_io import (
     SerialLinkConfig as SerialLinkConfig,  # noqa: PLC0414 - re-exported
 )
+from controller.config_line_end import EndOfLineConfig as EndOfLineConfig  # noqa: PLC0414
 from controller.config_plan import ORDER_STATUSES as ORDER_STATUSES  # noqa: PLC0414
 from controller.config_plan import Destination as Destination  # noqa: PLC0414 - re-exported
 from controller.config_plan import RuleField as RuleField  # noqa: PLC0414 - re-exported
@@ -143,11 +145,6 @@ class BinConfig(Strict):
         return self
 
 
-class EndOfLineConfig(Strict):
-    position_mm: float
-    role: Literal["reject"] = "reject"
-
-
 class OrderStoreConfig(Strict):
     """Where the line's orders are: an SQLite file beside it (``path``), or a PostgreSQL
     database several lines share (``dsn``, e.g. ``postgresql://sorter@db.local:5432/orders``,
@@ -245,48 +242,7 @@ class LineConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> LineConfig:
-        problems: list[str] = []
-        for kind, items in (("cameras", self.cameras), ("diverters", self.diverters),
-                            ("bins", self.bins)):
-            ids = [item.id for item in items]
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            if dupes:
-                problems.append(f"{kind}: duplicate id {', '.join(dupes)}")
-        bin_ids = {b.id for b in self.bins}
-        served = [d.bin for d in self.diverters]
-        problems += [f"diverters: {d.id} serves unknown bin {d.bin!r}"
-                     for d in self.diverters if d.bin not in bin_ids]
-        problems += [f"bins: {b} is served by more than one diverter"
-                     for b in sorted({b for b in served if served.count(b) > 1})]
-        plan = self.sort_plan
-        for rule in plan.rules:
-            problems += [f"sort_plan.rules: rule {rule.name!r} names unknown bin {b!r}"
-                         for b in rule.bins or () if b not in served]
-        for name, destination in plan.destinations.items():
-            problems += [f"sort_plan.destinations.{name}: unknown bin {b!r}"
-                         for b in destination.bins + destination.alternates if b not in served]
-        if plan.overflow is not None and plan.overflow not in served:
-            problems.append(f"sort_plan.overflow: unknown bin {plan.overflow!r}")
-        pe = self.induction.photo_eye_mm
-        last_view = max(c.view_end_mm for c in self.cameras)
-        problems += [f"induction.{name}: {value:g} mm is longer than the belt from PE-IN to "
-                     f"the read zone's end ({last_view - pe:g} mm): a parcel would be decided "
-                     f"before the gap behind it is measured"
-                     for name, value in (("min_gap_mm", self.induction.min_gap_mm),
-                                         ("min_pitch_mm", self.induction.min_pitch_mm))
-                     if value > last_view - pe]
-        problems += [f"cameras: {c.id} sees belt upstream of the induction photo-eye"
-                     for c in self.cameras if c.view_start_mm < pe]
-        problems += [f"diverters: {d.id} at {d.position_mm} mm is not downstream of the cameras"
-                     f" (read zone ends at {last_view} mm)"
-                     for d in self.diverters if d.position_mm <= last_view]
-        problems += [f"end_of_line: position must be downstream of diverter {d.id}"
-                     for d in self.diverters if d.position_mm >= self.end_of_line.position_mm]
-        if self.line_io is not None:
-            problems += [f"diverters: {d.id} is on link {d.link!r} but there is no "
-                         f"[line_io.{d.link}] section"
-                         for d in self.diverters
-                         if d.link is not None and getattr(self.line_io, d.link) is None]
+        problems = line_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -20,6 +20,7 @@ class Disposition(StrEnum):
     MISSORT = "MISSORT"  # landed somewhere it was not sent
     NOT_READY = "NOT_READY"  # inducted before the line was ready: not read, rode to the end
     TOO_CLOSE = "TOO_CLOSE"  # inducted closer to a neighbour than a diverter can push apart
+    RECIRC_LIMIT = "RECIRC_LIMIT"  # a loop's parcel not diverted in max_laps laps
 
     @property
     def is_sorted(self) -> bool:

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS parcels (
     reason TEXT,
     decided_at REAL,
     final_at REAL,
-    order_created_at REAL
+    order_created_at REAL,
+    laps INTEGER
 );
 CREATE INDEX IF NOT EXISTS parcels_open ON parcels (disposition) WHERE disposition IS NULL;
 CREATE INDEX IF NOT EXISTS parcels_code ON parcels (code, parcel_id);
@@ -74,6 +75,7 @@ class FinalRecord:
     decided_at: float | None
     final_at: float
     order_created_at: float | None
+    laps: int = 1  # passes round a loop (lap 1 is the first); 1 on a line with a reject end
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,7 @@ class Journal:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.executescript(SCHEMA)
+        _add_laps(db)
         self._db = db
         open_ids = [r[0] for r in db.execute(
             "SELECT parcel_id FROM parcels WHERE disposition IS NULL ORDER BY parcel_id")]
@@ -157,10 +160,10 @@ class Journal:
         with self._db:
             cursor = self._db.execute(
                 "UPDATE parcels SET disposition = ?, bin = ?, reason = ?, code = ?, order_id = ?, "
-                "length_mm = ?, decided_at = ?, final_at = ?, order_created_at = ? "
+                "length_mm = ?, decided_at = ?, final_at = ?, order_created_at = ?, laps = ? "
                 "WHERE parcel_id = ? AND disposition IS NULL",
                 (r.disposition.value, r.bin, r.reason, r.code, r.order_id, r.length_mm,
-                 r.decided_at, r.final_at, r.order_created_at, r.parcel_id))
+                 r.decided_at, r.final_at, r.order_created_at, r.laps, r.parcel_id))
         self.telemetry.observe_journal_write(time.perf_counter() - started)
         return cursor.rowcount == 1
 
@@ -218,6 +221,14 @@ class Journal:
                 log.warning("%s", exc)
             self._db = None
         self._writer.shutdown(wait=True)
+
+
+def _add_laps(db: sqlite3.Connection) -> None:
+    """A journal written before loops were known gets the ``laps`` column (NULL: one lap)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(parcels)")}
+    if "laps" not in columns:
+        with db:
+            db.execute("ALTER TABLE parcels ADD COLUMN laps INTEGER")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

@@ -73,6 +73,7 @@ class ParcelOutcome(TypedDict):
     missort: bool
     order_created_at: float | None
     final_at: float | None
+    laps: int | None  # passes round a loop, from its final record (1 on a line with a reject)
 
 
 def journal_finals(rows: Iterable[Mapping[str, Any]]) -> tuple[list[FinalRecord], list[int]]:
@@ -87,7 +88,7 @@ def journal_finals(rows: Iterable[Mapping[str, Any]]) -> tuple[list[FinalRecord]
             parcel_id=row["parcel_id"], disposition=Disposition(row["disposition"]),
             bin=row["bin"], reason=row["reason"], code=row["code"], order_id=row["order_id"],
             length_mm=row["length_mm"], decided_at=row["decided_at"], final_at=row["final_at"],
-            order_created_at=row["order_created_at"]))
+            order_created_at=row["order_created_at"], laps=row.get("laps") or 1))
     return finals, still_open
 
 
@@ -137,9 +138,11 @@ def _with_truth(parcel: ParcelTruth, final: FinalRecord | None) -> ParcelOutcome
         "controller_bin": final.bin if final else None,
         "reason": final.reason if final else (None if tracked
                                               else "never tracked by the controller"),
-        "missort": wrong_place(parcel.expected_bins, actual, disposition, parcel.places),
+        "missort": wrong_place(parcel.expected_bins, actual, disposition, parcel.places,
+                               sent_to=final.bin if final else None),
         "order_created_at": parcel.order_created_at,
         "final_at": final.final_at if final else None,
+        "laps": final.laps if final else None,
     }
 
 
@@ -157,22 +160,30 @@ def _without_truth(parcel_id: int, final: FinalRecord | None, *,
         "reason": final.reason if final else None, "missort": False,
         "order_created_at": None if phantom or final is None else final.order_created_at,
         "final_at": final.final_at if final else None,
+        "laps": final.laps if final else None,
     }
 
 
 def wrong_place(expected_bins: Sequence[str], actual: str, disposition: str | None,
-                places: int = 1) -> bool:
+                places: int = 1, *, sent_to: str | None = None) -> bool:
     """Physically in a bin it should not be in (ship accuracy), whatever the controller says.
 
-    Any of the first ``places`` expected bins is right; the others only for a DEST_FULL.
+    Any of the first ``places`` expected bins is right; the others only for a DEST_FULL. A
+    loop's exception bin is not shipped from, like the end of line: a RECIRC_LIMIT or
+    MULTI_READ parcel truly where the controller sent it (``sent_to``) is not mis-sorted.
     """
     if actual in (END_OF_LINE, UNKNOWN_BIN):
+        return False
+    if disposition in _EXCEPTION_CHUTE and actual == sent_to:
         return False
     if not expected_bins:
         return True
     if actual in expected_bins[:max(1, places)]:
         return False
     return not (disposition == Disposition.DEST_FULL and actual in expected_bins)
+
+
+_EXCEPTION_CHUTE = frozenset({Disposition.RECIRC_LIMIT.value, Disposition.MULTI_READ.value})
 
 
 def wrong_parcel_fires(outcomes: Sequence[ParcelOutcome], pushes: Iterable[PushTruth]) -> int:
@@ -200,6 +211,7 @@ def summarise(outcomes: Sequence[ParcelOutcome], *, line_time_s: float, wall_tim
     cycle = [(o["final_at"] - o["order_created_at"]) / 60 for o in outcomes
              if _is_sorted(o) and o["order_created_at"] is not None
              and o["final_at"] is not None]
+    laps = [o["laps"] for o in outcomes if o["laps"] is not None]
     orders: dict[str, bool] = {}
     for o in outcomes:
         if o["order_id"]:
@@ -217,6 +229,9 @@ def summarise(outcomes: Sequence[ParcelOutcome], *, line_time_s: float, wall_tim
         "orders": len(orders),
         "perfect_order_share": sum(orders.values()) / len(orders) if orders else 0.0,
         "outcome_differs_from_truth": sum(1 for o in outcomes if _differs_from_truth(o)),
+        # on a loop: parcels that went round at least once, of those finished, and their laps
+        "recirculation_rate": sum(1 for x in laps if x > 1) / len(laps) if laps else 0.0,
+        "mean_laps": statistics.mean(laps) if laps else None,
         "line_time_s": round(line_time_s, 3),
         "throughput_per_hour": n / hours if hours else 0.0,
         "wall_time_s": round(wall_time_s, 3),
@@ -237,8 +252,11 @@ def _perfect(o: ParcelOutcome) -> bool:
 
 
 def _differs_from_truth(o: ParcelOutcome) -> bool:
-    """Not the designed disposition (a DEST_FULL where SORTED was designed is right)."""
+    """Not the designed disposition (a DEST_FULL where SORTED was designed is right, and on
+    a loop so is a RECIRC_LIMIT whose last lap found its bins full)."""
     designed = o["expected_disposition"]
     if designed is None or o["disposition"] == designed:
         return False
+    if designed == Disposition.SORTED and o["disposition"] == Disposition.RECIRC_LIMIT:
+        return Disposition.DEST_FULL.value not in (o["reason"] or "")
     return not (designed == Disposition.SORTED and o["disposition"] == Disposition.DEST_FULL)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from controller.archive import ArchivedFrame
 from controller.codes import ParcelReads, ReadVerdict
 from controller.disposition import END_OF_LINE, Disposition
+from controller.journal import FinalRecord
 from controller.lineio import DivertCommand
 from controller.orders import Order
 from controller.tracking import Tracker, TrackingWindow
@@ -34,6 +35,9 @@ class ParcelState:
     strayed_into: str | None = None  # a bin that took a parcel unbidden while it was in front
     lost_track: bool = False  # given up: its position is not known, so it is never diverted
     too_close: str = ""  # why it is too close to a neighbour to be diverted, if it is
+    lap: int = 1  # on a loop: the pass it is on, from 1
+    returning: bool = False  # on a loop: past the end of line, on its way back to PE-IN
+    last_code: str | None = None  # on a loop: the code read on an earlier lap
     frames: list[tuple[bool, ArchivedFrame]] = field(default_factory=list)  # (whole, crop)
 
     def keep_frame(self, frame: ArchivedFrame, *, whole: bool, limit: int) -> None:
@@ -46,6 +50,25 @@ class ParcelState:
     def to_end(self, disposition: Disposition, reason: str) -> None:
         """Send it nowhere: it rides to the end of the line, where it ends ``disposition``."""
         self.disposition, self.reason, self.route = disposition, reason, END_OF_LINE
+
+    def next_lap(self, reads: ParcelReads) -> None:
+        """On a loop, at PE-IN again: a fresh chance, its reads and decision from scratch."""
+        self.lap += 1
+        self.returning = False
+        self.last_code = self.code or self.last_code
+        self.reads, self.verdict, self.code, self.order = reads, ReadVerdict.PENDING, None, None
+        self.route = self.decided_at = self.command = self.zone_exit_at = None
+        self.disposition, self.reason = None, ""
+        self.strayed_into = None
+
+    def final_record(self, disposition: Disposition, where: str, now: float) -> FinalRecord:
+        """Its one final record: ending ``disposition`` at ``where`` (a bin, END, UNKNOWN)."""
+        order = self.order
+        return FinalRecord(
+            parcel_id=self.parcel_id, disposition=disposition, bin=where, reason=self.reason,
+            code=self.code, order_id=order.order_id if order else None,
+            length_mm=self.window.length_mm, decided_at=self.decided_at, final_at=now,
+            order_created_at=order.created_at if order else None, laps=self.lap)
 
     @property
     def parcel_id(self) -> int:
@@ -87,6 +110,9 @@ class SorterStats:
     order_store_errors: int = 0
     decision_errors: int = 0  # decisions that raised: their parcels went to the end as LATE
     too_close_decided: int = 0  # a pair too close found after one of them was decided
+    recirculated: int = 0  # laps begun again on a loop (a parcel on its 3rd lap counts 2)
+    returns_missed: int = 0  # parcels that went round the loop and did not come back to PE-IN
+    lap_code_mismatches: int = 0  # a returning parcel read with another code than before
     archive_errors: int = 0
     frames_by_camera: Counter[str] = field(default_factory=Counter)  # received, per camera
     decoded_by_camera: Counter[str] = field(default_factory=Counter)

@@ -218,7 +218,13 @@ class ReadZone:
             return
         parcel.verdict = verdict
         parcel.code = parcel.reads.code
-        if parcel.code is not None:
+        if parcel.code is not None and parcel.last_code not in (None, parcel.code):
+            # Back round a loop with another code: which parcel came round is uncertain.
+            self._belt.stats.lap_code_mismatches += 1
+            parcel.verdict, parcel.code = ReadVerdict.MULTI_READ, None
+            parcel.reads.why = (f"read {parcel.reads.code} on lap {parcel.lap}, "
+                                f"{parcel.last_code} before: which parcel came round is uncertain")
+        elif parcel.code is not None:
             twins = [p.parcel_id for p in self._belt.parcels.values()
                      if p is not parcel and parcel.code in p.reads.codes]
             if twins:

@@ -6,7 +6,7 @@ a route), :mod:`controller.diverting` (the divert command against its deadline) 
 :mod:`controller.confirming` (where each parcel ended up). Its tasks: line events
 (photo-eyes, bins), one per camera, a position watcher, and a decision per settled parcel.
 Every parcel ends with exactly one final disposition, written to the journal before it is
-counted.
+counted; on a loop, after however many laps :mod:`controller.recirculation` gives it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from controller.operating import LineControls, LineState
 from controller.orders import OrderStore
 from controller.parcel import Belt, BinState, ParcelState, SorterStats
 from controller.reading import ReadZone
+from controller.recirculation import Recirculation
 from controller.routing import Route, Router
 from controller.sortplan import SortPlan
 from controller.spacing import Spacing, mark_too_close
@@ -122,6 +123,7 @@ class Sorter(LineControls):
         self._lookup = OrderLookup(order_store, config.order_store, self.stats)
         self._router = Router(SortPlan(config.sort_plan))
         self._spacing = Spacing(config.induction)
+        self._loop = Recirculation(config, self._belt)
         self._diverting = DivertScheduler(config, line_io, self._belt, clock,
                                           telemetry=telemetry, messages=self.messages)
         self._confirming = Confirmations(config, self._belt, self._finalise, clock,
@@ -241,7 +243,8 @@ class Sorter(LineControls):
                 case PhotoEyeEdge(eye=eye, blocked=blocked, enc=enc) if eye == INDUCTION_EYE:
                     await self._induction_edge(blocked, enc)
                 case PhotoEyeEdge(eye=eye, blocked=True, enc=enc) if eye == END_EYE:
-                    await self._confirming.end_arrival(enc)
+                    if not self._loop.at_end(enc):  # on a loop it may go round again
+                        await self._confirming.end_arrival(enc)
                 case PhotoEyeEdge():
                     pass
                 case BinEntry(bin_id=bin_id, enc=enc):
@@ -268,6 +271,11 @@ class Sorter(LineControls):
     async def _induction_edge(self, blocked: bool, enc: int) -> None:
         if self.fault is not None:
             return  # faulted: nothing new is tracked, so nothing is decided for it
+        if blocked and self.tracker.inducting is None \
+                and (returning := self._loop.returning_at(enc)) is not None:
+            self._loop.inducted_again(returning, enc)  # tracked already, stopping or not
+            self._admit(returning)
+            return
         if blocked and self._stopping:
             return  # stopping: parcels inducted now are not tracked
         if blocked:
@@ -280,16 +288,7 @@ class Sorter(LineControls):
             now = self.clock.now()
             parcel = self.parcels[parcel_id] = ParcelState(
                 window, ParcelReads(self.config.decision.min_agreeing_reads), now)
-            if (pair := self._spacing.inducted(window)) is not None:
-                self.stats.too_close_decided += mark_too_close(pair, self.parcels)
-            if not self.ready.is_set():
-                # Not counted against the line: it is not read, and rides to the end.
-                parcel.verdict, parcel.decided_at = ReadVerdict.NO_READ, now
-                parcel.to_end(Disposition.NOT_READY, "inducted before the line was ready "
-                              f"(waiting for {', '.join(self.waiting_for()) or 'nothing'})")
-            elif (held := self.held_by_mode()) is not None:  # not sorted, never fired at
-                parcel.verdict, parcel.decided_at = ReadVerdict.NO_READ, now
-                parcel.to_end(Disposition.NOT_READY, held)
+            self._admit(parcel)
             try:
                 await self.journal.inducted(parcel_id, enc, now)
             except JournalError as exc:
@@ -300,6 +299,18 @@ class Sorter(LineControls):
         if self.tracker.cleared(enc) is None and not self._stopping:
             self.stats.spurious_edges += 1
 
+    def _admit(self, parcel: ParcelState) -> None:
+        """A parcel at PE-IN (new, or back round a loop): its gap, and whether it is sorted."""
+        if (pair := self._spacing.inducted(parcel.window)) is not None:
+            self.stats.too_close_decided += mark_too_close(pair, self.parcels)
+        waiting = ", ".join(self.waiting_for()) or "nothing"
+        why = None if self.ready.is_set() else \
+            f"inducted before the line was ready (waiting for {waiting})"
+        if (why := why or self.held_by_mode()) is not None:
+            # Not sorted, never fired at, not counted against the line: it rides to the end.
+            parcel.verdict, parcel.decided_at = ReadVerdict.NO_READ, self.clock.now()
+            parcel.to_end(Disposition.NOT_READY, why)
+
     async def _watch(self) -> None:
         """By encoder count: the read zone's end, confirmation windows, missing parcels."""
         while True:
@@ -308,6 +319,9 @@ class Sorter(LineControls):
             self.encoder_history.record(self.clock.now(), enc)
             for parcel in list(self.parcels.values()):
                 if parcel.parcel_id in self._belt.finalising:
+                    continue
+                if self._loop.missed(parcel, enc):
+                    await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
                     continue
                 self._reading.at_position(parcel, enc)
                 await self._confirming.at_position(parcel, enc)
@@ -323,7 +337,10 @@ class Sorter(LineControls):
         """Route a settled parcel and send its divert; a failure sends it to the end."""
         started = self.clock.now()
         try:
-            route = await self._route(parcel)
+            lap = parcel.lap
+            route = self._loop.route(parcel, await self._route(parcel))
+            if self._loop.overtaken(parcel, lap):
+                return  # past the end of line while deciding: round again, decided afresh
             if self.fault is not None:
                 parcel.to_end(Disposition.LATE, f"line faulted: {self.fault}")
             elif route.diverts and parcel.too_close:
@@ -361,14 +378,7 @@ class Sorter(LineControls):
         if parcel.parcel_id in finalising:
             return
         finalising.add(parcel.parcel_id)
-        order = parcel.order
-        record = FinalRecord(
-            parcel_id=parcel.parcel_id, disposition=disposition, bin=where,
-            reason=parcel.reason, code=parcel.code,
-            order_id=order.order_id if order else None,
-            length_mm=parcel.window.length_mm, decided_at=parcel.decided_at,
-            final_at=self.clock.now(),
-            order_created_at=order.created_at if order else None)
+        record = parcel.final_record(disposition, where, self.clock.now())
         try:
             try:
                 written = await self.journal.finalise(record)

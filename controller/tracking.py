@@ -50,6 +50,17 @@ class TrackingWindow:
     def enc_when_lead_at(self, x_mm: float) -> int:
         return self.blocked_enc + round((x_mm - self.photo_eye_mm) * self.counts_per_mm)
 
+    def carry_round(self, loop_mm: float) -> None:
+        """On a loop: the same parcel one lap on, a loop's length upstream of where it was."""
+        shift = round(loop_mm * self.counts_per_mm)
+        self.blocked_enc += shift
+        if self.cleared_enc is not None:
+            self.cleared_enc += shift
+
+    def inducted_again(self, enc: int) -> None:
+        """PE-IN is blocked by this returning parcel: its window starts afresh at ``enc``."""
+        self.blocked_enc, self.cleared_enc = enc, None
+
 
 @dataclass
 class Tracker:
@@ -72,6 +83,12 @@ class Tracker:
         if window is not None:
             window.cleared_enc = enc
         return window
+
+    def returned(self, window: TrackingWindow, enc: int) -> None:
+        """A tracked parcel coming round a loop blocks PE-IN again: it is inducting."""
+        window.inducted_again(enc)
+        self._windows[window.parcel_id] = window
+        self._open = window
 
     @property
     def inducting(self) -> TrackingWindow | None:

@@ -19,6 +19,7 @@ from sim_hardware.belt import Belt
 from sim_hardware.line_cameras import LineCameras
 from sim_hardware.line_diverters import BinModel, Fire, LineDiverters
 from sim_hardware.line_state import EventSink, FrameSink, LineCounters
+from sim_hardware.loop import LoopLine
 from sim_hardware.scenario import Case, ScenarioSpec, SimParcel
 
 __all__ = ["Belt", "BinModel", "EventSink", "Fire", "FrameSink", "LineCounters",
@@ -27,8 +28,12 @@ __all__ = ["Belt", "BinModel", "EventSink", "Fire", "FrameSink", "LineCounters",
 log = logging.getLogger(__name__)
 
 
-class PhysicalLine(LineCameras, LineDiverters):
-    """Runs a scenario's parcels down a configured line and records where each one went."""
+class PhysicalLine(LineCameras, LineDiverters, LoopLine):
+    """Runs a scenario's parcels down a configured line and records where each one went.
+
+    On a loop (``end_of_line.role = "recirculate"``) parcels not diverted come round again,
+    and new ones merge into free slots only (:mod:`sim_hardware.loop`).
+    """
 
     def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: list[SimParcel],
                  clock: Clock, *, render: bool = True, free_running: bool = False,
@@ -60,8 +65,12 @@ class PhysicalLine(LineCameras, LineDiverters):
                 self.start_belt()
             if not self.free_running:
                 self._start_cameras(tg)
-            tg.create_task(self._induction(), name="sim.induction")
-            tg.create_task(self._end_of_line(), name="sim.end_of_line")
+            if self.config.end_of_line.recirculates:
+                tg.create_task(self._loop_induction(), name="sim.induction")
+                tg.create_task(self._wait_settled(), name="sim.end_of_line")
+            else:
+                tg.create_task(self._induction(), name="sim.induction")
+                tg.create_task(self._end_of_line(), name="sim.end_of_line")
             tg.create_task(self._faults(), name="sim.faults")
             await self.done.wait()
         for task in list(self._tasks):
@@ -130,5 +139,10 @@ class PhysicalLine(LineCameras, LineDiverters):
             self._settle(parcel, "REMOVED")
 
     async def _sleep_until_centre(self, parcel: SimParcel, x_mm: float) -> None:
-        await self.clock.sleep_until(
-            self.belt.time_at(parcel.offset_mm + x_mm + parcel.length_mm / 2))
+        """Until the parcel's centre is at ``x_mm``, though a loop's merge holds it back."""
+        while True:
+            offset = parcel.offset_mm
+            await self.clock.sleep_until(
+                self.belt.time_at(offset + x_mm + parcel.length_mm / 2))
+            if parcel.offset_mm == offset:
+                return

@@ -67,15 +67,32 @@ class LineCameras(LineState):
 
     def _next_trigger(self, camera: CameraConfig, first: int, t: float,
                       period: float) -> float | None:
-        """The next frame time: the next period, or for a triggered camera, a parcel in view."""
-        if first >= len(self.parcels):
+        """The next frame time: the next period, or for a triggered camera, a parcel in view.
+
+        On a loop, parcels come round again (their ``offset_mm`` a loop further on): the
+        cameras keep going while any parcel is on the belt or still to come, and a parcel
+        past the view is due back in it a loop later.
+        """
+        loop = self.config.end_of_line.loop_length_mm
+        if first >= len(self.parcels) and not (loop and self.on_belt):
             return None
         if self.free_running:
             return t
-        enter = self.belt.time_at(self.parcels[first].offset_mm + camera.view_start_mm)
+        if loop is None:
+            enter = self.belt.time_at(self.parcels[first].offset_mm + camera.view_start_mm)
+        else:
+            coming = ([self.parcels[first]] if first < len(self.parcels) else []) + list(
+                self.on_belt.values())
+            enter = min(self._next_entry(camera, p, t, loop) for p in coming)
         if enter <= t:
             return t
         return t + math.ceil((enter - t) / period - 1e-9) * period
+
+    def _next_entry(self, camera: CameraConfig, parcel: SimParcel, t: float,
+                    loop: float) -> float:
+        """When a parcel enters the view next: this lap, or (past it) the next one round."""
+        lap_ahead = loop if self._leaves_view(camera, parcel) < t else 0.0
+        return self.belt.time_at(parcel.offset_mm + lap_ahead + camera.view_start_mm)
 
     def _in_view(self, camera: CameraConfig, travel: float) -> list[SimParcel]:
         return [p for p in self.on_belt.values()
@@ -85,7 +102,8 @@ class LineCameras(LineState):
     def _capture(self, camera: CameraConfig, renderer: FrameRenderer, travel: float,
                  parcels: list[SimParcel]) -> None:
         tops = [ParcelTop(self.lead_mm(p, travel), p.length_mm, p.width_mm, p.y_mm, p.shade,
-                          p.labels) for p in parcels]
+                          () if p.case is Case.HIDDEN_LABEL and p.laps == 1 else p.labels)
+                for p in parcels]
         render: Callable[[], GrayImage]
         if self.truth_frames:
             marks = tuple((p.sim_id, top) for p, top in zip(parcels, tops, strict=True))

@@ -22,6 +22,9 @@ from controller.errors import ConfigError
 from controller.orders import Order, OrderStatus
 from sim_hardware.labels import LabelSpec, label_size_mm, label_symbology
 from sim_hardware.render import PlacedLabel
+from sim_hardware.scenario_truth import class_boundaries, size_class
+from sim_hardware.scenario_truth import expected_bins as expected_bins  # noqa: PLC0414
+from sim_hardware.scenario_truth import expected_place as expected_place  # noqa: PLC0414
 
 
 class Case(StrEnum):
@@ -40,6 +43,7 @@ class Case(StrEnum):
     PICKED_OFF = "picked_off"  # someone lifts it off the belt after the read zone
     LICENCE_PLATE = "licence_plate"  # a warehouse licence-plate label beside the shipment one
     TOO_CLOSE = "too_close"  # inducted right behind the parcel before: neither is diverted
+    HIDDEN_LABEL = "hidden_label"  # its label is hidden (a flap over it) on its first pass
 
 
 EXPECTED_DISPOSITION = {
@@ -56,6 +60,7 @@ EXPECTED_DISPOSITION = {
     Case.PICKED_OFF: "LOST",
     Case.LICENCE_PLATE: "SORTED",
     Case.TOO_CLOSE: "TOO_CLOSE",
+    Case.HIDDEN_LABEL: "NO_READ",  # on a loop it is read on its second lap
 }
 ROUTED_CASES = frozenset({Case.NOMINAL, Case.CAMERA_STALL, Case.JAMMED_DIVERTER,
                           Case.STRAY_PUSH, Case.PICKED_OFF, Case.LICENCE_PLATE, Case.TOO_CLOSE})
@@ -139,6 +144,7 @@ class SimParcel:
     offset_mm: float = 0.0  # belt travel at which the leading edge is at line position 0
     induct_enc: int | None = None
     stray_diverter: str | None = None
+    laps: int = 1  # on a loop: the pass it is on, then the one it ended on
     actual: str | None = None
     events: list[str] = field(default_factory=list)
 
@@ -153,65 +159,6 @@ CHANNELS = ("webshop", "store", "marketplace")
 
 
 SIZE_MARGIN_MM = 20.0
-
-
-def expected_bins(line: LineConfig, order: Order, length_mm: float | None = None) -> list[str]:
-    """Every bin an order's parcel may go to, its places first (see :func:`expected_place`)."""
-    return expected_place(line, order, length_mm)[0]
-
-
-def expected_place(line: LineConfig, order: Order, length_mm: float | None = None,
-                   ) -> tuple[list[str], int]:
-    """Where an order should go: the emulator's own reading of the plan, first rule wins.
-
-    ``(bins, places)``: any of the first ``places`` bins is the parcel's place (a destination
-    spreads its parcels over its own bins); the rest take it only when those are full.
-    Held and cancelled orders go only where a rule names their status; else to the end.
-    """
-    plan = line.sort_plan
-    released = order.status is OrderStatus.RELEASED
-    overflow = plan.overflow
-    size = _size_class(line, length_mm)
-    for rule in plan.rules:
-        if not released and "status" not in rule.when:
-            continue
-        if all(_field_matches(order, size, key, value) for key, value in rule.when.items()):
-            if rule.destination is not None:
-                destination = plan.destinations[rule.destination]
-                bins, places = destination.bins + destination.alternates, len(destination.bins)
-            else:
-                bins, places = list(rule.bins or ()), 1
-            return bins + ([overflow] if overflow and overflow not in bins else []), places
-    return ([overflow] if overflow and released else []), 1
-
-
-def _size_class(line: LineConfig, length_mm: float | None) -> str | None:
-    if length_mm is None:
-        return None
-    for size in line.sort_plan.size_classes:
-        if size.min_length_mm <= length_mm and (size.max_length_mm is None
-                                                or length_mm < size.max_length_mm):
-            return size.name
-    return line.sort_plan.default_size_class
-
-
-def _field_matches(order: Order, size: str | None, key: str, value: str) -> bool:
-    postcode, bound = order.postcode.replace(" ", "").upper(), value.replace(" ", "").upper()
-    if key == "postcode_prefix":
-        return postcode.startswith(bound)
-    if key == "postcode_from":
-        return postcode[:len(bound)] >= bound
-    if key == "postcode_to":
-        return postcode[:len(bound)] <= bound
-    if key == "size_class":
-        return size is not None and size.casefold() == value.casefold()
-    return str(getattr(order, key)).casefold() == value.casefold()
-
-
-def _boundaries(line: LineConfig) -> list[float]:
-    """The lengths where a parcel changes size class."""
-    return [b for c in line.sort_plan.size_classes
-            for b in (c.min_length_mm, c.max_length_mm) if b]
 
 
 def make_code(serial: int, prefix: str = "00") -> str:
@@ -235,7 +182,7 @@ class _Generator:
                   length_mm: float | None = None) -> Order:
         # Orders are drawn for the routing rules (those that do not name a status) that take
         # a parcel of this size.
-        size = _size_class(self.line, length_mm)
+        size = size_class(self.line, length_mm)
         rules = [r for r in self.line.sort_plan.rules if "status" not in r.when
                  and r.when.get("size_class", size) == size]
         rule: SortRule | None = None
@@ -277,7 +224,7 @@ class _Generator:
         case = rng.choices(list(s.mix), list(s.mix.values()))[0]
         length = rng.uniform(*s.length_mm)
         for _ in range(20):  # not where the controller's measure could put it in another class
-            if all(abs(length - b) > SIZE_MARGIN_MM for b in _boundaries(self.line)):
+            if all(abs(length - b) > SIZE_MARGIN_MM for b in class_boundaries(self.line)):
                 break
             length = rng.uniform(*s.length_mm)
         width = rng.uniform(*s.width_mm)
@@ -356,6 +303,8 @@ def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], lis
         room_after = (line.belt.speed_mm_s * spec.camera_stall_s + 300.0 - parcel.length_mm
                       if parcel.case is Case.CAMERA_STALL else 0.0)
     _too_close(parcels, line)
+    if line.end_of_line.recirculates:
+        loop_truth(parcels, line)
     orders = [p.order for p in parcels if p.order is not None]
     return parcels, orders
 
@@ -391,6 +340,32 @@ def _too_close(parcels: list[SimParcel], line: LineConfig) -> None:
 
 
 _DIVERTED = frozenset({"SORTED", "DEST_FULL", "ORDER_HELD", "DIVERT_FAULT"})
+_READ_AGAIN = frozenset({Case.CAMERA_STALL, Case.HIDDEN_LABEL})
+_END_OF_LINE = frozenset({"NO_READ", "NO_ORDER", "ORDER_HELD", "MULTI_READ", "DEST_FULL",
+                          "TOO_CLOSE"})
+
+
+def loop_truth(parcels: list[SimParcel], line: LineConfig) -> None:
+    """The truth on a loop (controller.recirculation): what a second lap changes.
+
+    A camera stall or a label hidden on the first pass is read on the next lap and sorted;
+    what would ride to the end goes round to the cap, then to the exception bin (without
+    one, out at the end of line), a MULTI_READ to the exception bin at once, a pair too
+    close out at the end of line (a push at one would move both, on every lap).
+    """
+    exception = line.end_of_line.exception_bin
+    for parcel in parcels:
+        if parcel.case in _READ_AGAIN and parcel.order is not None:
+            bins, places = expected_place(line, parcel.order, parcel.length_mm)
+            parcel.expected_bins, parcel.places = bins, places
+            parcel.expected_disposition = "SORTED" if bins else "DEST_FULL"
+        designed = parcel.expected_disposition
+        if designed not in _END_OF_LINE or (designed == "ORDER_HELD" and parcel.expected_bins):
+            continue
+        to_exception = exception is not None and designed != "TOO_CLOSE"
+        parcel.expected_disposition = ("MULTI_READ" if designed == "MULTI_READ" and to_exception
+                                       else "RECIRC_LIMIT")
+        parcel.expected_bins = [exception] if to_exception and exception else []
 
 
 def _group_into_orders(parcels: list[SimParcel], spec: ScenarioSpec, line: LineConfig,
