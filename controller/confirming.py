@@ -3,6 +3,12 @@
 A parcel's disposition is final only once it is seen somewhere (or known not to be): a
 bin's photo-eye confirms a divert, the end-of-line photo-eye sees everything not diverted,
 and a parcel seen nowhere well past the end is MISSORT (a bin took it unbidden) or LOST.
+
+A bin's drop and confirmation windows are set in milliseconds and measured in time: from the
+moment the belt reached the fire's count (when the board fired) to the moment of the bin's
+entry, read off the encoder history. So a slowed or stopped belt neither widens nor narrows
+them. Where the history does not reach back that far, the least time the belt can have
+taken counts (the distance at its nominal, fastest speed, or the history's whole span).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 from controller.clock import Clock
 from controller.config import DiverterConfig, LineConfig
 from controller.disposition import END_OF_LINE, Disposition
+from controller.encoder import EncoderHistory
 from controller.message_log import MessageLog
 from controller.parcel import Belt, Finalise, ParcelState
 
@@ -25,12 +32,16 @@ class Confirmations:
     """Settles each parcel's disposition from what the line's sensors saw of it."""
 
     def __init__(self, config: LineConfig, belt: Belt, finalise: Finalise, clock: Clock, *,
-                 messages: MessageLog | None = None) -> None:
+                 messages: MessageLog | None = None,
+                 history: EncoderHistory | None = None) -> None:
         self._config = config
         self._clock = clock
         self._belt = belt
         self._finalise = finalise
         self._cpm = config.belt.encoder_counts_per_mm
+        self._nominal_counts_per_s = config.belt.speed_mm_s * self._cpm
+        # Fed by at_position too: without the coordinator's history it keeps its own.
+        self._history = history if history is not None else EncoderHistory()
         self._messages = messages if messages is not None else MessageLog()
         self._link = config.line_io.sensors if config.line_io is not None else "inprocess"
 
@@ -48,18 +59,23 @@ class Confirmations:
         bin_config = next((b for b in self._config.bins if b.id == bin_id), None)
         if bin_config is None:
             return
-        counts_per_s = self._config.belt.speed_mm_s * self._cpm
-        window = bin_config.confirm_timeout_ms / 1000 * counts_per_s
-        drop = bin_config.drop_ms / 1000 * counts_per_s
+        timeout_s = bin_config.confirm_timeout_ms / 1000
+        drop_s = bin_config.drop_ms / 1000
+        now = self._clock.now()
+        entered_at = self._entered_at(enc, now)
         # A bin's photo-eye cannot tell parcels apart: the entry belongs to the booked divert
         # it fits best in time.
-        fits = [(abs(enc - (p.command.fire_enc + drop)), p) for p in self._belt.active()
-                if p.booked and p.command is not None and p.route == bin_id
-                and p.command.fire_enc <= enc <= p.command.fire_enc + window]
+        fits: list[tuple[float, ParcelState]] = []
+        for p in self._belt.active():
+            if p.booked and p.command is not None and p.route == bin_id \
+                    and p.command.fire_enc <= enc:
+                since_fire = self._seconds_since(p.command.fire_enc, enc, entered_at)
+                if since_fire <= timeout_s:
+                    fits.append((abs(since_fire - drop_s), p))
         if not fits:
             self._belt.stats.unexpected_bin_entries += 1
             suspect = self._in_front_of(self._config.diverter_for_bin(bin_id),
-                                        enc - round(drop))
+                                        self._count_at(entered_at - drop_s, enc, drop_s))
             log.warning("bin %s: a parcel fell in that no divert was sent for%s", bin_id,
                         f" (parcel {suspect.parcel_id} was in front of it)" if suspect else "")
             if suspect is not None:
@@ -67,10 +83,39 @@ class Confirmations:
             return
         _, parcel = min(fits, key=lambda fit: fit[0])
         self._messages.record(parcel.parcel_id, "received", self._link, "bin_entry",
-                              {"bin": bin_id, "enc": enc}, at=self._clock.now())
+                              {"bin": bin_id, "enc": enc}, at=now)
         self._belt.unbook(parcel, bin_id)
         self._belt.bins[bin_id].confirmed += 1
         await self._finalise(parcel, parcel.disposition or Disposition.SORTED, bin_id)
+
+    def _entered_at(self, enc: int, now: float) -> float:
+        """When a bin entry stamped ``enc`` happened: the last moment the belt was at ``enc``
+        (on a stopped belt, or an event just in, that is now)."""
+        moved_on = self._history.first_reached(enc + 1)
+        return now if moved_on is None else min(now, moved_on)
+
+    def _seconds_since(self, count: int, enc: int, at: float) -> float:
+        """How long the belt took from ``count`` to ``enc``, which it was at at ``at``.
+
+        Where the history does not say when it reached ``count``: the least it can have
+        taken, at the nominal (fastest) speed or, before the history, its whole span.
+        """
+        reached = self._history.first_reached(count)
+        if reached is not None:
+            return max(0.0, at - reached)
+        least = max(0.0, (enc - count) / self._nominal_counts_per_s)
+        latest, since = self._history.latest, self._history.since
+        if latest is None or since is None or count > latest[1]:
+            return least  # no samples, or reached after the newest one
+        return max(least, at - since)
+
+    def _count_at(self, when: float, enc: int, before_s: float) -> int:
+        """The count at ``when``, ``before_s`` before the belt was at ``enc``; at the nominal
+        speed where the history does not reach back."""
+        since = self._history.since
+        if since is None or when < since:
+            return enc - round(before_s * self._nominal_counts_per_s)
+        return min(enc, self._history.at(when))
 
     def _in_front_of(self, diverter: DiverterConfig, enc: int) -> ParcelState | None:
         """The tracked parcel whose centre was nearest the diverter's arm at ``enc``."""
@@ -109,10 +154,12 @@ class Confirmations:
 
     async def at_position(self, parcel: ParcelState, enc: int) -> None:
         """The position watcher's look at a parcel: its bin's window over, or missing."""
+        now = self._clock.now()
+        self._history.record(now, enc)
         if parcel.booked and parcel.command is not None and parcel.route is not None:
-            timeout_ms = self._config.bin(parcel.route).confirm_timeout_ms
-            timeout_mm = timeout_ms / 1000 * self._config.belt.speed_mm_s
-            if enc > parcel.command.fire_enc + timeout_mm * self._cpm:
+            timeout_s = self._config.bin(parcel.route).confirm_timeout_ms / 1000
+            fire_enc = parcel.command.fire_enc
+            if enc >= fire_enc and self._seconds_since(fire_enc, enc, now) > timeout_s:
                 # Not in its bin: it may still ride to the end of the line; keep tracking.
                 self._belt.unbook(parcel, parcel.route)
         if parcel.window.trail_mm(enc) > self._config.end_of_line.position_mm + LOST_AFTER_MM:

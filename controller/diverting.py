@@ -50,6 +50,7 @@ class DivertScheduler:
         bin_id = route.bin
         diverter = self._config.diverter_for_bin(bin_id)
         fire_enc = parcel.window.enc_when_centre_at(diverter.position_mm)
+        # At the nominal speed, the fastest: the belt may speed up to it during the actuation.
         lead_mm = diverter.actuation_ms / 1000 * self._config.belt.speed_mm_s
         deadline_enc = fire_enc - round((lead_mm + self._config.decision.margin_mm) * self._cpm)
         if self._line_io.encoder() > deadline_enc:

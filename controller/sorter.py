@@ -127,7 +127,8 @@ class Sorter(LineControls):
         self._diverting = DivertScheduler(config, line_io, self._belt, clock,
                                           telemetry=telemetry, messages=self.messages)
         self._confirming = Confirmations(config, self._belt, self._finalise, clock,
-                                         messages=self.messages)
+                                         messages=self.messages,
+                                         history=self.encoder_history)
         self._archiving = ArchiveKeeper(archive, clock, self.stats)
         self._decisions: set[asyncio.Task[None]] = set()
         self._next_parcel_id = 1
