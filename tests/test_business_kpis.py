@@ -18,19 +18,18 @@ import pytest
 
 from controller.app.example_line import EXAMPLE_CONFIG
 from controller.app.report_tool import StoreFinder, add_report_command
-from controller.business_kpis import (
-    JournalDataError,
-    JournalParcel,
-    OrdersByCode,
-    business_kpis,
-    journal_clock_start,
-    journal_parcels,
-    orders_for,
-    percentile,
-)
+from controller.business_kpis import business_kpis, percentile
 from controller.config import LineConfig
 from controller.journal import SCHEMA, read_records
 from controller.kpis import UNKNOWN_BIN
+from controller.order_kpis import (
+    JournalDataError,
+    JournalParcel,
+    OrdersByCode,
+    journal_clock_start,
+    journal_parcels,
+    orders_for,
+)
 from controller.orders import Order, OrderStatus
 from controller.sortplan import SortPlan
 from drivers.orders.sqlite import SqliteOrderStore

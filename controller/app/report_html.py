@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.business_kpis import BusinessReport, JournalParcel, ShiftKpis
+from controller.business_kpis import BusinessReport, ShiftKpis
+from controller.order_kpis import JournalParcel
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

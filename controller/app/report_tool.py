@@ -15,19 +15,18 @@ import sys
 from collections.abc import Collection
 from pathlib import Path
 
-from controller.business_kpis import (
+from controller.business_kpis import BusinessReport, business_kpis
+from controller.config import LineConfig, OrderStoreConfig, load_config
+from controller.errors import SorterError
+from controller.order_kpis import (
     AllowedBins,
-    BusinessReport,
     JournalDataError,
     JournalParcel,
     OrderFinder,
-    business_kpis,
     journal_clock_start,
     journal_parcels,
     orders_for,
 )
-from controller.config import LineConfig, OrderStoreConfig, load_config
-from controller.errors import SorterError
 from controller.orders import Order, OrderStore
 from controller.sortplan import SortPlan
 

@@ -14,6 +14,9 @@ header that never ends or a server that goes silent is logged, counted and follo
 reconnect with backoff; every read has a timeout. JPEGs are decoded straight to gray off the
 event loop. A reader task keeps only the newest frames (``queue_size``) when the controller
 lags, so a slow consumer never works on stale frames.
+
+The HTTP framing (buffered body reads, part headers, the boundary, TLS, login challenge and
+failure reasons) is :mod:`drivers.cameras.mjpeg_http`'s; this module is the camera driver.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import base64
 import contextlib
 import logging
 import math
-import ssl
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from urllib.parse import urlsplit
@@ -37,103 +39,23 @@ from drivers.cameras import Backoff, CameraLink
 from drivers.cameras.credentials import Credentials
 from drivers.cameras.jpeg import decode_gray as decode_gray  # noqa: PLC0414 - re-exported
 from drivers.cameras.jpeg import jpeg_size as jpeg_size  # noqa: PLC0414 - re-exported
+from drivers.cameras.mjpeg_http import (
+    MAX_BOUNDARY_LINE,
+    MAX_HEAD,
+    MAX_HEADER_LINES,
+    Buffered,
+    describe_failure,
+    login_challenge,
+    multipart_boundary,
+    parse_headers,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD = 16 * 1024
-MAX_HEADER_LINES = 64
-MAX_BOUNDARY_LINE = 1024
 READ_BUFSIZE = 256 * 1024
 SOI = b"\xff\xd8"
 EOI = b"\xff\xd9"
-
-
-class _Buffered:
-    """The response body with our own buffer, so that every read has our own size limit.
-
-    aiohttp has already taken off the transfer coding (chunked or not) and TLS.
-    """
-
-    def __init__(self, body: aiohttp.StreamReader) -> None:
-        self._body = body
-        self._buf = bytearray()
-
-    async def _fill(self) -> None:
-        chunk = await self._body.readany()
-        if not chunk:
-            raise ProtocolError("the server closed the connection")
-        self._buf += chunk
-
-    async def read_until(self, sep: bytes, limit: int, what: str) -> bytes:
-        """Bytes up to and including ``sep``; ProtocolError past ``limit`` bytes."""
-        start = 0
-        while True:
-            at = self._buf.find(sep, start)
-            if at >= 0:
-                end = at + len(sep)
-                if end > limit + len(sep):
-                    break
-                data = bytes(self._buf[:end])
-                del self._buf[:end]
-                return data
-            if len(self._buf) > limit + len(sep):
-                break
-            start = max(0, len(self._buf) - len(sep) + 1)
-            await self._fill()
-        raise ProtocolError(f"{what} longer than {limit} bytes")
-
-    async def read_exactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes."""
-        while len(self._buf) < n:
-            await self._fill()
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
-
-    def unread(self, data: bytes) -> None:
-        """Put ``data`` back in front."""
-        self._buf[:0] = data
-
-
-def _tls_context(device: str, scheme: str, ca_file: str | None,
-                 verify: bool) -> ssl.SSLContext | bool:
-    """What aiohttp's ``ssl=`` gets: a verifying context (the CA file's, else the system's),
-    False for a camera whose certificate is not checked, True for plain HTTP."""
-    if scheme != "https":
-        return True
-    if not verify:
-        log.warning("%s: TLS certificate verification is off (tls_verify = false)", device)
-        return False
-    try:
-        return ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise DriverUnavailable(device, f"cannot load ca_file {ca_file}: {exc}") from None
-
-
-def _parse_headers(lines: list[bytes]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for raw in lines:
-        name, colon, value = raw.decode("latin-1").partition(":")
-        if not colon or not name.strip() or name != name.strip():
-            raise ProtocolError(f"malformed header line {raw[:60]!r}")
-        headers[name.strip().lower()] = value.strip()
-    return headers
-
-
-def _boundary(content_type: str) -> bytes:
-    """The boundary of a ``multipart/x-mixed-replace`` content type."""
-    kind, _, params = content_type.partition(";")
-    if kind.strip().lower() != "multipart/x-mixed-replace":
-        raise ProtocolError(f"not an MJPEG stream: Content-Type {content_type[:80]!r}")
-    for param in params.split(";"):
-        key, _, value = param.strip().partition("=")
-        if key.strip().lower() == "boundary":
-            value = value.strip().strip('"')
-            if 0 < len(value) <= 70 and value.isascii() and "\r" not in value \
-                    and "\n" not in value:
-                return value.encode("ascii")
-            raise ProtocolError(f"bad multipart boundary {value[:80]!r}")
-    raise ProtocolError("multipart Content-Type without a boundary")
 
 
 class _Pixels:
@@ -156,35 +78,8 @@ class _Pixels:
         return image
 
 
-def _describe(exc: BaseException, read_timeout_s: float) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"TLS certificate not trusted: {exc.certificate_error}"
-    if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        return f"TLS failed: {exc.os_error}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
-    if isinstance(exc, TimeoutError):
-        return f"no data for {read_timeout_s:.1f} s"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"bad HTTP response: {' '.join(exc.message.split())[:160]}"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return f"broken response body: {exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, OSError | aiohttp.ClientError):
-        return f"{type(exc).__name__}: {exc}"
-    return str(exc)
-
-
 class LoginRefused(ProtocolError):
     """The camera answered 401: no login configured, or the wrong one."""
-
-
-def _challenge(response: aiohttp.ClientResponse) -> str:
-    """The scheme the server asks for in ``WWW-Authenticate``: ``basic``, ``digest``, ..."""
-    return response.headers.get("WWW-Authenticate", "").strip().partition(" ")[0].lower()
 
 
 class MjpegCamera(CameraLink):
@@ -220,7 +115,7 @@ class MjpegCamera(CameraLink):
         self.max_part_bytes = max_part_bytes
         self.backoff = backoff or Backoff()
         self.credentials = credentials
-        self._ssl = _tls_context(device, parts.scheme, ca_file, tls_verify)
+        self._ssl = tls_context(device, parts.scheme, ca_file, tls_verify)
         self._basic = False  # learnt from the camera's challenge: Basic instead of Digest
         self._executor = executor
         self._task: asyncio.Task[None] | None = None
@@ -275,7 +170,7 @@ class MjpegCamera(CameraLink):
                     # Cameras lock an account out after a few bad logins: try rarely.
                     delay = max(self.backoff.next_delay(), self.backoff.cap)
                 except (OSError, ProtocolError, TimeoutError, aiohttp.ClientError) as exc:
-                    reason = _describe(exc, self.read_timeout_s)
+                    reason = describe_failure(exc, self.read_timeout_s)
                 except Exception as exc:  # a bug must not kill the camera: report, reconnect
                     log.exception("camera %s: unexpected error", self.camera_id)
                     reason = f"unexpected {type(exc).__name__}: {exc}"
@@ -296,7 +191,7 @@ class MjpegCamera(CameraLink):
             async with asyncio.timeout(within):
                 response = await self._request(client)
                 if response.status == 401 and self.credentials is not None \
-                        and not self._basic and _challenge(response) == "basic":
+                        and not self._basic and login_challenge(response) == "basic":
                     response.close()
                     self._basic = True
                     response = await self._request(client)
@@ -304,7 +199,7 @@ class MjpegCamera(CameraLink):
             raise ProtocolError(f"no response header within {within:.1f} s") from None
         if response.status == 401:
             response.close()
-            asked = _challenge(response) or "a login"
+            asked = login_challenge(response) or "a login"
             if self.credentials is None:
                 raise LoginRefused(f"HTTP 401 from {self.url}: the camera asks for {asked}; "
                                    "set credentials_file or credentials_env")
@@ -320,14 +215,14 @@ class MjpegCamera(CameraLink):
             if response.status != 200:
                 raise ProtocolError(f"HTTP {response.status} {response.reason or ''} from "
                                     f"{self.url}".replace("  ", " "))
-            boundary = _boundary(response.headers.get("Content-Type", ""))
-            stream = _Buffered(response.content)
+            boundary = multipart_boundary(response.headers.get("Content-Type", ""))
+            stream = Buffered(response.content)
             while True:
                 await self._part(stream, boundary)
         finally:
             response.close()
 
-    async def _part(self, stream: _Buffered, boundary: bytes) -> None:
+    async def _part(self, stream: Buffered, boundary: bytes) -> None:
         """Read one part and hand its frame over; raises ProtocolError on bad framing."""
         delimiter = b"--" + boundary
         async with asyncio.timeout(self.read_timeout_s):
@@ -349,7 +244,7 @@ class MjpegCamera(CameraLink):
                 if len(lines) > MAX_HEADER_LINES:
                     raise ProtocolError(f"part has more than {MAX_HEADER_LINES} header lines")
             arrived_at = self.clock.now()
-            headers = _parse_headers(lines)
+            headers = parse_headers(lines)
             kind = headers.get("content-type", "image/jpeg").lower()
             if not kind.startswith(("image/jpeg", "image/jpg")):
                 raise ProtocolError(f"unsupported part type {kind[:60]!r}")
@@ -374,7 +269,7 @@ class MjpegCamera(CameraLink):
         self.stats.last_error = "undecodable JPEG"
         log.warning("camera %s: a JPEG of %d bytes did not decode", self.camera_id, size)
 
-    async def _body(self, stream: _Buffered, headers: dict[str, str], delimiter: bytes) -> bytes:
+    async def _body(self, stream: Buffered, headers: dict[str, str], delimiter: bytes) -> bytes:
         length_text = headers.get("content-length")
         if length_text is None:  # no length: the body runs to the next boundary
             data = await stream.read_until(b"\r\n" + delimiter, self.max_part_bytes, "part")
