@@ -45,6 +45,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         ("frames captured / decoded", f"{summary['frames']['rendered']} / "
                                       f"{_or_dash(summary['frames']['decoded'])}"),
     ]
+    if summary.get("recirculation_rate"):  # a loop: parcels that went round again
+        rows.append(("recirculated / mean laps", f"{summary['recirculation_rate']:.2%} / "
+                                                 f"{summary['mean_laps']:.2f}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
