@@ -26,7 +26,7 @@ from controller.confirming import Confirmations
 from controller.disposition import Disposition
 from controller.diverting import DivertScheduler
 from controller.encoder import EncoderHistory
-from controller.errors import ConfigError, JournalError, OrderStoreError
+from controller.errors import ConfigError, JournalError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import (
     END_EYE,
@@ -39,9 +39,10 @@ from controller.lineio import (
     TrackingLost,
 )
 from controller.lookup import OrderLookup
-from controller.operating import LineControls, LineState
+from controller.operating import LineControls
 from controller.orders import OrderStore
 from controller.parcel import Belt, BinState, ParcelState, SorterStats
+from controller.readiness import Readiness
 from controller.reading import ReadZone
 from controller.recirculation import Recirculation
 from controller.routing import Route, Router
@@ -56,8 +57,6 @@ __all__ = ["BinState", "FinalListener", "ParcelState", "Sorter", "SorterStats"]
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL_S = 0.01
-READY_POLL_S = 0.05
-STORE_RETRY_S = 2.0
 
 FinalListener = Callable[[FinalRecord], None]
 
@@ -134,12 +133,11 @@ class Sorter(LineControls):
         self._next_parcel_id = 1
         self.fault: JournalError | None = None  # set once: the line is stopped safely
         self.faulted_at: float | None = None
-        # Ready: journal open, order store answering (cache warmed), each camera's first
-        # frame in (if ``wait_for_frames``), and nothing ``prerequisites`` names.
-        self.ready = asyncio.Event()
-        self._wait_for_frames = wait_for_frames
-        self._prerequisites = prerequisites
-        self._store_ready = False
+        self._readiness = Readiness(
+            config.order_store, order_store, self._lookup, self.stats, clock,
+            cameras_without_frames=self._reading.cameras_without_frames
+            if wait_for_frames else None, prerequisites=prerequisites)
+        self.ready = self._readiness.ready
         self._stopping = False
 
     @property
@@ -155,14 +153,7 @@ class Sorter(LineControls):
 
     def waiting_for(self) -> list[str]:
         """What the line still waits for before it sorts (empty once ready)."""
-        if self.ready.is_set():
-            return []
-        waiting = list(self._prerequisites()) if self._prerequisites is not None else []
-        if self._wait_for_frames:
-            waiting += [f"camera {c}" for c in self._reading.cameras_without_frames()]
-        if not self._store_ready:
-            waiting.append("order store")
-        return waiting
+        return self._readiness.waiting_for()
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -194,29 +185,8 @@ class Sorter(LineControls):
             self._reading.shutdown()
 
     async def _become_ready(self) -> None:
-        """Wait for the store to answer (cache warmed) and what else readiness needs."""
-        while not await self._store_answers():
-            await self.clock.sleep(STORE_RETRY_S)
-        self._store_ready = True
-        while waiting := self.waiting_for():
-            self.starting(f"waiting for {', '.join(waiting)}")
-            await self.clock.sleep(READY_POLL_S)
-        self.ready.set()
-        self.starting("sorting", LineState.RUNNING)
+        await self._readiness.become_ready(self.starting)
         log.info("line %s ready: sorting", self.config.line.name)
-
-    async def _store_answers(self) -> bool:
-        errors = self.stats.order_store_errors
-        if self.config.order_store.cache_size:
-            await self._lookup.warm()
-            return self.stats.order_store_errors == errors
-        try:
-            async with asyncio.timeout(self.config.order_store.timeout_ms / 1000):
-                await self.order_store.released(1)  # a probe: nothing is cached
-        except (OrderStoreError, TimeoutError) as exc:
-            log.warning("order store: not answering: %s", str(exc) or "timed out")
-            return False
-        return True
 
     async def finish(self, timeout_s: float) -> int:
         """Stop inducting; let the parcels on the belt end, up to ``timeout_s``.

@@ -20,7 +20,7 @@ from controller.clock import Clock, RealClock, VirtualClock, run_real, run_virtu
 from controller.config import LineConfig
 from controller.errors import OrderStoreError
 from controller.orders import Order, OrderStore
-from controller.sorter import READY_POLL_S, STORE_RETRY_S
+from controller.readiness import READY_POLL_S, STORE_RETRY_S
 from controller.vision import Camera, CameraState, Frame
 from sim_hardware.scenario import ScenarioSpec
 from tests.bench_processes import cli
