@@ -1,9 +1,10 @@
 """Networked diverter nodes, and optionally the line's sensors, behind an MQTT broker.
 
 The protocol (topics, payloads, QoS, correlation, heartbeat, fail-safe, restore, event
-numbering) is docs/mqtt-protocol.md. This module is the connection shell around two parts:
-:mod:`drivers.lineio.mqtt_codec` (topics and payloads) and :mod:`drivers.lineio.mqtt_book`
-(the sans-I/O state: diverts in flight and held, node statuses, event de-duplication).
+numbering) is docs/mqtt-protocol.md. This module is the connection shell around three parts:
+:mod:`drivers.lineio.mqtt_codec` (topics and payloads), :mod:`drivers.lineio.mqtt_book`
+(the sans-I/O state: diverts in flight and held, node statuses, event de-duplication) and
+:mod:`drivers.lineio.mqtt_dispatch` (what is sent on the connection, what each message does).
 
 :meth:`MqttLineIO.divert` publishes a divert and waits for the reply with its command id up
 to ``reply_timeout_ms``; if none comes (or the link drops first) it publishes a ``cancel``,
@@ -36,8 +37,9 @@ from controller.errors import DriverTimeout, DriverUnavailable, LinkDown
 from controller.lineio import DivertCommand, DivertReply, LineEvent, LinkState
 from drivers.backoff import Backoff
 from drivers.lineio import mqtt_codec as codec
-from drivers.lineio.aiomqtt_fast import NODELAY, Inbox, end_misc_loop, send_now, write_soon
-from drivers.lineio.mqtt_book import DEVICE, CommandBook, Inbound, MqttStats
+from drivers.lineio.aiomqtt_fast import NODELAY, Inbox, end_misc_loop, write_soon
+from drivers.lineio.mqtt_book import DEVICE, CommandBook, MqttStats
+from drivers.lineio.mqtt_dispatch import MqttDispatch
 from drivers.lineio.tasks import cancel_and_wait
 from drivers.mqtt_client import login
 
@@ -81,11 +83,9 @@ class MqttLineIO:
         self._up = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._client: aiomqtt.Client | None = None
-        self._heartbeat_n = 0
-        self._futures: dict[int, asyncio.Future[DivertReply]] = {}
-        self._ready = asyncio.Event()
         self._encoder_source = encoder
+        self._dispatch = MqttDispatch(self.book, self.topics, qos=config.qos, clock=clock,
+                                      session=self.session, position=self._position)
 
     # --- lifetime --------------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ class MqttLineIO:
     async def aclose(self) -> None:
         """Stop heartbeats (the nodes fall back to their fail-safe) and disconnect cleanly."""
         self._closing = True
-        client = self._client
+        client = self._dispatch.client
         if client is not None and self.book.state is LinkState.UP:
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await client.publish(self.topics.controller_status,
@@ -116,10 +116,10 @@ class MqttLineIO:
             elif not task.cancelled() and task.exception() is not None:
                 log.warning("mqtt %s: the link task ended with %r", self._where,
                             task.exception())
-        self._client = None
+        self._dispatch.client = None
         self._up.clear()
         self.book.closed()
-        self._fail_waiting("driver closed")
+        self._dispatch.fail_waiting("driver closed")
 
     async def wait_up(self, within_s: float) -> None:
         """Wait until the link is connected and subscribed; DriverTimeout otherwise."""
@@ -159,8 +159,8 @@ class MqttLineIO:
         while True:
             event = self.book.queue.pop()
             if event is None:
-                self._ready.clear()
-                await self._ready.wait()
+                self._dispatch.ready.clear()
+                await self._dispatch.ready.wait()
                 continue
             yield event
 
@@ -175,37 +175,32 @@ class MqttLineIO:
         device = f"diverter {diverter}"
         if diverter not in self.diverters:
             raise DriverUnavailable(device, "not on this MQTT link")
-        client = self._client
+        client = self._dispatch.client
         if self.book.state is not LinkState.UP or client is None:
             raise LinkDown(DEVICE, f"link {self.book.state} ({self.stats.last_error})")
         if self.book.node_offline(diverter):
             raise LinkDown(device, "its node is offline")
         if self.book.is_waiting(command.command_id):
             raise ValueError(f"divert {command.command_id} is already waiting for its reply")
-        future: asyncio.Future[DivertReply] = asyncio.get_running_loop().create_future()
         try:
-            send_now(client, self.topics.divert(diverter), codec.encode_divert(command),
-                     qos=self.config.qos)
+            future = self._dispatch.send_divert(client, command)
         except aiomqtt.MqttError as exc:
             raise LinkDown(DEVICE, f"divert {command.command_id} not sent: "
                                    f"{_describe(exc)}") from None
-        self.book.sent(command)
-        self._futures[command.command_id] = future
         timeout_ms = self.config.reply_timeout_ms
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 reply = await future
         except TimeoutError:
             self.stats.timeouts += 1
-            self._give_up(command.command_id, diverter)
+            self._dispatch.give_up(command.command_id, diverter)
             raise DriverTimeout(device, f"no reply to divert {command.command_id} within "
                                         f"{timeout_ms:g} ms") from None
         except LinkDown:  # the link dropped while waiting
-            self._give_up(command.command_id, diverter)
+            self._dispatch.give_up(command.command_id, diverter)
             raise
         finally:
-            self.book.settled(command.command_id)
-            self._futures.pop(command.command_id, None)
+            self._dispatch.settled(command.command_id)
         if reply.accepted:
             self.book.accepted(command, self._position())
         return reply
@@ -213,67 +208,20 @@ class MqttLineIO:
     async def cancel(self, command_id: int, diverter_id: str) -> None:
         """Take back a divert the node may hold (sent after a reconnect if the link is down)."""
         self.book.taken_back(command_id)
-        self._send_cancel(command_id, diverter_id)
+        self._dispatch.send_cancel(command_id, diverter_id)
 
     def forget_scheduled(self) -> None:
         """Send no node the diverts it accepted so far again: the line's count began again,
         so their ``fire_enc`` mean nothing now."""
         self.book.forget_held()
 
-    # --- what goes out ---------------------------------------------------------------------
+    # --- where the line is -----------------------------------------------------------------
 
     def _position(self) -> int | None:
         """The line's latest encoder count, if this link knows it."""
         if self._encoder_source is not None:
             return self._encoder_source()
         return self.book.queue.received if self.sensors else None
-
-    def _give_up(self, command_id: int, diverter_id: str) -> None:
-        self.book.give_up(command_id, diverter_id, self.clock.now())
-        self._send_cancel(command_id, diverter_id)
-
-    def _send_cancel(self, command_id: int, diverter_id: str) -> None:
-        self.stats.cancels += 1
-        client = self._client
-        if client is None or self.book.state is not LinkState.UP:
-            self.book.cancel_unsent(command_id, diverter_id)
-            return
-        try:
-            send_now(client, self.topics.cancel(diverter_id), codec.encode_cancel(command_id),
-                     qos=self.config.qos)
-        except aiomqtt.MqttError:
-            self.book.cancel_unsent(command_id, diverter_id)
-
-    def _repeat_cancels(self, client: aiomqtt.Client, node: str) -> None:
-        """A node (re)connected: it missed whatever was published while it was away."""
-        for command_id, diverter in self.book.cancels_to_repeat(self.clock.now(), node).items():
-            with contextlib.suppress(aiomqtt.MqttError):
-                send_now(client, self.topics.cancel(diverter), codec.encode_cancel(command_id),
-                         qos=self.config.qos)
-
-    def _restore(self, client: aiomqtt.Client, node: str) -> None:
-        """Send ``node`` again the diverts it accepted that are still due: it may have
-        dropped them (its fail-safe, a restart). It keeps one it still holds as it is, and
-        refuses one it can no longer carry out in time."""
-        commands = self.book.to_restore(node, self._position())
-        if not commands:
-            return
-        log.warning("mqtt: node %s is online again: sending it its %d still-due diverts",
-                    node, len(commands))
-        for command in commands:
-            try:
-                send_now(client, self.topics.divert(node), codec.encode_divert(command),
-                         qos=self.config.qos)
-            except aiomqtt.MqttError as exc:  # the link is going: its reconnect restores
-                log.debug("mqtt: restoring divert %d failed: %s", command.command_id, exc)
-                return
-            self.book.restore_sent(command)
-
-    def _heartbeat(self, client: aiomqtt.Client) -> None:
-        self._heartbeat_n += 1
-        beat = codec.Heartbeat(self.session, self._heartbeat_n, self.book.acks())
-        send_now(client, self.topics.heartbeat, codec.encode_heartbeat(beat), qos=0)
-        self.stats.heartbeats += 1
 
     # --- the connection --------------------------------------------------------------------
 
@@ -312,7 +260,7 @@ class MqttLineIO:
         entered = False
         reason: str | None = None
         client = self._new_client()
-        inbox = Inbox(client, functools.partial(self._dispatch, client))
+        inbox = Inbox(client, functools.partial(self._dispatch.message, client))
         write_soon(client)
         try:
             async with client:
@@ -341,15 +289,15 @@ class MqttLineIO:
                 self.book.cancel_sent(command_id)
             await client.publish(self.topics.controller_status,
                                  codec.encode_status("online"), qos=1, retain=True)
-            self._heartbeat(client)
+            self._dispatch.heartbeat(client)
         except aiomqtt.MqttError as exc:
             return f"connection lost: {_describe(exc)}"
-        self._client = client
+        self._dispatch.client = client
         self._went_up()
         try:
             return await self._serve(client, inbox)
         finally:
-            self._client = None
+            self._dispatch.client = None
 
     async def _serve(self, client: aiomqtt.Client, inbox: Inbox) -> str:
         beats = asyncio.create_task(self._heartbeats(client), name="lineio[mqtt].heartbeat")
@@ -359,17 +307,17 @@ class MqttLineIO:
         except aiomqtt.MqttError as exc:
             return f"connection lost: {_describe(exc)}"
         finally:
-            self._client = None  # the heartbeat loop ends even if it swallowed its cancel
+            self._dispatch.client = None  # the heartbeat loop ends even if it swallowed its cancel
             await cancel_and_wait([beats])
         return "message stream ended"  # pragma: no cover - until_lost only raises
 
     async def _heartbeats(self, client: aiomqtt.Client) -> None:
         period = self.config.heartbeat_ms / 1000
         next_at = self.clock.now() + period
-        while self._client is client:
+        while self._dispatch.client is client:
             await self.clock.sleep_until(next_at)
             try:
-                self._heartbeat(client)
+                self._dispatch.heartbeat(client)
             except aiomqtt.MqttError:
                 return  # the receive loop sees the loss and reconnects
             next_at = max(next_at + period, self.clock.now())
@@ -382,34 +330,5 @@ class MqttLineIO:
     def _went_down(self, reason: str) -> None:
         self._up.clear()
         if self.book.went_down(reason, self.clock.now()):
-            self._ready.set()
-        self._fail_waiting(f"link down: {reason}")
-
-    def _fail_waiting(self, reason: str) -> None:
-        for future in self._futures.values():
-            if not future.done():
-                future.set_exception(LinkDown(DEVICE, reason))
-
-    # --- what comes in ---------------------------------------------------------------------
-
-    def _dispatch(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        """One message, taken in paho's read callback (the Inbox): it must not raise there."""
-        try:
-            self._take(client, topic, payload)
-        except Exception:  # a bug must not take the link down: report it, go on
-            self.stats.dispatch_errors += 1
-            log.exception("mqtt %s: unexpected error on a message on %r", self._where,
-                          topic[:120])
-
-    def _take(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        inbound: Inbound = self.book.receive(topic, payload)
-        if inbound.answer is not None:
-            future = self._futures.get(inbound.answer.command_id)
-            if future is not None and not future.done():
-                future.set_result(inbound.answer)
-        if inbound.queued:
-            self._ready.set()
-        if inbound.repeat_cancels is not None:
-            self._repeat_cancels(client, inbound.repeat_cancels)
-        if inbound.restore is not None:
-            self._restore(client, inbound.restore)
+            self._dispatch.ready.set()
+        self._dispatch.fail_waiting(f"link down: {reason}")

@@ -5,12 +5,15 @@ One task owns the port: it opens it (through the ``open_transport`` seam of
 keeps heartbeats and resends going, and on any loss (unplugged adapter, silent board,
 resends exhausted) closes it and opens it again with backoff and jitter, for as long as the
 driver lives. The reliable delivery itself (sequence numbers, ACK/NAK, go-back-N, resync)
-is the sans-I/O :class:`~drivers.lineio.link.LinkSession`, and what a resync means for the
-held diverts is :mod:`drivers.lineio.resync`; this module only moves their bytes.
+is the sans-I/O :class:`~drivers.lineio.link.LinkSession`; what a resync means for the
+held diverts is decided in :mod:`drivers.lineio.resync` and carried out, with the
+command-to-wire conversion, in :mod:`drivers.lineio.serial_board`; this module only moves
+their bytes and keeps the link state.
 
-Encoder updates travel in order with the events: :meth:`SerialLineIO.encoder` never runs
-ahead of the events the controller has taken, so after a reconnect the belt position does
-not jump past parcels whose buffered photo-eye edges are still on their way.
+Encoder updates travel in order with the events (:mod:`drivers.lineio.serial_events`):
+:meth:`SerialLineIO.encoder` never runs ahead of the events the controller has taken, so
+after a reconnect the belt position does not jump past parcels whose buffered photo-eye
+edges are still on their way.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from controller.lineio import (
     LineEvent,
     LinkState,
     PhotoEyeEdge,
-    TrackingLost,
 )
 from drivers.backoff import Backoff
 from drivers.lineio import wire
@@ -44,12 +46,12 @@ from drivers.lineio.held import HeldDiverts
 from drivers.lineio.link import LinkSession
 from drivers.lineio.port import OpenTransport, PortProtocol, open_serial_port
 from drivers.lineio.replies import PendingReplies
-from drivers.lineio.resync import Resync, plan_resync
+from drivers.lineio.serial_board import DEVICE, BoardResync, divert_message
+from drivers.lineio.serial_events import BoardEvents
 from drivers.lineio.serial_stats import SerialStats
 
 log = logging.getLogger(__name__)
 
-DEVICE = "io-board"
 SYNC_TIMEOUT_S = 1.0
 SILENT_HEARTBEATS = 3  # board heartbeats missed before the link counts as lost
 ACK_DELAY_S = 0.002  # well inside the board's ACK timeout (docs/serial-protocol.md, §4)
@@ -80,16 +82,14 @@ class SerialLineIO:
         self._synced = asyncio.Event()
         self._up = asyncio.Event()
         self._wake = asyncio.Event()
-        self._events: asyncio.Queue[LineEvent | int] = asyncio.Queue()
-        self._enc_received = 0
-        self._enc_delivered = 0
-        self._undelivered = 0  # events queued, not yet taken by the controller
-        self._tracking_lost = 0  # TrackingLost events queued, not yet taken
+        self._events = BoardEvents()
         self._replies: PendingReplies[wire.DivertAnswer] = PendingReplies(
             config.reply_timeout_ms / 1000)
         # Accepted diverts not yet due: what the board should hold, to restore after a resync.
         self._scheduled = HeldDiverts()
-        self._boot_id: int | None = None
+        self._resync = BoardResync(port=config.port, stats=self.stats, events=self._events,
+                                   held=self._scheduled, replies=self._replies,
+                                   send=self._send)
         self._last_rx = 0.0
         self._sleeping_until = 0.0
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -138,35 +138,23 @@ class SerialLineIO:
     # --- LineIO ----------------------------------------------------------------------------
 
     def encoder(self) -> int:
-        return self._enc_delivered if self._undelivered else self._enc_received
+        return self._events.encoder()
 
-    async def events(self) -> AsyncIterator[LineEvent]:
-        while True:
-            item = await self._events.get()
-            if isinstance(item, int):
-                self._enc_delivered = item
-                continue
-            self._undelivered -= 1
-            if isinstance(item, TrackingLost):
-                self._tracking_lost -= 1
-            yield item
-
-    def _event(self, event: LineEvent) -> None:
-        self._undelivered += 1
-        self._events.put_nowait(event)
+    def events(self) -> AsyncIterator[LineEvent]:
+        return self._events.events()
 
     async def divert(self, command: DivertCommand) -> DivertReply:
         if self._diverters is not None and command.diverter_id not in self._diverters:
             raise LinkDown(DEVICE, f"diverter {command.diverter_id} is not on this board")
         if self._state is not LinkState.UP:
             raise LinkDown(DEVICE, f"link {self._state}")
-        if self._tracking_lost:
+        if self._events.tracking_lost:
             # Its fire_enc may count from before the board's count began again.
             raise LinkDown(DEVICE, "tracking lost: the controller has not yet given up the "
                                    "parcels placed by the old count")
         future = self._replies.expect(command.command_id)
         self.stats.commands += 1
-        self._send(_divert(command))
+        self._send(divert_message(command))
         try:
             answer = await future
         except TimeoutError:
@@ -241,7 +229,7 @@ class SerialLineIO:
                                           self._session.gave_up))
                 next_heartbeat = now + heartbeat_s
             self._write(self._session.poll(now))
-            self._forget_fired(self._enc_received)
+            self._forget_fired(self._events.received)
             # Waking at least once per ACK timeout means a message sent meanwhile (its resend
             # due an ACK timeout after it) never needs to wake this task itself.
             deadline = min(next_heartbeat, self._last_rx + silent_s,
@@ -261,7 +249,7 @@ class SerialLineIO:
         self.stats.last_error = reason
         if self._state is not LinkState.DOWN:
             log.warning("serial %s: link down: %s (reconnecting)", self.config.port, reason)
-            self._event(DeviceFault(DEVICE, f"link down: {reason}"))
+            self._events.event(DeviceFault(DEVICE, f"link down: {reason}"))
         self._state = LinkState.DOWN
         self._replies.fail_all(lambda: LinkDown(DEVICE, f"link down: {reason}"))
 
@@ -319,19 +307,19 @@ class SerialLineIO:
         match message:  # the most frequent first
             case wire.Encoder(enc=enc):
                 if self._synced.is_set():  # until then it may be a restarted board's new count
-                    self._enc(enc)
+                    self._events.enc(enc)
             case wire.DivertAnswer(command_id=command_id):
                 self._replies.answer(command_id, message)
             case wire.EyeEdge(eye=eye, blocked=blocked, enc=enc):
-                self._event(PhotoEyeEdge(eye, blocked, enc))
+                self._events.event(PhotoEyeEdge(eye, blocked, enc))
             case wire.BinEntered(bin_id=bin_id, enc=enc):
-                self._event(BinEntry(bin_id, enc))
+                self._events.event(BinEntry(bin_id, enc))
             case wire.BinLevelChanged(bin_id=bin_id, full=full):
-                self._event(BinLevel(bin_id, full))
+                self._events.event(BinLevel(bin_id, full))
             case wire.Fired():
                 self.stats.fired += 1
             case wire.Fault(device=device, text=text):
-                self._event(DeviceFault(device, text))
+                self._events.event(DeviceFault(device, text))
             case wire.Heartbeat(mode=mode):
                 if mode is wire.Mode.SAFE and self._synced.is_set():
                     # The board gave up on us (fail-safe): say HELLO again to resume.
@@ -339,7 +327,8 @@ class SerialLineIO:
                     self._synced.clear()
                     self._write(self._session.connect(self.clock.now()))
             case wire.HelloReply(boot_id=boot_id, enc=enc, scheduled=scheduled):
-                self._synced_with(boot_id, enc, scheduled)
+                self._resync.synced_with(boot_id, enc, scheduled)
+                self._went_up(scheduled)
 
     def forget_scheduled(self) -> None:
         """Send none of the diverts accepted so far again: their counts mean nothing now."""
@@ -349,24 +338,8 @@ class SerialLineIO:
         """Forget the diverts due by ``enc``: the board has carried them out (or never will)."""
         self._scheduled.forget_due(enc)
 
-    def _enc(self, enc: int) -> None:
-        self._enc_received = enc
-        self._events.put_nowait(enc)
-
-    def _synced_with(self, boot_id: int, enc: int, scheduled: int) -> None:
-        plan = plan_resync(self._scheduled, known_boot=self._boot_id, boot_id=boot_id,
-                           enc=enc, last_enc=self._enc_received, scheduled=scheduled,
-                           device=DEVICE)
-        if plan.restarted:
-            self._board_restarted(plan, enc)
-        if self._boot_id is None:
-            self._enc_received = self._enc_delivered = enc
-        self._boot_id = boot_id
-        # The board keeps a held command as it is (same command id) and refuses one it can
-        # no longer carry out in time; nothing else changes for the controller.
-        self.stats.restored += len(plan.resend)
-        for command in plan.resend:
-            self._send(_divert(command))
+    def _went_up(self, scheduled: int) -> None:
+        """The board answered HELLO and the resync is under way: the link is up."""
         self._synced.set()
         self._wake.set()
         self._backoff.reset()
@@ -376,26 +349,3 @@ class SerialLineIO:
                             self.config.port, scheduled)
             self._state = LinkState.UP
         self._up.set()
-
-    def _board_restarted(self, plan: Resync, enc: int) -> None:
-        """The board came back with a new boot id: what it held and had not sent is gone,
-        and so is what its old boot never acknowledged (the diverts awaiting an answer)."""
-        self.stats.board_restarts += 1
-        self._replies.fail_all(lambda: LinkDown(DEVICE, "the board restarted"))
-        if not plan.count_began_again:
-            log.warning("serial %s: the board restarted; its encoder count carried on",
-                        self.config.port)
-        else:
-            log.error("serial %s: the board restarted and its encoder count began again "
-                      "(%d after %d): the parcels on the belt are given up", self.config.port,
-                      enc, self._enc_received)
-            self._tracking_lost += 1
-        if plan.event is not None:
-            self._event(plan.event)
-        if plan.count_began_again:
-            self._enc(enc)  # taken after the events of the old count, and the loss of it
-
-
-def _divert(command: DivertCommand) -> wire.Divert:
-    return wire.Divert(command.command_id, command.parcel_id, command.diverter_id,
-                       command.fire_enc, round(command.pulse_ms))
