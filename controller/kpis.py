@@ -40,10 +40,19 @@ class ParcelTruth:
     actual_bin: str | None  # None: it ended nowhere known
     parcel_id: int | None  # the controller's id for it; None: never tracked
     places: int = 1  # any of the first ``places`` expected bins is its place (spread over)
+    plan_bins: tuple[str, ...] | None = None
+    """Where its order's plan lets it go, whatever the case designed; None: the expected."""
+    plan_places: int = 1
 
     @property
     def expected_bin(self) -> str:
         return self.expected_bins[0] if self.expected_bins else END_OF_LINE
+
+    def allowed(self) -> tuple[tuple[str, ...], int]:
+        """The bins the plan allows it (places first) and how many of them are its place."""
+        if self.plan_bins is None:
+            return self.expected_bins, self.places
+        return self.plan_bins, self.plan_places
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +132,7 @@ def _with_truth(parcel: ParcelTruth, final: FinalRecord | None) -> ParcelOutcome
     else:
         disposition = None if tracked else UNTRACKED
     actual = parcel.actual_bin or UNKNOWN_BIN
+    allowed, places = parcel.allowed()
     return {
         "parcel_id": parcel.parcel_id,
         "sim_id": parcel.sim_id,
@@ -138,7 +148,7 @@ def _with_truth(parcel: ParcelTruth, final: FinalRecord | None) -> ParcelOutcome
         "controller_bin": final.bin if final else None,
         "reason": final.reason if final else (None if tracked
                                               else "never tracked by the controller"),
-        "missort": wrong_place(parcel.expected_bins, actual, disposition, parcel.places,
+        "missort": wrong_place(allowed, actual, disposition, places,
                                sent_to=final.bin if final else None),
         "order_created_at": parcel.order_created_at,
         "final_at": final.final_at if final else None,
@@ -166,7 +176,8 @@ def _without_truth(parcel_id: int, final: FinalRecord | None, *,
 
 def wrong_place(expected_bins: Sequence[str], actual: str, disposition: str | None,
                 places: int = 1, *, sent_to: str | None = None) -> bool:
-    """Physically in a bin it should not be in (ship accuracy), whatever the controller says.
+    """Physically in a bin its plan does not allow (ship accuracy), whatever the controller
+    says and whatever case the scenario designed.
 
     Any of the first ``places`` expected bins is right; the others only for a DEST_FULL. A
     loop's exception bin is not shipped from, like the end of line: a RECIRC_LIMIT or

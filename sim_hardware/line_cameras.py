@@ -26,7 +26,7 @@ class LineCameras(LineState):
     frame_sinks: dict[str, list[FrameSink]]
     _renderers: dict[str, FrameRenderer]
     _backlogs: dict[str, list[Frame]]
-    _stalled: set[int]
+    _stalled: set[tuple[str, int]]  # (camera, parcel) stalls already had
 
     def _init_cameras(self, *, render: bool, free_running: bool,
                       truth_frames: bool = False) -> None:
@@ -114,11 +114,12 @@ class LineCameras(LineState):
                       render=render)
         self.counters.frames += 1
         backlog = self._backlogs.setdefault(camera.id, [])
-        stalling = any(p.case is Case.CAMERA_STALL and p.sim_id not in self._stalled
-                       for p in parcels)
-        if stalling and self.scenario.camera_stall_s > 0 and not backlog:
+        hits = self.scenario.stall_cameras
+        stalls = {(camera.id, p.sim_id) for p in parcels if p.case is Case.CAMERA_STALL
+                  and (hits is None or camera.id in hits)} - self._stalled
+        if stalls and self.scenario.camera_stall_s > 0 and not backlog:
             # A camera hiccup: frames are buffered and handed over late, still in order.
-            self._stalled.update(p.sim_id for p in parcels if p.case is Case.CAMERA_STALL)
+            self._stalled.update(stalls)
             backlog.append(frame)
             self._spawn(self._flush_after(camera.id, self.scenario.camera_stall_s),
                         f"sim.{camera.id}.stall")

@@ -7,7 +7,6 @@ goes with them, each parcel carrying the truth about itself.
 
 from __future__ import annotations
 
-import itertools
 import random
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,9 @@ from controller.errors import ConfigError
 from controller.orders import Order, OrderStatus
 from sim_hardware.labels import LabelSpec, label_size_mm, label_symbology
 from sim_hardware.render import PlacedLabel
-from sim_hardware.scenario_truth import class_boundaries, size_class
+from sim_hardware.scenario_truth import CLOSE_GAP_MM as CLOSE_GAP_MM  # noqa: PLC0414
+from sim_hardware.scenario_truth import SPACING_MARGIN_MM as SPACING_MARGIN_MM  # noqa: PLC0414
+from sim_hardware.scenario_truth import class_boundaries, size_class, stall_read, too_close
 from sim_hardware.scenario_truth import expected_bins as expected_bins  # noqa: PLC0414
 from sim_hardware.scenario_truth import expected_place as expected_place  # noqa: PLC0414
 
@@ -54,7 +55,7 @@ EXPECTED_DISPOSITION = {
     Case.UNKNOWN_ORDER: "NO_ORDER",
     Case.HELD_ORDER: "ORDER_HELD",
     Case.CANCELLED_ORDER: "ORDER_HELD",
-    Case.CAMERA_STALL: "LATE",
+    Case.CAMERA_STALL: "LATE",  # when it stalls every camera that could read it (stall_read)
     Case.JAMMED_DIVERTER: "DIVERT_FAULT",
     Case.STRAY_PUSH: "MISSORT",
     Case.PICKED_OFF: "LOST",
@@ -98,6 +99,8 @@ class ScenarioSpec(BaseModel):
     camera_outages: list[tuple[str, Annotated[float, Field(ge=0)],
                                Annotated[float, Field(ge=0)]]] = Field(default_factory=list)
     """``(camera id, from s, to s)``: the camera delivers nothing and its link is down."""
+    stall_cameras: list[str] | None = None
+    """The cameras a CAMERA_STALL parcel stalls (None: all); the others read it in time."""
 
     @model_validator(mode="after")
     def _belt_ends_moving(self) -> ScenarioSpec:
@@ -144,6 +147,8 @@ class SimParcel:
     offset_mm: float = 0.0  # belt travel at which the leading edge is at line position 0
     induct_enc: int | None = None
     stray_diverter: str | None = None
+    plan_bins: list[str] = field(default_factory=list)  # where its order's plan lets it go
+    plan_places: int = 1
     laps: int = 1  # on a loop: the pass it is on, then the one it ended on
     actual: str | None = None
     events: list[str] = field(default_factory=list)
@@ -219,6 +224,17 @@ class _Generator:
         dv = max(0.0, width / 2 - reach)
         return PlacedLabel(spec, self.rng.uniform(-du, du), self.rng.uniform(-dv, dv), angle)
 
+    def _plan_truth(self, parcel: SimParcel, expected: list[str], places: int) -> None:
+        """Where the plan lets its order go, and a stall's truth: sorted where a camera the
+        stall does not hit reads it in time."""
+        if parcel.order is not None:
+            parcel.plan_bins, parcel.plan_places = expected_place(self.line, parcel.order,
+                                                                  parcel.length_mm)
+        if parcel.case is Case.CAMERA_STALL and stall_read(self.line, self.spec.stall_cameras,
+                                                           parcel.labels):
+            parcel.expected_bins, parcel.places = expected, places
+            parcel.expected_disposition = "SORTED" if expected else "DEST_FULL"
+
     def parcel(self, sim_id: int) -> SimParcel:
         s, rng = self.spec, self.rng
         case = rng.choices(list(s.mix), list(s.mix.values()))[0]
@@ -266,7 +282,7 @@ class _Generator:
         expected, places = expected_place(self.line, order, length) if order and case in \
             ROUTED_CASES | {Case.HELD_ORDER, Case.CANCELLED_ORDER} else ([], 1)
         # A parcel inducted too close is sorted like any other where the line's gap allows
-        # it: generate() says which pairs it does not (_too_close).
+        # it: generate() says which pairs it does not (too_close).
         disposition = "SORTED" if case is Case.TOO_CLOSE else EXPECTED_DISPOSITION[case]
         if case in (Case.NOMINAL, Case.TOO_CLOSE) and not expected:
             disposition = "DEST_FULL"
@@ -285,6 +301,7 @@ class _Generator:
                 parcel.order = None
             parcel.stray_diverter = line_order[max(0, target - 1)].id
             parcel.expected_bins = []
+        self._plan_truth(parcel, expected, places)
         return parcel
 
 
@@ -302,44 +319,13 @@ def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], lis
         # The parcel after a camera stall enters the view only once the camera is back.
         room_after = (line.belt.speed_mm_s * spec.camera_stall_s + 300.0 - parcel.length_mm
                       if parcel.case is Case.CAMERA_STALL else 0.0)
-    _too_close(parcels, line)
+    too_close(parcels, line)
     if line.end_of_line.recirculates:
         loop_truth(parcels, line)
     orders = [p.order for p in parcels if p.order is not None]
     return parcels, orders
 
 
-CLOSE_GAP_MM = 40.0  # the least gap a Case.TOO_CLOSE parcel is inducted at: PE-IN sees it
-SPACING_MARGIN_MM = 15.0  # no gap this near the line's minimum: PE-IN's measure could fall
-
-
-def _too_close(parcels: list[SimParcel], line: LineConfig) -> None:
-    """The truth of gap control: both parcels of a pair closer than the line's minimum gap or
-    pitch ride to the end (TOO_CLOSE) where they would have been diverted. Gaps just around
-    the minimum are widened past it, so the truth does not hang on a millimetre."""
-    min_gap, min_pitch = line.induction.min_gap_mm, line.induction.min_pitch_mm
-    if not (min_gap or min_pitch):
-        return
-    shift = 0.0
-    for before, after in itertools.pairwise(parcels):
-        after.offset_mm += shift
-        gap = after.offset_mm - before.offset_mm - before.length_mm
-        pitch = after.offset_mm - before.offset_mm
-        widen = max(min_gap + SPACING_MARGIN_MM - gap if abs(gap - min_gap) < SPACING_MARGIN_MM
-                    else 0.0,
-                    min_pitch + SPACING_MARGIN_MM - pitch
-                    if abs(pitch - min_pitch) < SPACING_MARGIN_MM else 0.0)
-        if widen > 0:
-            after.offset_mm += widen
-            shift += widen
-            gap, pitch = gap + widen, pitch + widen
-        if gap < min_gap or pitch < min_pitch:
-            for parcel in (before, after):
-                if parcel.expected_bins and parcel.expected_disposition in _DIVERTED:
-                    parcel.expected_disposition, parcel.expected_bins = "TOO_CLOSE", []
-
-
-_DIVERTED = frozenset({"SORTED", "DEST_FULL", "ORDER_HELD", "DIVERT_FAULT"})
 _READ_AGAIN = frozenset({Case.CAMERA_STALL, Case.HIDDEN_LABEL})
 _END_OF_LINE = frozenset({"NO_READ", "NO_ORDER", "ORDER_HELD", "MULTI_READ", "DEST_FULL",
                           "TOO_CLOSE"})
@@ -389,4 +375,5 @@ def _group_into_orders(parcels: list[SimParcel], spec: ScenarioSpec, line: LineC
             parcel.order = replace(head, code=parcel.order.code, parcels_in_order=len(group))
             parcel.expected_bins, parcel.places = expected_place(line, parcel.order,
                                                                  parcel.length_mm)
+            parcel.plan_bins, parcel.plan_places = parcel.expected_bins, parcel.places
         i += len(group)

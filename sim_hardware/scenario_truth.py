@@ -5,8 +5,18 @@ Independent of the controller's routing on purpose, so a test can hold one again
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from controller.config import LineConfig
 from controller.orders import Order, OrderStatus
+from sim_hardware.labels import label_size_mm
+from sim_hardware.render import PlacedLabel
+
+if TYPE_CHECKING:
+    from sim_hardware.scenario import SimParcel
 
 
 def expected_bins(line: LineConfig, order: Order, length_mm: float | None = None) -> list[str]:
@@ -66,3 +76,55 @@ def class_boundaries(line: LineConfig) -> list[float]:
     """The lengths where a parcel changes size class."""
     return [b for c in line.sort_plan.size_classes
             for b in (c.min_length_mm, c.max_length_mm) if b]
+
+
+CLOSE_GAP_MM = 40.0  # the least gap a Case.TOO_CLOSE parcel is inducted at: PE-IN sees it
+SPACING_MARGIN_MM = 15.0  # no gap this near the line's minimum: PE-IN's measure could fall
+
+
+def too_close(parcels: list[SimParcel], line: LineConfig) -> None:
+    """The truth of gap control: both parcels of a pair closer than the line's minimum gap or
+    pitch ride to the end (TOO_CLOSE) where they would have been diverted. Gaps just around
+    the minimum are widened past it, so the truth does not hang on a millimetre."""
+    min_gap, min_pitch = line.induction.min_gap_mm, line.induction.min_pitch_mm
+    if not (min_gap or min_pitch):
+        return
+    shift = 0.0
+    for before, after in itertools.pairwise(parcels):
+        after.offset_mm += shift
+        gap = after.offset_mm - before.offset_mm - before.length_mm
+        pitch = after.offset_mm - before.offset_mm
+        widen = max(min_gap + SPACING_MARGIN_MM - gap if abs(gap - min_gap) < SPACING_MARGIN_MM
+                    else 0.0,
+                    min_pitch + SPACING_MARGIN_MM - pitch
+                    if abs(pitch - min_pitch) < SPACING_MARGIN_MM else 0.0)
+        if widen > 0:
+            after.offset_mm += widen
+            shift += widen
+            gap, pitch = gap + widen, pitch + widen
+        if gap < min_gap or pitch < min_pitch:
+            for parcel in (before, after):
+                if parcel.expected_bins and parcel.expected_disposition in _DIVERTED:
+                    parcel.expected_disposition, parcel.expected_bins = "TOO_CLOSE", []
+
+
+_DIVERTED = frozenset({"SORTED", "DEST_FULL", "ORDER_HELD", "DIVERT_FAULT"})
+
+
+def stall_read(line: LineConfig, stall_cameras: Sequence[str] | None,
+               labels: Sequence[PlacedLabel]) -> bool:
+    """Whether a camera stall leaves a camera that reads the parcel in time: one it does not
+    hit (None hits all) that frames each label whole, at the belt's speed, at least the
+    ``min_agreeing_reads`` times a code needs. Every camera looks down on the label face."""
+    hit = {c.id for c in line.cameras} if stall_cameras is None else set(stall_cameras)
+    need = line.decision.min_agreeing_reads
+    if not labels:
+        return False
+    for camera in line.cameras:
+        if camera.id in hit:
+            continue
+        frames = [math.floor((camera.fov_mm - math.hypot(*label_size_mm(label.spec)))
+                             / line.belt.speed_mm_s * camera.fps) for label in labels]
+        if min(frames) >= need:
+            return True
+    return False

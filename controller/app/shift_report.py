@@ -25,6 +25,7 @@ def parcel_truth(result: ShiftResult) -> list[ParcelTruth]:
         order_created_at=p.order.created_at if p.order else None,
         designed_disposition=p.expected_disposition, expected_bins=tuple(p.expected_bins),
         actual_bin=p.actual, places=p.places,
+        plan_bins=tuple(p.plan_bins), plan_places=p.plan_places,
         parcel_id=by_enc.pop(p.induct_enc, None) if p.induct_enc is not None else None,
     ) for p in result.truth]
 
