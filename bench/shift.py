@@ -10,7 +10,8 @@ Run: ``.venv/bin/python bench/shift.py`` (about 25 minutes on the 2-core machine
    controller the labels in view as read). Each row: wall time, process CPU per parcel,
    frames decoded per parcel, peak resident memory and how much of it the shift added to
    the process it started in (libraries loaded and the config read); "as truth" counts the
-   parcels that went where the emulator's truth says. A size run both ways shows what
+   parcels that went where the emulator's truth says (the journal is not read back into
+   memory at the end: the truth is what the row counts against). A size run both ways shows what
    truth frames skip: the difference of the CPU per parcel is rendering and decoding.
 2. Frames the emulator renders for the example camera with one parcel in view; for every
    decoder available, the median and p95 milliseconds to decode the whole frame and the
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -50,24 +52,37 @@ def p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def one_shift(parcels: int, frames: FrameMode, seed: int) -> dict[str, Any]:
-    """One shift in this process: its figures (run by the parent in a child of its own)."""
+def one_shift(parcels: int, frames: FrameMode, seed: int,
+              snapshot: Path | None = None) -> dict[str, Any]:
+    """One shift in this process: its figures (run by the parent in a child of its own).
+
+    With ``snapshot``, tracemalloc traces the shift and its snapshot, taken when the shift
+    ended with its result still held, is dumped there (the figures are then slower).
+    """
+    if snapshot is not None:
+        tracemalloc.start(1)
     config = load_config(CONFIG)
     spec = ScenarioSpec(parcels=parcels, seed=seed, mix=DEMO_MIX)
     with tempfile.TemporaryDirectory() as tmp:
 
         async def shift(clock: VirtualClock) -> ShiftResult:
-            return await run_shift(config, spec, Path(tmp), clock, frames=frames)
+            return await run_shift(config, spec, Path(tmp), clock, frames=frames,
+                                   journal_readback=False)
 
         rss_before = rss_mb()
         wall, cpu = time.perf_counter(), time.process_time()
         result = run_virtual(shift)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    traced_peak_mb = 0.0
+    if snapshot is not None:
+        traced_peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.take_snapshot().dump(str(snapshot))
+        tracemalloc.stop()
     sorted_ok = sum(p.actual in p.expected_bins or (p.actual == "END" and not p.expected_bins)
                     for p in result.truth)
     return {"parcels": parcels, "frames": frames, "wall_s": wall, "cpu_s": cpu,
             "decoded": result.stats.frames_decoded, "as_truth": sorted_ok,
-            "line_time_s": result.line_time_s,
+            "line_time_s": result.line_time_s, "traced_peak_mb": traced_peak_mb,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "grown_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before}
 
@@ -80,11 +95,44 @@ def rss_mb() -> float:
     return 0.0
 
 
-def shift_in_child(parcels: int, frames: FrameMode, seed: int) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--one", str(parcels), "--mode", frames,
-                          "--seed", str(seed)], check=True, capture_output=True, text=True)
+def shift_in_child(parcels: int, frames: FrameMode, seed: int,
+                   snapshot: Path | None = None) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--one", str(parcels), "--mode", frames,
+               "--seed", str(seed)]
+    if snapshot is not None:
+        command += ["--snapshot", str(snapshot)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
     figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return figures
+
+
+def bench_growth(small: int, large: int, top: int) -> None:
+    """Where memory grows with the shift: tracemalloc by line, truth-frame shifts of two sizes.
+
+    Each shift runs traced in a child of its own; its snapshot is taken at the shift's end
+    with the result (truth, journal readback, fires) still held. A line's growth divided by
+    the parcels between the sizes is what it keeps per parcel.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        snaps, rows = [], []
+        for parcels in (small, large):
+            path = Path(tmp) / f"{parcels}.snap"
+            rows.append(shift_in_child(parcels, "truth", 100, snapshot=path))
+            snaps.append(tracemalloc.Snapshot.load(str(path)))
+    extra = large - small
+    print(f"memory growth {small} -> {large} truth-frame parcels (tracemalloc, by line, "
+          f"held at the shift's end):")
+    total = sum(s.size for s in snaps[1].traces) - sum(s.size for s in snaps[0].traces)
+    print(f"  traced total {total / extra:,.0f} B/parcel; peak traced "
+          f"{rows[0]['traced_peak_mb']:.1f} -> {rows[1]['traced_peak_mb']:.1f} MB, "
+          f"peak RSS {rows[0]['peak_rss_mb']:.0f} -> {rows[1]['peak_rss_mb']:.0f} MB")
+    print(f"  {'B/parcel':>9} {'blocks/parcel':>14}  line")
+    for stat in snaps[1].compare_to(snaps[0], "lineno")[:top]:
+        frame = stat.traceback[0]
+        name = frame.filename.removeprefix(f"{ROOT}/")
+        where = f"{name}:{frame.lineno}"
+        print(f"  {stat.size_diff / extra:>9,.0f} {stat.count_diff / extra:>14.2f}  {where}",
+              flush=True)
 
 
 def bench_shifts(runs: list[tuple[int, FrameMode]], repeat: int) -> None:
@@ -150,13 +198,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--frames", type=int, default=40,
                         help="frames for the decoder table (0: no table)")
+    parser.add_argument("--growth", type=int, nargs=2, metavar=("SMALL", "LARGE"),
+                        help="only where memory grows: tracemalloc by line between "
+                             "truth-frame shifts of these sizes")
+    parser.add_argument("--top", type=int, default=25, help="lines for --growth")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=("rendered", "truth"), default="rendered",
                         help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(one_shift(args.one, args.mode, args.seed)))
+        print(json.dumps(one_shift(args.one, args.mode, args.seed, args.snapshot)))
+        return
+    if args.growth:
+        bench_growth(args.growth[0], args.growth[1], args.top)
         return
     runs: list[tuple[int, FrameMode]] = [(n, "rendered") for n in args.parcels]
     runs += [(n, "truth") for n in args.truth]

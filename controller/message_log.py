@@ -35,7 +35,8 @@ class MessageLog:
             raise ValueError("a message log keeps at least one message")
         self.limit = limit
         self._log: deque[LoggedMessage] = deque()
-        self._by_parcel: dict[int, deque[LoggedMessage]] = {}
+        # A parcel has a few messages: a list each (a deque is ~600 bytes even when short).
+        self._by_parcel: dict[int, list[LoggedMessage]] = {}
 
     def __len__(self) -> int:
         return len(self._log)
@@ -47,12 +48,12 @@ class MessageLog:
         self._log.append(message)
         own = self._by_parcel.get(parcel_id)
         if own is None:
-            own = self._by_parcel[parcel_id] = deque()
+            own = self._by_parcel[parcel_id] = []
         own.append(message)
         if len(self._log) > self.limit:
             oldest = self._log.popleft()
             theirs = self._by_parcel[oldest.parcel_id]
-            theirs.popleft()  # a parcel's entries are in log order: its oldest is this one
+            del theirs[0]  # a parcel's entries are in log order: its oldest is this one
             if not theirs:
                 del self._by_parcel[oldest.parcel_id]
 

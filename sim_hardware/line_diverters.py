@@ -36,6 +36,14 @@ class Fire:
     enc: int = 0
 
 
+def _note(text: str) -> str:
+    """A parcel's event note, one string per distinct text however many parcels hold it."""
+    return _NOTES.setdefault(text, text)
+
+
+_NOTES: dict[str, str] = {}
+
+
 class LineDiverters(LineState):
     """Pusher diverters that fire on an encoder count, and the bins they push into."""
 
@@ -110,7 +118,7 @@ class LineDiverters(LineState):
                 hit = parcel
             elif lead - parcel.length_mm <= diverter.position_mm <= lead:
                 self.counters.glancing_fires += 1
-                parcel.events.append(f"glanced by {diverter.id}")
+                parcel.events.append(_note(f"glanced by {diverter.id}"))
         jammed = hit is not None and (hit.case is Case.JAMMED_DIVERTER
                                       or diverter.id in self.jammed)
         fire = Fire(command.command_id, command.parcel_id, diverter.id,
@@ -121,10 +129,11 @@ class LineDiverters(LineState):
         if hit is None:
             self.counters.empty_fires += 1
             return
-        hit.events.append(f"fired at by {diverter.id} for controller parcel {command.parcel_id}")
+        # Which controller parcel it was fired for is the Fire's: the note is shared text.
+        hit.events.append(_note(f"fired at by {diverter.id}"))
         if jammed:
             self.counters.jammed_fires += 1
-            hit.events.append(f"{diverter.id} jammed")
+            hit.events.append(_note(f"{diverter.id} jammed"))
             return
         await self._push(hit, diverter)
 

@@ -127,6 +127,7 @@ async def run_shift(
     telemetry: Telemetry = NO_TELEMETRY,
     config_path: Path | None = None,
     frames: FrameMode = "rendered",
+    journal_readback: bool = True,
 ) -> ShiftResult:
     """Run one shift to its end: every parcel physically settled and finally disposed.
 
@@ -135,7 +136,9 @@ async def run_shift(
     starts (a test bench's technician: to command it mid-shift). With ``[diagnostics]`` in
     the config the shift publishes the technicians' view and takes their commands, as
     ``run`` does (``reload-plan`` reads ``config_path``); ``telemetry`` sees its durations.
-    ``frames="truth"`` (in-process cameras only) skips rendering and decoding.
+    ``frames="truth"`` (in-process cameras only) skips rendering and decoding. Without
+    ``journal_readback`` the result's ``journal`` is empty: a long shift's bench need not hold
+    every final record in memory (about 1 KB a parcel as dicts) to count against the truth.
     """
     from controller.app.live import diagnostics
     from drivers.decoders import make_line_decoders
@@ -183,7 +186,8 @@ async def run_shift(
             link_states=getattr(line_io, "states", None)))
         rig.diagnostics = live
         # The links are up: the infeed waits until the controller is ready to sort.
-        records = await _run_to_end(sorter, rig, clock, during, infeed=sorter.ready)
+        records = await _run_to_end(sorter, rig, clock, during, infeed=sorter.ready,
+                                    readback=journal_readback)
         return ShiftResult(
             config=config, truth=parcels, journal=records, stats=sorter.stats,
             fault=sorter.fault, faulted_at=sorter.faulted_at,
@@ -214,7 +218,8 @@ def fresh_books(config: LineConfig, scenario: ScenarioSpec,
 
 async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
                       during: Callable[[Rig], Coroutine[Any, Any, None]] | None, *,
-                      infeed: asyncio.Event | None = None) -> list[dict[str, Any]]:
+                      infeed: asyncio.Event | None = None,
+                      readback: bool = True) -> list[dict[str, Any]]:
     """Run the line until every parcel settled and the controller disposed of them all.
 
     A controller stopped by a storage fault ends the drain; the fault is the sorter's.
@@ -228,7 +233,7 @@ async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
         drain_until = clock.now() + DRAIN_LIMIT_S
         while sorter.open_parcels and clock.now() < drain_until and not sorter_task.done():
             await clock.sleep(0.05)
-        records = await sorter.journal.records()
+        records = await sorter.journal.records() if readback else []
     finally:
         crashed = sorter_task.done() and not sorter_task.cancelled() \
             and sorter_task.exception() is not None and sorter.fault is None
