@@ -29,6 +29,7 @@ from controller.app.shift_report import parcel_records, summarise  # noqa: E402
 from controller.app.simulate import ShiftResult, run_shift  # noqa: E402
 from controller.clock import RealClock, run_real  # noqa: E402
 from controller.config import LineConfig, load_config  # noqa: E402
+from controller.kpis import ParcelOutcome  # noqa: E402
 from controller.vision import GrayImage, Symbol  # noqa: E402
 from drivers import decoders  # noqa: E402
 from sim_hardware.scenario import ScenarioSpec  # noqa: E402
@@ -66,23 +67,59 @@ class TimedDecoder:
         return found
 
 
-def main() -> None:
+def print_outcomes(summary: dict[str, Any], records: list[ParcelOutcome],
+                   result: ShiftResult, length: tuple[float, float],
+                   gap: tuple[float, float]) -> None:
+    """The fail-safe counts the overload brief asks for, and the controller's counters."""
+    disp = summary["dispositions"]
+    sorted_n = disp.get("SORTED", 0) + disp.get("DEST_FULL", 0)
+    print(f"  LOST {disp.get('LOST', 0)}  MISSORT {disp.get('MISSORT', 0)}  TOO_CLOSE "
+          f"{disp.get('TOO_CLOSE', 0)}  LATE {disp.get('LATE', 0)}  NO_READ "
+          f"{disp.get('NO_READ', 0)}; sorted {sorted_n} of {len(records)} "
+          f"({sorted_n / max(1, len(records)):.1%}); lengths {length[0]:.0f}-{length[1]:.0f} "
+          f"mm, gaps {gap[0]:g}-{gap[1]:g} mm")
+    print(f"  controller stats: {result.stats}")
+
+
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="belt time of parcels")
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--link", choices=("mjpeg", "opencv", "inprocess"), default="mjpeg")
     parser.add_argument("--latency-ms", type=float, default=None,
                         help="the cameras' configured hand-over latency (opencv link)")
-    args = parser.parse_args()
+    parser.add_argument("--gap-mm", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        default=(40.0, 90.0), help="gap between parcels on the belt")
+    parser.add_argument("--rate", type=float, default=None, metavar="PARCELS_PER_H",
+                        help="parcels an hour: sets the parcel lengths (+-25 %%) for the gaps")
+    parser.add_argument("--min-gap-mm", type=float, default=None,
+                        help="[induction] min_gap_mm: pairs closer than this end TOO_CLOSE")
+    parser.add_argument("--seed", type=int, default=40)
+    parser.add_argument("--quiet", action="store_true", help="no line per exception parcel")
+    return parser, parser.parse_args()
+
+
+def main() -> None:
+    parser, args = parse_args()
 
     config = fast_line(args.cameras)
     if args.latency_ms is not None:
         config = config.model_copy(update={"cameras": [
             c.model_copy(update={"latency_ms": args.latency_ms}) for c in config.cameras]})
-    mean_pitch = (150 + 260) / 2 + (40 + 90) / 2
+    if args.min_gap_mm is not None:
+        config = config.model_copy(update={"induction": config.induction.model_copy(
+            update={"min_gap_mm": args.min_gap_mm})})
+    gap = (float(args.gap_mm[0]), float(args.gap_mm[1]))
+    length = (150.0, 260.0)
+    if args.rate is not None:
+        mean_length = SPEED_MM_S * 3600 / args.rate - sum(gap) / 2
+        if mean_length < 40:
+            parser.error(f"--rate {args.rate:g} leaves parcels {mean_length:.0f} mm long")
+        length = (0.75 * mean_length, 1.25 * mean_length)
+    mean_pitch = sum(length) / 2 + sum(gap) / 2
     parcels = int(args.seconds * SPEED_MM_S / mean_pitch)
-    spec = ScenarioSpec(parcels=parcels, seed=40, length_mm=(150.0, 260.0),
-                        width_mm=(150.0, 300.0), gap_mm=(40.0, 90.0), qr_share=0.3,
+    spec = ScenarioSpec(parcels=parcels, seed=args.seed, length_mm=length,
+                        width_mm=(150.0, 300.0), gap_mm=gap, qr_share=0.3,
                         scuffed_share=0.05, multi_parcel_share=0.0)
     timed: list[TimedDecoder] = []
     make = decoders.make_decoder
@@ -91,7 +128,7 @@ def main() -> None:
         timed.append(TimedDecoder(make(name, formats)))
         return timed[-1]
 
-    decoders.make_decoder = timed_decoder  # type: ignore[assignment]
+    decoders.make_decoder = timed_decoder
     frames_by_camera: Counter[str] = Counter()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,9 +144,10 @@ def main() -> None:
     summary = summarise(result, records)
     truth = {p.sim_id: p for p in result.truth}
     for r in records:
-        if r["disposition"] not in ("SORTED", "DEST_FULL"):
+        if not args.quiet and r["disposition"] not in ("SORTED", "DEST_FULL"):
+            seen = truth[r["sim_id"]].events if r["sim_id"] is not None else []
             print(f"  parcel {r['parcel_id']}: {r['disposition']} ({r['reason']}); emulator: "
-                  f"{'; '.join(truth[r['sim_id']].events) or 'nothing'}, in {r['actual_bin']}")
+                  f"{'; '.join(seen) or 'nothing'}, in {r['actual_bin']}")
     frames_by_camera.update({"all": result.stats.frames})
     decode_ms = [ms for t in timed for ms in t.ms]
     belt_s = result.line_time_s
@@ -124,6 +162,7 @@ def main() -> None:
           f"{wall:.1f} s wall)")
     print(f"  dispositions: {summary['dispositions']}  (LATE: "
           f"{summary['dispositions'].get('LATE', 0)}, mis-sorts by truth: {summary['missorts']})")
+    print_outcomes(summary, records, result, length, gap)
     print(f"  frames rendered: {result.line_counters['frames']} "
           f"({result.line_counters['frames'] / belt_s:.1f}/s over all cameras)")
     print(f"  frames received by the controller: {result.stats.frames}, "

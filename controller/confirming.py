@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 LOST_AFTER_MM = 400.0  # past the end-of-line photo-eye and not seen by it: not on the belt
 END_REACH_MM = 20.0  # beyond the read tolerance, for a parcel turned or pushed aside a bit
+LAG_TICK_MS = 50.0  # a watcher tick this late is counted as loop lag
+LAG_DECAY = 0.998  # per tick: a lag spike widens the grace for the next seconds
 
 
 class Confirmations:
@@ -44,6 +46,24 @@ class Confirmations:
         self._history = history if history is not None else EncoderHistory()
         self._messages = messages if messages is not None else MessageLog()
         self._link = config.line_io.sensors if config.line_io is not None else "inprocess"
+        self._lag_s = 0.0  # recent worst loop lag: line events that old may not be in yet
+
+    def loop_lagged(self, lag_s: float) -> None:
+        """The watcher woke ``lag_s`` late: the line's events of that long may still be
+        queued, so nothing is called missing, or unconfirmed, until they can have come in."""
+        stats = self._belt.stats
+        stats.loop_lag_max_ms = max(stats.loop_lag_max_ms, lag_s * 1000)
+        if lag_s * 1000 > LAG_TICK_MS:
+            stats.loop_lag_ticks += 1
+        self._lag_s = max(lag_s, self._lag_s * LAG_DECAY, 0.0)
+
+    def event_late(self, age_s: float) -> None:
+        """A line event came in ``age_s`` after it was latched: later ones may be as late."""
+        stats = self._belt.stats
+        stats.event_lag_max_ms = max(stats.event_lag_max_ms, age_s * 1000)
+        if age_s * 1000 > LAG_TICK_MS:
+            stats.events_late += 1
+        self._lag_s = max(self._lag_s, age_s)
 
     def bin_level(self, bin_id: str, full: bool) -> None:
         """A bin's full sensor changed; an emptied bin counts from zero again."""
@@ -132,8 +152,10 @@ class Confirmations:
     async def end_arrival(self, enc: int) -> None:
         """The end-of-line photo-eye saw a parcel: sent there, fired in vain, or undecided."""
         x_end = self._config.end_of_line.position_mm
-        window = self._belt.tracker.at(x_end, enc,
-                                       self._config.decision.assign_tolerance_mm + END_REACH_MM)
+        # The eye is blocked by a leading edge: with gaps shorter than the tolerance, the
+        # parcel before it still covers the eye, so the window is found by its leading edge.
+        window = self._belt.tracker.leading_at(
+            x_end, enc, self._config.decision.assign_tolerance_mm + END_REACH_MM)
         parcel = self._belt.parcels.get(window.parcel_id) if window else None
         if parcel is None or parcel.parcel_id in self._belt.finalising:
             self._belt.stats.unknown_end_arrivals += 1
@@ -159,10 +181,18 @@ class Confirmations:
         if parcel.booked and parcel.command is not None and parcel.route is not None:
             timeout_s = self._config.bin(parcel.route).confirm_timeout_ms / 1000
             fire_enc = parcel.command.fire_enc
-            if enc >= fire_enc and self._seconds_since(fire_enc, enc, now) > timeout_s:
+            if enc >= fire_enc and \
+                    self._seconds_since(fire_enc, enc, now) > timeout_s + 2 * self._lag_s:
                 # Not in its bin: it may still ride to the end of the line; keep tracking.
                 self._belt.unbook(parcel, parcel.route)
-        if parcel.window.trail_mm(enc) > self._config.end_of_line.position_mm + LOST_AFTER_MM:
+        past_end_mm = parcel.window.trail_mm(enc) - self._config.end_of_line.position_mm
+        if past_end_mm > LOST_AFTER_MM:
+            # An end-of-line edge latched this long ago may still wait behind a lagging loop.
+            if past_end_mm <= LOST_AFTER_MM + 2 * self._lag_s * self._config.belt.speed_mm_s:
+                if not parcel.missing_deferred:
+                    parcel.missing_deferred = True
+                    self._belt.stats.missing_deferred += 1
+                return
             await self._missing(parcel)
 
     async def _missing(self, parcel: ParcelState) -> None:

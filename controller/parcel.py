@@ -34,6 +34,7 @@ class ParcelState:
     booked: bool = False  # counted in its bin's in-flight parcels until confirmed or given up
     strayed_into: str | None = None  # a bin that took a parcel unbidden while it was in front
     lost_track: bool = False  # given up: its position is not known, so it is never diverted
+    missing_deferred: bool = False  # past where it is called missing, while the loop lagged
     too_close: str = ""  # why it is too close to a neighbour to be diverted, if it is
     lap: int = 1  # on a loop: the pass it is on, from 1
     returning: bool = False  # on a loop: past the end of line, on its way back to PE-IN
@@ -114,6 +115,11 @@ class SorterStats:
     returns_missed: int = 0  # parcels that went round the loop and did not come back to PE-IN
     lap_code_mismatches: int = 0  # a returning parcel read with another code than before
     archive_errors: int = 0
+    loop_lag_max_ms: float = 0.0  # the event loop's worst wake-up past a watcher tick
+    loop_lag_ticks: int = 0  # watcher ticks woken over LAG_TICK_MS late
+    event_lag_max_ms: float = 0.0  # the oldest line event when the controller took it in
+    events_late: int = 0  # line events taken in over LAG_TICK_MS after they were latched
+    missing_deferred: int = 0  # parcels not yet called missing: the loop lagged behind events
     frames_by_camera: Counter[str] = field(default_factory=Counter)  # received, per camera
     decoded_by_camera: Counter[str] = field(default_factory=Counter)
 

@@ -210,6 +210,11 @@ class Sorter(LineControls):
     async def _line_events(self) -> None:
         async for event in self.line_io.events():
             self.notice_of(event)
+            if isinstance(event, PhotoEyeEdge | BinEntry):
+                # How long ago the line latched it: the loop's lag plus the link's and the
+                # line's own, at the belt's nominal speed (so at most that old).
+                self._confirming.event_late((self.line_io.encoder() - event.enc) / (
+                    self.config.belt.encoder_counts_per_mm * self.config.belt.speed_mm_s))
             match event:
                 case PhotoEyeEdge(eye=eye, blocked=blocked, enc=enc) if eye == INDUCTION_EYE:
                     await self._induction_edge(blocked, enc)
@@ -284,8 +289,12 @@ class Sorter(LineControls):
 
     async def _watch(self) -> None:
         """By encoder count: the read zone's end, confirmation windows, missing parcels."""
+        last = self.clock.now()
         while True:
             await self.clock.sleep(WATCH_INTERVAL_S)
+            now = self.clock.now()
+            self._confirming.loop_lagged(now - last - WATCH_INTERVAL_S)
+            last = now
             enc = self.line_io.encoder()
             self.encoder_history.record(self.clock.now(), enc)
             for parcel in list(self.parcels.values()):

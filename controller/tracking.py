@@ -115,6 +115,14 @@ class Tracker:
         found = [w for w in self._windows.values() if w.covers(x_mm, enc, tolerance_mm)]
         return found[0] if len(found) == 1 else None
 
+    def leading_at(self, x_mm: float, enc: int, tolerance_mm: float) -> TrackingWindow | None:
+        """The one parcel whose leading edge is within the tolerance of ``x_mm`` at ``enc``:
+        a photo-eye's blocking edge, told apart from a parcel just before it by its leading
+        edge, however small the gap between them. None if none is, or two are."""
+        found = [w for w in self._windows.values()
+                 if abs(w.lead_mm(enc) - x_mm) <= tolerance_mm]
+        return found[0] if len(found) == 1 else None
+
     def ambiguous(self, x_mm: float, enc: int, tolerance_mm: float) -> bool:
         """Whether ``x_mm`` lies within the tolerance of two parcels' windows."""
         return sum(w.covers(x_mm, enc, tolerance_mm) for w in self._windows.values()) > 1
