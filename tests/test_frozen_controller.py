@@ -75,4 +75,5 @@ def test_a_controller_frozen_again_and_again_gets_its_link_back(tmp_path: Path) 
     assert len(outcomes) == len(late)
     wrong = [p for p in outcomes
              if p["disposition"] != p["expected_disposition"] or p["missort"]]
-    assert wrong == [], wrong
+    assert wrong == [], [(p["parcel_id"], p["disposition"], p["expected_disposition"],
+                          p["actual_bin"], p["reason"]) for p in wrong]
