@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from controller.app.simulate import ShiftResult, run_shift
 from controller.clock import VirtualClock, run_virtual
 from controller.config import LineConfig
 from controller.kpis import ParcelOutcome
+from controller.sorter import Sorter
 from sim_hardware.scenario import Case, ScenarioSpec
 
 
@@ -21,6 +23,18 @@ def run_sim(config: LineConfig, spec: ScenarioSpec, workdir: Path,
     result = run_virtual(shift)
     records = parcel_records(result)
     return summarise(result, records), records, result
+
+
+async def drain_and_stop(sorter: Sorter, running: asyncio.Task[None],
+                         clock: VirtualClock) -> list[dict[str, Any]]:
+    """Wait until every parcel the sorter tracks has ended, then stop it: its journal's rows."""
+    while sorter.open_parcels:
+        await clock.sleep(0.05)
+    rows = await sorter.journal.records()
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await sorter.aclose()
+    return rows
 
 
 def only(case: Case, parcels: int, seed: int, **kwargs: Any) -> ScenarioSpec:

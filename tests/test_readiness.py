@@ -25,6 +25,7 @@ from controller.vision import Camera, CameraState, Frame
 from sim_hardware.scenario import ScenarioSpec
 from tests.bench_processes import cli
 from tests.conftest import ROOT
+from tests.shifts import drain_and_stop
 
 NOMINAL = ScenarioSpec().mix
 
@@ -77,12 +78,7 @@ def test_parcels_inducted_before_the_store_answers_end_not_ready(
                         order_store=store, journal=Journal(tmp_path / "journal.sqlite", clock))
         running = asyncio.create_task(sorter.run())
         await line.run()  # no infeed gate: parcels come whether the sorter is ready or not
-        while sorter.open_parcels:
-            await clock.sleep(0.05)
-        rows = await sorter.journal.records()
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await sorter.aclose()
+        rows = await drain_and_stop(sorter, running, clock)
         return rows, parcels
 
     rows, truth = run_virtual(shift)

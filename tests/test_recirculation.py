@@ -34,7 +34,7 @@ from sim_hardware.line import PhysicalLine
 from sim_hardware.scenario import Case, ScenarioSpec, generate
 from sim_hardware.truth_frames import TruthDecoder
 
-from .shifts import run_sim
+from .shifts import drain_and_stop, run_sim
 from .test_readiness import StoreDownUntil
 
 LOOP_CONFIG = EXAMPLES / "line.loop.example.toml"
@@ -269,13 +269,7 @@ def test_parcels_inducted_before_the_line_is_ready_are_sorted_a_lap_later(
                         order_store=store, journal=Journal(tmp_path / "journal.sqlite", clock))
         running = asyncio.create_task(sorter.run())
         await line.run()
-        while sorter.open_parcels:
-            await clock.sleep(0.05)
-        rows = await sorter.journal.records()
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await sorter.aclose()
-        return rows
+        return await drain_and_stop(sorter, running, clock)
 
     rows = run_virtual(shift)
     assert len(rows) == len(parcels)  # one record per parcel, across laps

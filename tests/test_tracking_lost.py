@@ -18,6 +18,7 @@ from drivers.orders.sqlite import SqliteOrderStore
 from sim_hardware.devices import SimCamera, SimLineIO
 from sim_hardware.line import PhysicalLine
 from sim_hardware.scenario import ScenarioSpec, generate
+from tests.shifts import drain_and_stop
 
 
 class RestartingBoard(SimLineIO):
@@ -65,12 +66,7 @@ def test_tracking_lost_gives_up_every_tracked_parcel_once_and_diverts_none_of_th
         lost_at = clock.now()
         dropped = board.restart()
         await emulator
-        while sorter.open_parcels:
-            await clock.sleep(0.05)
-        rows = await sorter.journal.records()
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await sorter.aclose()
+        rows = await drain_and_stop(sorter, running, clock)
         return rows, tracked, lost_at, board, sorter, dropped
 
     rows, tracked, lost_at, board, sorter, dropped = run_virtual(shift)
