@@ -15,6 +15,7 @@ from drivers.orders.sqlite import SqliteOrderStore
 from sim_hardware.devices import SimCamera, SimLineIO
 from sim_hardware.line import PhysicalLine
 from sim_hardware.scenario import ScenarioSpec, SimParcel, generate
+from tests.shifts import drain_and_stop
 
 
 def _controller(config: LineConfig, clock: VirtualClock, line: PhysicalLine,
@@ -50,12 +51,7 @@ def test_restart_mid_shift_leaves_every_parcel_one_disposition(
         second = _controller(example_config, clock, line, store_path, journal_path)
         running = asyncio.create_task(second.run())
         await emulator
-        while second.open_parcels:
-            await clock.sleep(0.05)
-        rows = await second.journal.records()
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await second.aclose()
+        rows = await drain_and_stop(second, running, clock)
         return rows, parcels, in_flight
 
     rows, truth, in_flight = run_virtual(shift)
