@@ -125,7 +125,9 @@ class DiverterConfig(Strict):
     actuation_ms: Annotated[float, Field(ge=0, le=5000)] = 100.0
     pulse_ms: Annotated[float, Field(gt=0, le=5000)] = 150.0
     window_mm: PositiveFloat = Field(
-        default=160.0, description="a parcel is pushed if its centre is this close to the arm"
+        default=160.0, description=(
+            "the span the arm pushes: a parcel is pushed if its centre is within half of it of "
+            "the arm's centre when it fires (so is a neighbour that close: not fired, TOO_CLOSE)")
     )
     link: Literal["serial", "mqtt"] | None = Field(
         default=None, description="the link its commands go over (default: line_io.diverters)")

@@ -74,7 +74,7 @@ class Confirmations:
         if not full:
             state.confirmed = 0
 
-    async def bin_entry(self, bin_id: str, enc: int) -> None:
+    def bin_entry(self, bin_id: str, enc: int) -> None:
         """A parcel fell into a bin: the booked divert it fits best confirms, else a stray."""
         bin_config = next((b for b in self._config.bins if b.id == bin_id), None)
         if bin_config is None:
@@ -106,7 +106,7 @@ class Confirmations:
                               {"bin": bin_id, "enc": enc}, at=now)
         self._belt.unbook(parcel, bin_id)
         self._belt.bins[bin_id].confirmed += 1
-        await self._finalise(parcel, parcel.disposition or Disposition.SORTED, bin_id)
+        self._finalise(parcel, parcel.disposition or Disposition.SORTED, bin_id)
 
     def _entered_at(self, enc: int, now: float) -> float:
         """When a bin entry stamped ``enc`` happened: the last moment the belt was at ``enc``
@@ -149,7 +149,7 @@ class Confirmations:
                 best = (off, parcel)
         return best[1] if best else None
 
-    async def end_arrival(self, enc: int) -> None:
+    def end_arrival(self, enc: int) -> None:
         """The end-of-line photo-eye saw a parcel: sent there, fired in vain, or undecided."""
         x_end = self._config.end_of_line.position_mm
         # The eye is blocked by a leading edge: with gaps shorter than the tolerance, the
@@ -164,17 +164,17 @@ class Confirmations:
         self._messages.record(parcel.parcel_id, "received", self._link, "end_arrival",
                               {"enc": enc}, at=self._clock.now())
         if parcel.route == END_OF_LINE and parcel.disposition is not None:
-            await self._finalise(parcel, parcel.disposition, END_OF_LINE)
+            self._finalise(parcel, parcel.disposition, END_OF_LINE)
         elif parcel.command is not None and parcel.route is not None:
             self._belt.unbook(parcel, parcel.route)
             parcel.reason = f"fired at {parcel.route} but arrived at the end of line"
-            await self._finalise(parcel, Disposition.DIVERT_FAULT, END_OF_LINE)
+            self._finalise(parcel, Disposition.DIVERT_FAULT, END_OF_LINE)
         else:
             # Arrived before any decision was reached: the fail-safe route.
             parcel.reason = parcel.reason or "no decision before the end of line"
-            await self._finalise(parcel, Disposition.LATE, END_OF_LINE)
+            self._finalise(parcel, Disposition.LATE, END_OF_LINE)
 
-    async def at_position(self, parcel: ParcelState, enc: int) -> None:
+    def at_position(self, parcel: ParcelState, enc: int) -> None:
         """The position watcher's look at a parcel: its bin's window over, or missing."""
         now = self._clock.now()
         self._history.record(now, enc)
@@ -193,13 +193,13 @@ class Confirmations:
                     parcel.missing_deferred = True
                     self._belt.stats.missing_deferred += 1
                 return
-            await self._missing(parcel)
+            self._missing(parcel)
 
-    async def _missing(self, parcel: ParcelState) -> None:
+    def _missing(self, parcel: ParcelState) -> None:
         """A parcel not seen where it was sent: mis-sorted if a bin took it unbidden."""
         if parcel.strayed_into is not None:
             parcel.reason = f"sent to {parcel.route}, fell into {parcel.strayed_into}"
-            await self._finalise(parcel, Disposition.MISSORT, parcel.strayed_into)
+            self._finalise(parcel, Disposition.MISSORT, parcel.strayed_into)
             return
         if parcel.command is not None:
             parcel.reason = f"fired at {parcel.route}: not confirmed there, not seen at the end"
@@ -207,9 +207,9 @@ class Confirmations:
             parcel.reason = f"sent to {parcel.route}, not seen there"
         else:
             parcel.reason = "passed the end of line undecided and unseen"
-        await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
+        self._finalise(parcel, Disposition.LOST, "UNKNOWN")
 
-    async def lose_track(self, why: str) -> None:
+    def lose_track(self, why: str) -> None:
         """Give up every tracked parcel: their positions are gone, so nothing fires for them.
 
         Each ends LOST (it rides to the end of the line, or into a bin its divert had already
@@ -224,4 +224,4 @@ class Confirmations:
             if parcel.route is not None:
                 self._belt.unbook(parcel, parcel.route)
         for parcel in given_up:
-            await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
+            self._finalise(parcel, Disposition.LOST, "UNKNOWN")

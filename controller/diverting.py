@@ -12,6 +12,7 @@ from controller.lineio import DivertCommand, LineIO
 from controller.message_log import MessageLog
 from controller.parcel import Belt, ParcelState
 from controller.routing import Route
+from controller.spacing import neighbour_in_reach
 from controller.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,9 @@ log = logging.getLogger(__name__)
 class DivertScheduler:
     """Schedules a parcel's divert for when its centre is at the diverter, if still in time.
 
-    A divert that cannot be sent in time, or that the line's I/O side refuses, is not
-    retried: the parcel rides to the end of the line (LATE or DIVERT_FAULT). Each command,
+    A divert that cannot be sent in time, that would push a neighbour too, or that the line's
+    I/O side refuses, is not retried: the parcel rides to the end of the line (LATE,
+    TOO_CLOSE or DIVERT_FAULT). Each command,
     its answer (with its latency) or its lack of one is written to ``messages``.
     """
 
@@ -50,6 +52,15 @@ class DivertScheduler:
         bin_id = route.bin
         diverter = self._config.diverter_for_bin(bin_id)
         fire_enc = parcel.window.enc_when_centre_at(diverter.position_mm)
+        reach_mm = diverter.window_mm / 2
+        on_belt = (w for w in self._belt.tracker if w.parcel_id not in self._belt.finalising)
+        neighbour = neighbour_in_reach(parcel.window, on_belt, diverter.position_mm, reach_mm,
+                                       fire_enc)
+        if neighbour is not None:
+            parcel.to_end(Disposition.TOO_CLOSE,
+                          f"parcel {neighbour.parcel_id} would be within {diverter.id}'s reach "
+                          f"({reach_mm:g} mm of the arm) when it fired for {bin_id}")
+            return
         # At the nominal speed, the fastest: the belt may speed up to it during the actuation.
         lead_mm = diverter.actuation_ms / 1000 * self._config.belt.speed_mm_s
         deadline_enc = fire_enc - round((lead_mm + self._config.decision.margin_mm) * self._cpm)

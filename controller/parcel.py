@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from controller.archive import ArchivedFrame
@@ -124,8 +124,9 @@ class SorterStats:
     decoded_by_camera: Counter[str] = field(default_factory=Counter)
 
 
-Finalise = Callable[[ParcelState, Disposition, str], Awaitable[None]]
-"""Ends a parcel with its one disposition, at a bin id, END_OF_LINE or "UNKNOWN"."""
+Finalise = Callable[[ParcelState, Disposition, str], None]
+"""Ends a parcel with its one disposition, at a bin id, END_OF_LINE or "UNKNOWN" (its record
+written in the background, counted once committed)."""
 
 
 @dataclass

@@ -28,6 +28,7 @@ from controller.diverting import DivertScheduler
 from controller.encoder import EncoderHistory
 from controller.errors import ConfigError, JournalError
 from controller.journal import FinalRecord, Journal
+from controller.journal_writes import JournalWrites
 from controller.lineio import (
     END_EYE,
     INDUCTION_EYE,
@@ -130,6 +131,7 @@ class Sorter(LineControls):
                                          history=self.encoder_history)
         self._archiving = ArchiveKeeper(archive, clock, self.stats)
         self._decisions: set[asyncio.Task[None]] = set()
+        self._writes = JournalWrites()
         self._next_parcel_id = 1
         self.fault: JournalError | None = None  # set once: the line is stopped safely
         self.faulted_at: float | None = None
@@ -169,6 +171,7 @@ class Sorter(LineControls):
                 tg.create_task(self._become_ready(), name=f"{name}.ready")
                 tg.create_task(self._line_events(), name=f"{name}.line")
                 tg.create_task(self._watch(), name=f"{name}.watch")
+                tg.create_task(self._stop_on_fault(), name=f"{name}.journal")
                 for camera in self.cameras:
                     tg.create_task(self._reading.run_camera(camera),
                                    name=f"{name}.{camera.camera_id}")
@@ -202,7 +205,8 @@ class Sorter(LineControls):
         left = [p for p in self.parcels.values() if p.parcel_id not in self._belt.finalising]
         for parcel in left:
             parcel.reason = f"controller stopped before its outcome was known ({timeout_s:g} s)"
-            await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
+            self._finalise(parcel, Disposition.LOST, "UNKNOWN")
+        await self._writes.drain()
         return len(left)
 
     # --- line events -----------------------------------------------------------------------
@@ -220,18 +224,18 @@ class Sorter(LineControls):
                     await self._induction_edge(blocked, enc)
                 case PhotoEyeEdge(eye=eye, blocked=True, enc=enc) if eye == END_EYE:
                     if not self._loop.at_end(enc):  # on a loop it may go round again
-                        await self._confirming.end_arrival(enc)
+                        self._confirming.end_arrival(enc)
                 case PhotoEyeEdge():
                     pass
                 case BinEntry(bin_id=bin_id, enc=enc):
-                    await self._confirming.bin_entry(bin_id, enc)
+                    self._confirming.bin_entry(bin_id, enc)
                 case BinLevel(bin_id=bin_id, full=full):
                     self._confirming.bin_level(bin_id, full)
                 case DeviceFault(device=device, message=message):
                     self.stats.device_faults += 1
                     log.warning("device fault %s: %s", device, message)
                 case TrackingLost(device=device, message=message):
-                    await self._confirming.lose_track(f"{device}: {message}")
+                    self._confirming.lose_track(f"{device}: {message}")
                     self._belt.track_afresh()
                     self._reading.forget_progress()
 
@@ -243,6 +247,9 @@ class Sorter(LineControls):
                       "ride to the end", self.config.line.name, exc)
             self.faulted(exc)
         raise exc
+
+    async def _stop_on_fault(self) -> None:
+        self._journal_fault(await self._writes.failed())
 
     async def _induction_edge(self, blocked: bool, enc: int) -> None:
         if self.fault is not None:
@@ -265,15 +272,20 @@ class Sorter(LineControls):
             parcel = self.parcels[parcel_id] = ParcelState(
                 window, ParcelReads(self.config.decision.min_agreeing_reads), now)
             self._admit(parcel)
-            try:
-                await self.journal.inducted(parcel_id, enc, now)
-            except JournalError as exc:
-                del self.parcels[parcel_id]
-                self.tracker.forget(parcel_id)
-                self._journal_fault(exc)
+            self._writes.start(self._write_induction(parcel_id, enc, now),
+                               f"journal.inducted[{parcel_id}]", induction_of=parcel_id)
             return
         if self.tracker.cleared(enc) is None and not self._stopping:
             self.stats.spurious_edges += 1
+
+    async def _write_induction(self, parcel_id: int, enc: int, now: float) -> None:
+        try:
+            await self.journal.inducted(parcel_id, enc, now)
+        except JournalError as exc:
+            # Never journaled, so never sorted: it rides to the end of the line untracked.
+            self.parcels.pop(parcel_id, None)
+            self.tracker.forget(parcel_id)
+            self._journal_fault(exc)
 
     def _admit(self, parcel: ParcelState) -> None:
         """A parcel at PE-IN (new, or back round a loop): its gap, and whether it is sorted."""
@@ -301,10 +313,10 @@ class Sorter(LineControls):
                 if parcel.parcel_id in self._belt.finalising:
                     continue
                 if self._loop.missed(parcel, enc):
-                    await self._finalise(parcel, Disposition.LOST, "UNKNOWN")
+                    self._finalise(parcel, Disposition.LOST, "UNKNOWN")
                     continue
                 self._reading.at_position(parcel, enc)
-                await self._confirming.at_position(parcel, enc)
+                self._confirming.at_position(parcel, enc)
 
     # --- decisions -------------------------------------------------------------------------
 
@@ -321,6 +333,7 @@ class Sorter(LineControls):
             route = self._loop.route(parcel, await self._route(parcel))
             if self._loop.overtaken(parcel, lap):
                 return  # past the end of line while deciding: round again, decided afresh
+            await self._writes.inducted(parcel.parcel_id)  # nothing fired for an unjournaled one
             if self.fault is not None:
                 parcel.to_end(Disposition.LATE, f"line faulted: {self.fault}")
             elif route.diverts and parcel.too_close:
@@ -353,29 +366,34 @@ class Sorter(LineControls):
 
     # --- the end of a parcel ---------------------------------------------------------------
 
-    async def _finalise(self, parcel: ParcelState, disposition: Disposition, where: str) -> None:
+    def _finalise(self, parcel: ParcelState, disposition: Disposition, where: str) -> None:
+        """End ``parcel`` now (no stage touches it again); count it once its record is written."""
         finalising = self._belt.finalising
         if parcel.parcel_id in finalising:
             return
         finalising.add(parcel.parcel_id)
         record = parcel.final_record(disposition, where, self.clock.now())
+        self._writes.start(self._write_final(parcel, record), f"journal.final[{parcel.parcel_id}]")
+
+    async def _write_final(self, parcel: ParcelState, record: FinalRecord) -> None:
         try:
             try:
                 written = await self.journal.finalise(record)
             except JournalError as exc:
                 self._journal_fault(exc)
             if written:
-                self.stats.dispositions[disposition.value] += 1
+                self.stats.dispositions[record.disposition.value] += 1
                 for listener in self.listeners:
                     listener(record)
-                if disposition in (Disposition.NO_READ, Disposition.MULTI_READ):
+                if record.disposition in (Disposition.NO_READ, Disposition.MULTI_READ):
                     self._archiving.keep(parcel, record)
         finally:
             self.parcels.pop(parcel.parcel_id, None)
             self.tracker.forget(parcel.parcel_id)
-            finalising.discard(parcel.parcel_id)
+            self._belt.finalising.discard(parcel.parcel_id)
 
     async def aclose(self) -> None:
+        await self._writes.drain()
         await self._archiving.aclose()
         with contextlib.suppress(Exception):
             await self.order_store.close()

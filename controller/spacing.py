@@ -4,12 +4,17 @@ A pusher or a sliding shoe that fires at one parcel moves whatever is in front o
 too small a gap (trailing edge to the next leading edge) or pitch (leading edge to leading
 edge) its neighbour goes too. PE-IN measures both as each parcel blocks it; both parcels of
 a pair too close end ``TOO_CLOSE`` at the end of the line (or go round a loop again).
+
+Whatever the configured minimum, a divert is also checked against its arm's reach when it is
+decided: an arm pushes every parcel whose centre is within half its ``window_mm`` when it
+fires, so a neighbour that close at the fire count would go into the bin too, and the parcel
+is not diverted (TOO_CLOSE) rather than push both.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from controller.config import InductionConfig
@@ -71,3 +76,23 @@ def mark_too_close(pair: TooClose, parcels: Mapping[int, ParcelState]) -> int:
             log.warning("parcel %d: %s, found after it was sent to %s", parcel_id,
                         pair.reason, parcel.route, extra={"parcel": parcel_id})
     return late
+
+
+def neighbour_in_reach(target: TrackingWindow, others: Iterable[TrackingWindow], arm_mm: float,
+                       reach_mm: float, fire_enc: int) -> TrackingWindow | None:
+    """A parcel other than ``target`` whose centre may be within ``reach_mm`` of the arm at
+    ``arm_mm`` when it fires at ``fire_enc``: the push would move it too.
+
+    One still at PE-IN has no centre yet: it is taken as no further on than its leading edge.
+    """
+    for window in others:
+        if window.parcel_id == target.parcel_id:
+            continue
+        lead = window.lead_mm(fire_enc)
+        length = window.length_mm
+        if length is None:
+            if lead >= arm_mm - reach_mm:
+                return window
+        elif abs(lead - length / 2 - arm_mm) <= reach_mm:
+            return window
+    return None

@@ -110,15 +110,17 @@ class LineDiverters(LineState):
         travel = command.fire_enc / self.belt.counts_per_mm
         await self.clock.sleep_until(self.belt.time_at(travel))
         self._scheduled.pop(command.command_id, None)
-        hit: SimParcel | None = None
+        in_reach: list[tuple[float, SimParcel]] = []
         for parcel in self.on_belt.values():
             lead = self.lead_mm(parcel, travel)
-            centre = lead - parcel.length_mm / 2
-            if abs(centre - diverter.position_mm) <= diverter.window_mm / 2:
-                hit = parcel
+            off = abs(lead - parcel.length_mm / 2 - diverter.position_mm)
+            if off <= diverter.window_mm / 2:
+                in_reach.append((off, parcel))
             elif lead - parcel.length_mm <= diverter.position_mm <= lead:
                 self.counters.glancing_fires += 1
                 parcel.events.append(_note(f"glanced by {diverter.id}"))
+        in_reach.sort(key=lambda item: item[0])
+        hit = in_reach[0][1] if in_reach else None
         jammed = hit is not None and (hit.case is Case.JAMMED_DIVERTER
                                       or diverter.id in self.jammed)
         fire = Fire(command.command_id, command.parcel_id, diverter.id,
@@ -135,20 +137,31 @@ class LineDiverters(LineState):
             self.counters.jammed_fires += 1
             hit.events.append(_note(f"{diverter.id} jammed"))
             return
-        await self._push(hit, diverter)
+        # The arm moves whatever is in its reach: a neighbour that close goes into the bin too.
+        along = [p for _, p in in_reach[1:]]
+        for parcel in along:
+            parcel.events.append(_note(f"pushed along by {diverter.id}"))
+        pushed_at = self.belt.time_at(travel)
+        await asyncio.gather(*(self._push(p, diverter, pushed_at) for p in [hit, *along]))
 
-    async def _push(self, parcel: SimParcel, diverter: DiverterConfig) -> None:
+    async def _push(self, parcel: SimParcel, diverter: DiverterConfig,
+                    pushed_at: float | None = None) -> None:
         del self.on_belt[parcel.sim_id]
-        await self.clock.sleep(self.scenario.drop_time_s)
-        self._land(parcel, self.bins[diverter.bin])
+        # It lands a drop time after the push, however late this task wakes; the bin's eye
+        # latches the count of that moment, as a board's input capture does.
+        landed_at = (self.clock.now() if pushed_at is None else pushed_at) \
+            + self.scenario.drop_time_s
+        await self.clock.sleep_until(landed_at)
+        self._land(parcel, self.bins[diverter.bin],
+                   self.belt.enc_at_travel(self.belt.travel(landed_at)))
 
-    def _land(self, parcel: SimParcel, bin_model: BinModel) -> None:
+    def _land(self, parcel: SimParcel, bin_model: BinModel, enc: int) -> None:
         if bin_model.full:
             bin_model.overfilled += 1
         bin_model.fill += 1
         bin_model.parcels.append(parcel.sim_id)
         self._settle(parcel, bin_model.bin_id)
-        self._emit(BinEntry(bin_model.bin_id, self.belt.encoder()))
+        self._emit(BinEntry(bin_model.bin_id, enc))
         if not bin_model.full and bin_model.fill >= bin_model.capacity:
             bin_model.full = True
             self._emit(BinLevel(bin_model.bin_id, True))

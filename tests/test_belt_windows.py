@@ -101,7 +101,7 @@ class _Line:
     def _as_clock(self) -> Clock:
         return self.clock  # type: ignore[return-value]  # only now() is used
 
-    async def _finalise(self, parcel: ParcelState, disposition: Disposition, where: str) -> None:
+    def _finalise(self, parcel: ParcelState, disposition: Disposition, where: str) -> None:
         if where in self.belt.bins:
             self.belt.unbook(parcel, where)
         del self.belt.parcels[parcel.parcel_id]
@@ -115,7 +115,7 @@ class _Line:
             enc = round(self.enc)
             self.history.record(self.clock.t, enc)
             for parcel in list(self.belt.parcels.values()):
-                await self.confirming.at_position(parcel, enc)
+                self.confirming.at_position(parcel, enc)
 
     def fire_now(self, bin_id: str) -> ParcelState:
         """A parcel whose divert into ``bin_id`` fires at this moment's count."""
@@ -156,7 +156,7 @@ def test_an_entry_goes_to_the_divert_that_fired_its_drop_time_before(
         await line.run(0.8, NOMINAL_MM_S / 3)  # 533 mm further: 1,067 counts
         pushed = line.fire_now("B1")
         await line.run(example_config.bin("B1").drop_ms / 1000, NOMINAL_MM_S / 3)
-        await line.confirming.bin_entry("B1", round(line.enc))
+        line.confirming.bin_entry("B1", round(line.enc))
         assert line.finals == [(pushed.parcel_id, Disposition.SORTED, "B1")]
         assert jammed.booked
 
@@ -175,7 +175,7 @@ def test_an_entry_after_a_stop_goes_to_the_divert_that_fired_before_it(
         await line.run(0.3, NOMINAL_MM_S / 3)
         pushed = line.fire_now("B1")  # 600 counts past the jammed one's fire
         await line.run(0.3, NOMINAL_MM_S / 3)
-        await line.confirming.bin_entry("B1", round(line.enc))
+        line.confirming.bin_entry("B1", round(line.enc))
         assert line.finals == [(pushed.parcel_id, Disposition.SORTED, "B1")]
 
     asyncio.run(main())

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from controller import diverting
 from controller.config import InductionConfig, LineConfig, parse_config
 from controller.errors import ConfigError
-from controller.spacing import Spacing
+from controller.spacing import Spacing, neighbour_in_reach
 from controller.tracking import TrackingWindow
 from sim_hardware.scenario import Case, ScenarioSpec
 from tests.shifts import run_sim
@@ -79,3 +80,58 @@ def test_without_a_minimum_gap_the_same_stream_sorts(example_config: LineConfig,
     _, records, _ = run_sim(example_config, spec, tmp_path)
     assert {r["disposition"] for r in records} <= {"SORTED", "DEST_FULL"}
     assert all(r["actual_bin"] == r["expected_bin"] for r in records)
+
+
+def test_a_neighbour_within_the_arms_reach_at_the_fire_count_is_found() -> None:
+    arm, reach = 3000.0, 80.0
+    # the target's centre reaches the arm at 3000 mm of lead + 30 (it is 60 mm long)
+    target = _window(1, 0, 60)
+    fire_enc = target.enc_when_centre_at(arm)
+    # inducted 95 mm before it: its centre 95 mm ahead at the fire count, out of reach
+    ahead_far = _window(2, -95, 60)
+    ahead_close = _window(3, -75, 60)
+    assert neighbour_in_reach(target, [target, ahead_far], arm, reach, fire_enc) is None
+    assert neighbour_in_reach(target, [target, ahead_close], arm, reach, fire_enc) \
+        is ahead_close
+    behind = _window(4, 70, 60)
+    assert neighbour_in_reach(target, [behind], arm, reach, fire_enc) is behind
+    # still at PE-IN: no centre yet, so its leading edge stands for it
+    inducting = TrackingWindow(5, round(60 * CPM), 0.0, CPM)
+    assert neighbour_in_reach(target, [inducting], arm, reach, fire_enc) is inducting
+    far = TrackingWindow(6, round(200 * CPM), 0.0, CPM)
+    assert neighbour_in_reach(target, [far], arm, reach, fire_enc) is None
+
+
+def _dense_stream() -> ScenarioSpec:
+    # centres 55-100 mm apart: some neighbours inside a 160 mm arm's reach of 80 mm
+    return ScenarioSpec(parcels=120, seed=43, length_mm=(40.0, 70.0), gap_mm=(15.0, 40.0),
+                        width_mm=(150.0, 300.0), scuffed_share=0.0, multi_parcel_share=0.0)
+
+
+def test_an_arm_never_fires_with_a_neighbour_in_its_reach(example_config: LineConfig,
+                                                          tmp_path: Path) -> None:
+    _, records, result = run_sim(example_config, _dense_stream(), tmp_path, frames="truth")
+    assert len(records) == 120
+    assert [r for r in records if r["missort"]] == []
+    assert not any("pushed along" in e for p in result.truth for e in p.events)
+    reached = [r for r in records if "reach" in (r["reason"] or "")]
+    assert reached, "the stream has no pair inside an arm's reach: the test shows nothing"
+    assert all(r["disposition"] == "TOO_CLOSE" and r["actual_bin"] == "END" for r in reached)
+    # each one had a neighbour whose centre was within the reach of its own
+    by_sim = {p.sim_id: p for p in result.truth}
+    reach = max(d.window_mm for d in example_config.diverters) / 2
+    for r in reached:
+        me = by_sim[r["sim_id"]]
+        centre = me.offset_mm + me.length_mm / 2
+        near = [p for p in result.truth if p is not me
+                and abs(p.offset_mm + p.length_mm / 2 - centre) <= reach]
+        assert near, f"parcel {r['parcel_id']} was held back with no neighbour in reach"
+    assert sum(1 for r in records if r["disposition"] == "SORTED") > len(records) / 3
+
+
+def test_the_same_stream_fired_regardless_pushes_neighbours_into_bins(
+        example_config: LineConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(diverting, "neighbour_in_reach", lambda *_: None)
+    _, records, result = run_sim(example_config, _dense_stream(), tmp_path, frames="truth")
+    assert any("pushed along" in e for p in result.truth for e in p.events)
+    assert [r for r in records if r["missort"]] != []

@@ -75,7 +75,7 @@ def test_a_parcel_is_not_called_lost_while_its_end_edge_may_still_be_queued(
     belt = Belt(Tracker(0.0, cpm), {b.id: BinState(b.capacity) for b in example_config.bins})
     finals: list[tuple[int, Disposition, str]] = []
 
-    async def finalise(parcel: ParcelState, disposition: Disposition, where: str) -> None:
+    def finalise(parcel: ParcelState, disposition: Disposition, where: str) -> None:
         del belt.parcels[parcel.parcel_id]
         belt.tracker.forget(parcel.parcel_id)
         finals.append((parcel.parcel_id, disposition, where))
@@ -100,14 +100,14 @@ def test_a_parcel_is_not_called_lost_while_its_end_edge_may_still_be_queued(
                 if event_late_s == 0:
                     break  # no edge at all: the parcel is missing
                 confirming.event_late((enc - arrival_enc) / (speed * cpm))
-                await confirming.end_arrival(arrival_enc)
+                confirming.end_arrival(arrival_enc)
                 delivered = True
                 continue
-            await confirming.at_position(belt.parcels[1], enc)
+            confirming.at_position(belt.parcels[1], enc)
         while not finals:
             clock.t += 0.01
             enc = round(speed * cpm * clock.t)
-            await confirming.at_position(belt.parcels[1], enc)
+            confirming.at_position(belt.parcels[1], enc)
 
     asyncio.run(shift())
     if event_late_s:
