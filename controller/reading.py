@@ -122,6 +122,8 @@ class ReadZone:
         still inducting, its tail unknown, and take the reads of the parcels behind it.
         """
         if self._line_io.encoder() >= enc:
+            # Events already queued are taken in first: the line's task takes them all at once.
+            await asyncio.sleep(0)
             return True
         until = self._clock.now() + EVENT_HORIZON_WAIT_S
         while self._clock.now() < until:
@@ -191,7 +193,7 @@ class ReadZone:
         for parcel, (lo, hi) in zip(wanted, crops, strict=True):
             accepted, rejected = per_parcel[parcel.parcel_id]
             lead_in, trail_in = edges_in_view(cam, parcel.window, frame.enc)
-            if self._keep_frames:
+            if self._keep_frames and hi > lo:  # none of it in view: nothing to keep
                 parcel.keep_frame(ArchivedFrame(cam.id, frame.enc, frame.image[:, lo:hi]),
                                   whole=lead_in and trail_in,
                                   limit=self._config.archive.frames_per_parcel)
