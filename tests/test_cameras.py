@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -461,6 +462,53 @@ async def test_undecodable_jpeg_in_good_framing_is_skipped_and_counted() -> None
         assert frames[0].captured_at < clock.now() - 0.25
         assert frames[0].enc == round(frames[0].captured_at * 1000)
         assert _level(frames[0]) == 1
+
+
+class _TickedCamera(MjpegCamera):
+    """Notes the event loop's tick at each frame it hands over."""
+
+    ticks: list[int]
+    tick: Callable[[], int]
+
+    def _offer(self, frame: Frame) -> None:
+        self.ticks.append(self.tick())
+        super()._offer(frame)
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_buffered_parts_is_handed_over_a_part_per_loop_step() -> None:
+    """Parts that arrive together (the loop was late) are parsed one per step of the loop,
+    so what else is ready, a divert to send, runs between them, not after the burst."""
+    burst = 6
+
+    async def send(writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD + _part(JPEG) * burst)  # one write: the client reads it at once
+        await writer.drain()
+        while not writer.transport.is_closing():
+            await RealClock().sleep(0.01)
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async with _hostile_server(send) as port:
+        camera = _TickedCamera("cam9", f"http://127.0.0.1:{port}/x.mjpg", clock=RealClock(),
+                               encoder_at=lambda t: 0, queue_size=burst, backoff=FAST)
+        camera.ticks, camera.tick = [], lambda: ticks
+        counting = asyncio.create_task(ticker())
+        try:
+            async with _consuming(camera) as frames:
+                await _until(lambda: len(frames) >= burst, 3, "the burst's frames")
+        finally:
+            counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await counting
+    assert len(camera.ticks) == burst
+    assert all(b > a for a, b in itertools.pairwise(camera.ticks)), camera.ticks
 
 
 @pytest.mark.parametrize("progressive", [False, True])

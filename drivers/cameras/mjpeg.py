@@ -219,6 +219,9 @@ class MjpegCamera(CameraLink):
             stream = Buffered(response.content)
             while True:
                 await self._part(stream, boundary)
+                # Parts already buffered (after the loop was late) would be parsed back to
+                # back in one step: let what is ready, a divert to send, go between them.
+                await asyncio.sleep(0)
         finally:
             response.close()
 

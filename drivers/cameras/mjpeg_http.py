@@ -46,9 +46,7 @@ class Buffered:
                 end = at + len(sep)
                 if end > limit + len(sep):
                     break
-                data = bytes(self._buf[:end])
-                del self._buf[:end]
-                return data
+                return self._take(end)
             if len(self._buf) > limit + len(sep):
                 break
             start = max(0, len(self._buf) - len(sep) + 1)
@@ -59,8 +57,13 @@ class Buffered:
         """Exactly ``n`` bytes."""
         while len(self._buf) < n:
             await self._fill()
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+        return self._take(n)
+
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` bytes, copied once (a bytearray slice would copy them twice)."""
+        with memoryview(self._buf) as view:
+            data = bytes(view[:n])
+        del self._buf[:n]  # cheap from the front: CPython moves the start, not the data
         return data
 
     def unread(self, data: bytes) -> None:
