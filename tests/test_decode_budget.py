@@ -19,8 +19,9 @@ from controller.config import load_config
 from controller.vision import GrayImage
 from drivers.decoders import budget
 from drivers.decoders._common import Found
+from drivers.decoders.activity import active_region
 from drivers.decoders.finders import Finder
-from drivers.decoders.located import LocatedZxingDecoder
+from drivers.decoders.located import MATRIX_MAX_SHARE, LocatedZxingDecoder
 from drivers.decoders.locator import Quad, label_candidates
 from sim_hardware.labels import LabelSpec
 from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel
@@ -35,8 +36,12 @@ LABEL_LESS = ("print", "busy")
 FRAMES = 6
 #: the located pipeline's zxing-cpp passes, all together, against one plain pass
 ZXING_SHARE = 1.2
-#: frames without a label: the survey (activity map, label search) plus one pass
-LABEL_LESS_SHARE = 1.3
+#: frames without a label: the survey (activity map, label search: a third of a pass,
+#: as measured) plus one pass
+LABEL_LESS_SHARE = 1.35
+#: frames active all over afford no locator pass but around labels: none over more than
+#: this share of the frame (past it, the labels' surroundings are not searched either)
+WHOLE_REGION_LOCATOR_SHARE = MATRIX_MAX_SHARE
 
 
 def unreadable_frames(kind: str, count: int, seed: int) -> list[npt.NDArray[np.uint8]]:
@@ -87,9 +92,11 @@ class Work:
     zxing_px: int = 0
     locator_px: int = 0
     locator_calls: list[tuple[int, ...]] = field(default_factory=list)
+    #: the zxing-cpp passes' estimated cost, call by call
+    zxing_ms: float = 0.0
 
     def estimated_ms(self) -> float:
-        return (budget.ZXING_MS_PER_MPX * 1e-6 * self.zxing_px
+        return (self.zxing_ms
                 + sum(budget.locator_ms(int(np.prod(s))) for s in self.locator_calls))
 
 
@@ -103,6 +110,7 @@ class CountingFinder:
 
     def find(self, gray: GrayImage) -> list[Found]:
         self.work.zxing_px += gray.size * budget.families(self.formats)
+        self.work.zxing_ms += budget.zxing_ms(gray.size, self.formats)
         return self.real.find(gray)
 
 
@@ -169,3 +177,24 @@ def test_the_cost_estimates_rank_a_frame_wide_locator_pass_above_its_budget() ->
     px = 1920 * 1080
     assert budget.locator_ms(px) + budget.survey_ms(px) > 0.9 * budget.zxing_ms(px, FORMATS)
     assert budget.locator_ms(300 * 380) < 0.2 * budget.zxing_ms(px, FORMATS)
+
+
+def _gray(frame: npt.NDArray[np.uint8]) -> GrayImage:
+    return np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame,
+                      dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_frame_active_all_over_gets_no_frame_wide_locator_pass(
+        kind: str, frames: dict[str, list[npt.NDArray[np.uint8]]]) -> None:
+    """Where the region's pass is the whole frame, the budget has nothing left for the
+    locator but around the labels: not over the region, nor around labels nearly as large."""
+    for i, frame in enumerate(frames[kind]):
+        gray = _gray(frame)
+        h, w = gray.shape
+        if active_region(gray) != (0, 0, w, h):
+            continue
+        work = Work()
+        assert counted_decoder(work).decode(frame) == []
+        largest = max((int(np.prod(s)) for s in work.locator_calls), default=0)
+        assert largest <= WHOLE_REGION_LOCATOR_SHARE * h * w, (kind, i, largest / (h * w))

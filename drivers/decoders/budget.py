@@ -7,8 +7,10 @@ steps is charged an estimate of its cost from the pixels it handles, and a step 
 leave too little for the whole-region fallback is skipped (:class:`WorkBudget`).
 
 The estimates are milliseconds measured on the project's 2-core reference machine
-(the fastest of 7 runs on busy and on plain cardboard, 0.03 to 2 megapixels): only their
-ratios matter, so a faster machine scales them all alike.
+(CPU time of the thread, the median of 15 to 30 runs on busy and on plain cardboard,
+0.015 to 2 megapixels, the machine shared): only their ratios matter, so a faster machine
+scales them all alike. Every step is charged, the locator's and the warps' own work as
+well as zxing-cpp's.
 """
 
 from __future__ import annotations
@@ -18,16 +20,29 @@ from collections.abc import Iterable
 
 from ._common import LINEAR_SYMBOLOGIES, MATRIX_SYMBOLOGIES
 
-#: zxing-cpp, per megapixel and per symbology family asked for: Code 128 alone on a
-#: 1080p frame 4.6 ms, QR code alone 4.8 ms, both 9.2 ms.
-ZXING_MS_PER_MPX = 2.2
-#: cv2.barcode's detector: in full below its downsampling threshold (0.4 ms at 0.03 Mpx,
-#: 1.2 at 0.11, 3.6 at 0.31), shrunk above it (5.5 ms at 1 Mpx, 8.0 at 2 Mpx).
-LOCATOR_MS_PER_MPX = 11.5
-LOCATOR_SHRUNK_MS = 3.6
-LOCATOR_SHRUNK_MS_PER_MPX = 2.2
-#: The activity map (0.6 ms at 1080p) and the label search (1.1 to 2.1 ms) over the frame.
-SURVEY_MS_PER_MPX = 1.1
+#: zxing-cpp, per megapixel and per symbology family asked for, plus a fixed cost per call
+#: and family: Code 128 alone on a 1080p frame 4.6 ms, QR code alone 5.0 ms, both 10.8 ms;
+#: Code 128 on 0.06 Mpx 0.2 ms, on 0.24 Mpx 0.6 to 1.0 ms.
+ZXING_MS_PER_MPX = 2.5
+ZXING_CALL_MS = 0.15
+#: cv2.barcode's detector: a fixed cost per call (1.3 ms at 0.015 Mpx), then in full
+#: below its downsampling threshold (1.1 to 1.5 ms at 0.06 Mpx, 2.8 to 3.3 at 0.24), shrunk
+#: above it (6.0 to 7.4 ms at 0.7 Mpx, 10.7 at 2 Mpx: a frame-wide pass costs about what a
+#: plain zxing-cpp one does).
+LOCATOR_CALL_MS = 1.0
+LOCATOR_MS_PER_MPX = 8.5
+LOCATOR_SHRUNK_MS = 4.0
+LOCATOR_SHRUNK_MS_PER_MPX = 3.2
+#: cv2.warpAffine into a crop: bilinear (a label, a code at its own size) 0.75 ms per Mpx
+#: of crop, bicubic (a code stretched 2x along its bars) 3.9 ms; plus, per crop, its
+#: geometry and the handling of its reads (0.1 ms: 0.9 ms a frame with a destroyed label).
+WARP_CALL_MS = 0.12
+WARP_MS_PER_MPX = 0.75
+STRETCHED_WARP_MS_PER_MPX = 3.9
+#: The activity map (0.9 to 1.1 ms at 1080p) and the label search (1.4 to 2.7 ms, the
+#: most on busy cardboard): together a third of a plain pass.
+ACTIVITY_MS_PER_MPX = 0.5
+LABEL_SEARCH_MS_PER_MPX = 1.2
 
 _MPX = 1e-6
 
@@ -40,28 +55,48 @@ def families(formats: Iterable[str]) -> int:
 
 def zxing_ms(pixels: int, formats: Iterable[str]) -> float:
     """Estimated cost of a zxing-cpp pass over ``pixels`` looking for ``formats``."""
-    return ZXING_MS_PER_MPX * _MPX * pixels * max(1, families(formats))
+    return (ZXING_CALL_MS + ZXING_MS_PER_MPX * _MPX * pixels) * max(1, families(formats))
 
 
 def locator_ms(pixels: int) -> float:
     """Estimated cost of one locator pass over ``pixels``."""
     mpx = _MPX * pixels
-    return min(LOCATOR_MS_PER_MPX * mpx, LOCATOR_SHRUNK_MS + LOCATOR_SHRUNK_MS_PER_MPX * mpx)
+    return min(LOCATOR_CALL_MS + LOCATOR_MS_PER_MPX * mpx,
+               LOCATOR_SHRUNK_MS + LOCATOR_SHRUNK_MS_PER_MPX * mpx)
+
+
+def warp_ms(pixels: int, stretched: bool = False) -> float:
+    """Estimated cost of warping a crop of ``pixels`` out of the frame."""
+    per_mpx = STRETCHED_WARP_MS_PER_MPX if stretched else WARP_MS_PER_MPX
+    return WARP_CALL_MS + per_mpx * _MPX * pixels
+
+
+def activity_ms(pixels: int) -> float:
+    """Estimated cost of the activity map over ``pixels``."""
+    return ACTIVITY_MS_PER_MPX * _MPX * pixels
+
+
+def label_search_ms(pixels: int) -> float:
+    """Estimated cost of the label search over ``pixels``."""
+    return LABEL_SEARCH_MS_PER_MPX * _MPX * pixels
 
 
 def survey_ms(pixels: int) -> float:
     """Estimated cost of the activity map and the label search over ``pixels``."""
-    return SURVEY_MS_PER_MPX * _MPX * pixels
+    return activity_ms(pixels) + label_search_ms(pixels)
 
 
 class WorkBudget:
     """The estimated work spent on one frame against a limit, with a part held back.
 
     ``limit_ms`` is what plain whole-image zxing-cpp would cost on the frame. The reserve
-    is the whole-region fallback still to come: an optional step (a locator pass, one
-    more crop) runs only if it leaves the reserve intact, so the fallback, the one step
-    that reads what plain zxing-cpp reads, always runs and the frame costs at most the
-    plain pass plus the survey that a frame without a label skips everything after.
+    is the whole-region fallback still to come: an optional step (the locator over the
+    region, a label read whole a second time) runs only if it leaves the reserve intact,
+    so the fallback, the one step that reads what plain zxing-cpp reads, always runs.
+    The work on and around the labels (their crops, the locator near them, the crops it
+    finds) is charged but never refused: the robustness table's reads of 0.5 mm bars,
+    blurred and rotated labels depend on it, so a frame with labels that do not read
+    costs more than the plain pass.
     """
 
     def __init__(self, limit_ms: float = math.inf) -> None:

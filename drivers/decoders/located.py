@@ -19,7 +19,8 @@ from controller.vision import GrayImage, Symbol
 
 from ._common import LINEAR_SYMBOLOGIES, Found, as_gray, dedupe
 from .activity import Box, active_region, unread_bars
-from .budget import WorkBudget, locator_ms, survey_ms, zxing_ms
+from .budget import WorkBudget, activity_ms, label_search_ms, locator_ms, warp_ms, zxing_ms
+from .crops import MAX_STRETCHED_LENGTH, SHARPEN_SIGMA, charged_find, located_reads
 from .finders import EmptyFinder, Finder, find_in, split_formats
 from .locator import (
     LABEL_AREA_SHARE,
@@ -33,8 +34,8 @@ from .locator import (
     MIN_LOCATOR_THRESHOLD,
     CodeLocator,
     Quad,
-    back_to_image,
     centre_across,
+    crop_pixels,
     label_candidates,
     locate_labels,
     mapped,
@@ -76,10 +77,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-#: Gaussian sigma (px) of the unsharp mask tried on crops that did not read.
-SHARPEN_SIGMA = 1.0
-#: Codes longer than this (px) have modules wide enough not to need the 2x stretch.
-MAX_STRETCHED_LENGTH = 1200.0
 #: Labels are read first only in images with a longer side above this (px), and only
 #: while they cover less than 1 / LABEL_CROP_GROWTH of the image: below that, one code
 #: locator pass over the image costs no more than one per label.
@@ -153,21 +150,16 @@ class LocatingDecoder:
         return dedupe(found)
 
     def _budget(self, gray: GrayImage, region: Box) -> WorkBudget:
-        """A large frame's budget: what plain zxing-cpp would spend on it, the survey
-        (activity map, label search) already spent, the region's last pass held back.
+        """A large frame's budget: what plain zxing-cpp would spend on it, the activity
+        map already spent, the region's last pass held back.
         Smaller images (photographs, parcel crops) are cheap whatever is tried: no limit."""
         if max(gray.shape) <= LABELS_FIRST_SIDE:
             return WorkBudget()
         budget = WorkBudget(zxing_ms(gray.size, self.formats))
-        budget.spend(survey_ms(gray.size))
+        budget.spend(activity_ms(gray.size))
         x0, y0, x1, y1 = region
         budget.reserve_ms = zxing_ms((x1 - x0) * (y1 - y0), self.formats)
         return budget
-
-    @staticmethod
-    def _find(finder: Finder, crop: GrayImage, budget: WorkBudget) -> list[Found]:
-        budget.spend(zxing_ms(crop.size, finder.formats))
-        return finder.find(crop)
 
     def _find_in(self, finder: Finder, gray: GrayImage, box: Box,
                  budget: WorkBudget) -> list[Found]:
@@ -212,6 +204,9 @@ class LocatingDecoder:
         #: each label's whole reads once made, for the second label pass below
         whole_reads: dict[int, list[Found]] = {}
         if big:
+            # made even where the budget cannot afford it (busy all over): a label read
+            # whole is what the shortcut below reads rotated codes by
+            budget.spend(label_search_ms(gray.size))
             labels, odd_blobs, torn = label_candidates(gray)
             label_boxes = _reach(labels, LABEL_REACH)
             label_px = sum(abs(float(cv2.contourArea(q))) for q in labels)
@@ -252,8 +247,8 @@ class LocatingDecoder:
         if not big or torn or budget.affords(locator_ms((x1 - x0) * (y1 - y0))):
             return self._locate_in(gray, region, budget)
         near = matrix_regions(gray.shape, _reach(labels, LABEL_REACH)) if labels else []
-        if near is None:
-            return self._locate_in(gray, region, budget)
+        if near is None:  # labels nearly as large as the region: its pass reads them
+            return []
         return [q for box in near for q in self._locate_in(gray, box, budget)]
 
     def _locate_in(self, gray: GrayImage, region: Box, budget: WorkBudget) -> list[Quad]:
@@ -264,20 +259,14 @@ class LocatingDecoder:
 
     def _located_reads(self, gray: GrayImage, quads: list[Quad],
                        budget: WorkBudget) -> list[Found]:
-        """Reads of the located boxes; a code also caught in another box's margin is kept
-        only from its own box, where its centre is true (a margin read's position is poor)."""
-        on_line: list[Found] = []
-        off_line: list[Found] = []
-        for quad in quads:
-            for found, centred in self._read_located(gray, quad, budget):
-                (on_line if centred else off_line).append(found)
-        seen = {(f.symbol.text, f.symbol.symbology) for f in on_line}
-        return on_line + [f for f in off_line if (f.symbol.text, f.symbol.symbology) not in seen]
+        return located_reads(self.inner, gray, quads, budget, stretches=self.stretches,
+                             sharpen=self.sharpen)
 
     @staticmethod
-    def _squared_label(
-            gray: GrayImage, quad: Quad) -> tuple[GrayImage, npt.NDArray[np.float64]] | None:
+    def _squared_label(gray: GrayImage, quad: Quad,
+                       budget: WorkBudget) -> tuple[GrayImage, npt.NDArray[np.float64]] | None:
         """A label straightened square to the image, its contrast stretched; and the inverse."""
+        budget.spend(warp_ms(crop_pixels(quad)))
         try:
             crop, back = straighten(gray, quad)
         except cv2.error:
@@ -288,12 +277,12 @@ class LocatingDecoder:
     def _whole_reads(self, crop: GrayImage, budget: WorkBudget) -> list[Found]:
         """The inner decoder on a whole label crop, linear reads centred across their bars."""
         return [Found(centre_across(crop, f) if f.symbol.symbology in LINEAR_SYMBOLOGIES
-                      else f.symbol, f.size) for f in self._find(self.inner, crop, budget)]
+                      else f.symbol, f.size) for f in charged_find(self.inner, crop, budget)]
 
     def _read_label(self, gray: GrayImage, quad: Quad, budget: WorkBudget,
                     whole_reads: dict[int, list[Found]], index: int) -> list[Found]:
         """Codes on one label, located in its straightened crop or else read whole."""
-        squared = self._squared_label(gray, quad)
+        squared = self._squared_label(gray, quad, budget)
         if squared is None:
             return []
         crop, back = squared
@@ -320,43 +309,14 @@ class LocatingDecoder:
             if i in whole_reads:
                 found += whole_reads[i]
                 continue
-            squared = self._squared_label(gray, quad)
-            if squared is not None and budget.affords(zxing_ms(squared[0].size,
-                                                               self.inner.formats)):
+            pixels = crop_pixels(quad)
+            if not budget.affords(warp_ms(pixels) + zxing_ms(pixels, self.inner.formats)):
+                continue
+            squared = self._squared_label(gray, quad, budget)
+            if squared is not None:
                 crop, back = squared
                 found += [mapped(f, back) for f in self._whole_reads(crop, budget)]
         return found
-
-    def _read_located(self, gray: GrayImage, quad: Quad,
-                      budget: WorkBudget) -> list[tuple[Found, bool]]:
-        """Reads in the box around ``quad``, each flagged True if it lies on the box's
-        centre line (the located code) rather than in its margin (a neighbour)."""
-        length = float(np.ptp(quad[:, 0]) + np.ptp(quad[:, 1]))  # coarse, enough for a cap
-        margin_only: list[tuple[Found, bool]] = []
-        first: tuple[GrayImage, npt.NDArray[np.float64]] | None = None
-        for stretch in self.stretches:
-            if stretch > 1 and length > MAX_STRETCHED_LENGTH:
-                break
-            try:
-                crop, back = straighten(gray, quad, stretch)
-            except cv2.error:
-                log.warning("straightening a located code failed", exc_info=True)
-                break
-            first = first or (crop, back)
-            reads = [back_to_image(f, crop.shape[0], back)
-                     for f in self._find(self.inner, crop, budget)]
-            if any(centred for _, centred in reads):
-                return reads
-            margin_only = margin_only or reads
-        if self.sharpen and first is not None:
-            crop, back = first
-            blurred = cv2.GaussianBlur(crop, (0, 0), SHARPEN_SIGMA)
-            sharp = np.asarray(cv2.addWeighted(crop, 2.0, blurred, -1.0, 0.0), dtype=np.uint8)
-            reads = [back_to_image(f, sharp.shape[0], back)
-                     for f in self._find(self.inner, sharp, budget)]
-            if any(centred for _, centred in reads):
-                return reads
-        return margin_only
 
 
 def _reach(quads: list[Quad], factor: float) -> list[tuple[Quad, float]]:

@@ -71,6 +71,13 @@ class CodeLocator:
         return quads[:MAX_BOXES]
 
 
+def crop_pixels(quad: Quad, stretch: float = 1.0) -> int:
+    """How many pixels :func:`straighten` makes of ``quad`` (to charge it before)."""
+    _, (w, h), _ = cv2.minAreaRect(quad.reshape(-1, 1, 2))
+    length, short = max(float(max(w, h)), 1.0), max(float(min(w, h)), 1.0)
+    return round((length * 1.3 + 24) * stretch) * round(short * 1.5 + 16)
+
+
 def straighten(
     gray: GrayImage, quad: Quad, stretch: float = 1.0
 ) -> tuple[GrayImage, npt.NDArray[np.float64]]:
