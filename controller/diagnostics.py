@@ -139,7 +139,11 @@ class _Window:
 
     def add(self, seconds: float) -> None:
         with self._lock:
-            self._samples.append((self._now(), seconds))
+            now = self._now()
+            self._samples.append((now, seconds))
+            cutoff = now - self._window_s
+            while self._samples[0][0] < cutoff:  # pruned as it goes, read or not
+                self._samples.popleft()
 
     def summary(self) -> dict[str, float | int | None]:
         """``{"p50", "p99", "n"}`` in milliseconds (null percentiles when empty)."""

@@ -239,7 +239,7 @@ def summarise(outcomes: Sequence[ParcelOutcome], *, line_time_s: float, wall_tim
         "order_cycle_time_min_median": statistics.median(cycle) if cycle else None,
         "orders": len(orders),
         "perfect_order_share": sum(orders.values()) / len(orders) if orders else 0.0,
-        "outcome_differs_from_truth": sum(1 for o in outcomes if _differs_from_truth(o)),
+        "outcome_differs_from_truth": sum(1 for o in outcomes if differs_from_truth(o)),
         # on a loop: parcels that went round at least once, of those finished, and their laps
         "recirculation_rate": sum(1 for x in laps if x > 1) / len(laps) if laps else 0.0,
         "mean_laps": statistics.mean(laps) if laps else None,
@@ -262,7 +262,7 @@ def _perfect(o: ParcelOutcome) -> bool:
     return o["actual_bin"] in [o["expected_bin"], *o["alternate_bins"]]
 
 
-def _differs_from_truth(o: ParcelOutcome) -> bool:
+def differs_from_truth(o: ParcelOutcome) -> bool:
     """Not the designed disposition (a DEST_FULL where SORTED was designed is right, and on
     a loop so is a RECIRC_LIMIT whose last lap found its bins full)."""
     designed = o["expected_disposition"]

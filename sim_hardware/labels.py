@@ -65,7 +65,7 @@ _STREETS = ("12 HARBOUR RD", "4711 ELM ST", "88 RUE DU PONT", "7 MILL LANE", "30
 _TOWNS = ("LEEDS LS1 4AP", "LYON 69002", "DALLAS TX 75201", "OSAKA 530-0001", "GDANSK 80-001")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LabelSpec:
     """What is printed on one label and how damaged it is; sizes in millimetres.
 

@@ -76,6 +76,8 @@ class LineState:
 
     def _settle(self, parcel: SimParcel, where: str) -> None:
         parcel.actual = where
+        # Off the belt for good: no camera sees its labels again (their code is its truth).
+        parcel.labels = ()
         self._settled += 1
 
     def encoder(self) -> int:

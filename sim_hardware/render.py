@@ -35,7 +35,7 @@ CAMERA_DISTANCE_MM = 1200.0
 Mask = npt.NDArray[np.bool_]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlacedLabel:
     """A label stuck on a parcel's top face: centre offset (mm) from the face centre, angle.
 

@@ -101,6 +101,10 @@ class ScenarioSpec(BaseModel):
     """``(camera id, from s, to s)``: the camera delivers nothing and its link is down."""
     stall_cameras: list[str] | None = None
     """The cameras a CAMERA_STALL parcel stalls (None: all); the others read it in time."""
+    order_book: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    """The order book holds at least this many orders: the parcels' and, to fill it up,
+    released orders of earlier days that no parcel of the shift carries (a site's book does
+    not grow with the length of a shift)."""
 
     @model_validator(mode="after")
     def _belt_ends_moving(self) -> ScenarioSpec:
@@ -127,9 +131,12 @@ def load_scenario(path: str | Path) -> ScenarioSpec:
                                       for e in exc.errors()], "scenario") from None
 
 
-@dataclass
+@dataclass(slots=True)
 class SimParcel:
-    """One parcel of the stream with the truth about it; ``actual`` is filled in by the line."""
+    """One parcel of the stream with the truth about it; ``actual`` is filled in by the line.
+
+    A long shift holds one per parcel: slots, and its event notes only once it has one.
+    """
 
     sim_id: int
     case: Case
@@ -151,7 +158,14 @@ class SimParcel:
     plan_places: int = 1
     laps: int = 1  # on a loop: the pass it is on, then the one it ended on
     actual: str | None = None
-    events: list[str] = field(default_factory=list)
+    _events: list[str] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def events(self) -> list[str]:
+        """What happened to it on the line that the controller does not see, as notes."""
+        if self._events is None:
+            self._events = []
+        return self._events
 
     @property
     def expected_bin(self) -> str:
@@ -323,7 +337,16 @@ def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], lis
     if line.end_of_line.recirculates:
         loop_truth(parcels, line)
     orders = [p.order for p in parcels if p.order is not None]
-    return parcels, orders
+    return parcels, orders + _earlier_orders(spec, line, spec.order_book - len(orders))
+
+
+def _earlier_orders(spec: ScenarioSpec, line: LineConfig, count: int) -> list[Order]:
+    """Released orders of earlier days, older than the shift's: codes no parcel carries."""
+    gen = _Generator(spec.model_copy(update={"seed": spec.seed + 2}), line)
+    day = 24 * 3600.0
+    return [replace(gen.order_for(make_code(n, prefix="01"), OrderStatus.RELEASED, n),
+                    order_id=f"BK-{n:07d}", created_at=-gen.rng.uniform(0.5 * day, 7 * day))
+            for n in range(1, count + 1)]
 
 
 _READ_AGAIN = frozenset({Case.CAMERA_STALL, Case.HIDDEN_LABEL})

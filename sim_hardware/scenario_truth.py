@@ -45,8 +45,18 @@ def expected_place(line: LineConfig, order: Order, length_mm: float | None = Non
                 bins, places = destination.bins + destination.alternates, len(destination.bins)
             else:
                 bins, places = list(rule.bins or ()), 1
-            return bins + ([overflow] if overflow and overflow not in bins else []), places
-    return ([overflow] if overflow and released else []), 1
+            return _shared(bins + ([overflow] if overflow and overflow not in bins else [])), \
+                places
+    return _shared([overflow] if overflow and released else []), 1
+
+
+def _shared(bins: list[str]) -> list[str]:
+    """One list per distinct answer, however many parcels hold it (never mutated, only
+    replaced): a long shift's truth holds two per parcel."""
+    return _BIN_LISTS.setdefault(tuple(bins), bins)
+
+
+_BIN_LISTS: dict[tuple[str, ...], list[str]] = {}
 
 
 def size_class(line: LineConfig, length_mm: float | None) -> str | None:

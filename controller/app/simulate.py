@@ -176,7 +176,9 @@ async def run_shift(
                         journal=journal, archive=open_archive(config.archive),
                         encoder_history=history, decode_threads=decode_threads,
                         decode_cost_s=decode_cost_s, wait_for_frames=free_running,
-                        telemetry=TelemetryFanout(telemetry, rolling))
+                        # only diagnostics read (and prune) the rolling windows: without them, unfed
+                        telemetry=TelemetryFanout(telemetry, rolling)
+                        if config.diagnostics is not None else telemetry)
         if on_final is not None:
             sorter.listeners.append(on_final)
         if with_sorter is not None:
