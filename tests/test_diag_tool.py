@@ -402,7 +402,11 @@ async def _main(argv: Sequence[str]) -> int:
 @pytest.mark.wallclock
 @pytest.mark.asyncio
 async def test_diag_once_shows_the_line_as_its_controller_publishes_it(
-        mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+        mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Piped, ``--once`` renders 120 columns wide; a COLUMNS inherited by the test (an xdist
+    # worker has one) would narrow it and wrap the reasons this test looks for.
+    monkeypatch.delenv("COLUMNS", raising=False)
     prefix = _prefix()
     async with standing_in(StandIn(mosquitto, prefix)):
         started = time.monotonic()
