@@ -127,7 +127,8 @@ class DiverterConfig(Strict):
     window_mm: PositiveFloat = Field(
         default=160.0, description=(
             "the span the arm pushes: a parcel is pushed if its centre is within half of it of "
-            "the arm's centre when it fires (so is a neighbour that close: not fired, TOO_CLOSE)")
+            "the arm's centre when it fires; the controller does not fire when a neighbour's "
+            "is that close, give or take two encoder counts (TOO_CLOSE)")
     )
     link: Literal["serial", "mqtt"] | None = Field(
         default=None, description="the link its commands go over (default: line_io.diverters)")

@@ -17,6 +17,8 @@ from controller.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
+REACH_MARGIN_COUNTS = 2
+
 
 class DivertScheduler:
     """Schedules a parcel's divert for when its centre is at the diverter, if still in time.
@@ -52,7 +54,9 @@ class DivertScheduler:
         bin_id = route.bin
         diverter = self._config.diverter_for_bin(bin_id)
         fire_enc = parcel.window.enc_when_centre_at(diverter.position_mm)
-        reach_mm = diverter.window_mm / 2
+        # the arm's half span, widened by the encoder's resolution: each edge is known to a
+        # count, so a centre to a count and a half
+        reach_mm = diverter.window_mm / 2 + REACH_MARGIN_COUNTS / self._cpm
         on_belt = (w for w in self._belt.tracker if w.parcel_id not in self._belt.finalising)
         neighbour = neighbour_in_reach(parcel.window, on_belt, diverter.position_mm, reach_mm,
                                        fire_enc)

@@ -7,8 +7,8 @@ a pair too close end ``TOO_CLOSE`` at the end of the line (or go round a loop ag
 
 Whatever the configured minimum, a divert is also checked against its arm's reach when it is
 decided: an arm pushes every parcel whose centre is within half its ``window_mm`` when it
-fires, so a neighbour that close at the fire count would go into the bin too, and the parcel
-is not diverted (TOO_CLOSE) rather than push both.
+fires, so a neighbour that close at the fire count (give or take the encoder's resolution)
+would go into the bin too, and the parcel is not diverted (TOO_CLOSE) rather than push both.
 """
 
 from __future__ import annotations
