@@ -156,6 +156,16 @@ class _Window:
                 "n": len(values)}
 
 
+def overload(stats: SorterStats) -> dict[str, float | int]:
+    """How far the box fell behind the belt: the metrics payload's ``overload``."""
+    return {"loop_lag_max_ms": round(stats.loop_lag_max_ms, 3),
+            "loop_lag_ticks": stats.loop_lag_ticks,
+            "event_lag_max_ms": round(stats.event_lag_max_ms, 3),
+            "events_late": stats.events_late,
+            "frames_ahead_of_events": stats.frames_ahead_of_events,
+            "missing_deferred": stats.missing_deferred}
+
+
 def _percentile(ordered: list[float], share: float) -> float | None:
     """Nearest rank, in milliseconds to the microsecond."""
     if not ordered:
@@ -273,6 +283,7 @@ class Diagnostics:
                               "capacity": b.capacity, "full": b.full_sensor}
                      for bin_id, b in sorter.bins.items()},
             "diagnostics": {"dropped": self.sink.dropped, "queued": self.sink.queued},
+            "overload": overload(stats),
         }
 
     def device_payloads(self) -> dict[str, dict[str, Any]]:

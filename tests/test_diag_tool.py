@@ -60,7 +60,10 @@ def metrics(confirmed: int = 80) -> bytes:
         "divert_ms": {"p50": None, "p99": None, "n": 0}, "links": {"serial": "up"},
         "bins": {"B1": {"confirmed": confirmed, "in_flight": 1, "capacity": 400, "full": False},
                  "B7": {"confirmed": 400, "in_flight": 0, "capacity": 400, "full": True}},
-        "diagnostics": {"dropped": 0, "queued": 0}}).encode()
+        "diagnostics": {"dropped": 0, "queued": 0},
+        "overload": {"loop_lag_max_ms": 120.4, "loop_lag_ticks": 3, "event_lag_max_ms": 840.0,
+                     "events_late": 12, "frames_ahead_of_events": 0, "missing_deferred": 1}
+    }).encode()
 
 
 def device(device_id: str, state: str) -> bytes:
@@ -99,7 +102,7 @@ def test_the_view_keeps_what_each_topic_says_and_draws_it() -> None:
     for shown in ("sorter/line1", "RUNNING", "sorting", SINCE, "11.0", "99.5%", "1.2/4.8 ms",
                   "-/- ms", "SORTED 640", "NO_READ 3", "80/400 20%", "FULL",
                   "camera-cam1", "streaming", "node-D3", "offline", "no_read", "1234",
-                  "no acceptable code", "bad messages 0"):
+                  "no acceptable code", "bad messages 0", "lag loop/events", "120/840 ms"):
         assert shown in text, shown
 
 

@@ -17,6 +17,7 @@ import pytest
 from controller.app.simulate import Rig
 from controller.clock import VirtualClock, run_virtual
 from controller.config import LineConfig, load_config
+from controller.confirming import Confirmations
 from controller.diagnostics import (
     Diagnostics,
     RollingTelemetry,
@@ -24,8 +25,10 @@ from controller.diagnostics import (
     wall_time,
 )
 from controller.operating import LineState, Notice
+from controller.parcel import Belt
 from controller.sorter import Sorter
 from controller.telemetry import NoTelemetry
+from controller.tracking import Tracker
 from sim_hardware.scenario import Case, ScenarioSpec
 
 from .shifts import run_sim
@@ -254,3 +257,26 @@ class _StandInLine:
         self.cameras: list[Any] = []
         self.bins: dict[str, Any] = {}
         self.open_parcels = 0
+
+
+def test_metrics_say_how_far_the_box_fell_behind_the_belt(example_config: LineConfig) -> None:
+    async def main(clock: VirtualClock) -> None:
+        line = _StandInLine(clock)
+        diagnostics = Diagnostics(line, clock, ListSink(), line="l", version="1", every_s=1.0,
+                                  telemetry=RollingTelemetry(clock))
+        assert diagnostics.metrics_payload()["overload"] == {
+            "loop_lag_max_ms": 0.0, "loop_lag_ticks": 0, "event_lag_max_ms": 0.0,
+            "events_late": 0, "frames_ahead_of_events": 0, "missing_deferred": 0}
+        confirming = Confirmations(example_config, Belt(Tracker(0.0, 2.0), {}, line.stats),
+                                   lambda *_: None, clock)
+        confirming.loop_lagged(0.2)  # the watcher woke 200 ms late
+        confirming.event_late(0.8125)  # an edge taken in 812.5 ms after it was latched
+        confirming.event_late(0.01)
+        line.stats.frames_ahead_of_events += 2
+        overload = diagnostics.metrics_payload()["overload"]
+        assert overload == {"loop_lag_max_ms": 200.0, "loop_lag_ticks": 1,
+                            "event_lag_max_ms": 812.5, "events_late": 1,
+                            "frames_ahead_of_events": 2, "missing_deferred": 0}
+        diagnostics.close()
+
+    run_virtual(main)

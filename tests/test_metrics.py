@@ -143,6 +143,19 @@ def test_decisions_and_frames_per_camera(shift: tuple[Shift, dict[str, list[Samp
                for c in result.sorter.cameras) == result.sorter.stats.frames
 
 
+def test_overload_counters_are_the_sorters(shift: tuple[Shift, dict[str, list[Sample]]]) -> None:
+    result, families = shift
+    stats = result.sorter.stats
+    for name in ("events_late", "frames_ahead_of_events", "missing_deferred", "loop_lag_ticks"):
+        family = families[f"parcel_sorter_{name}"]
+        assert _value(family, f"parcel_sorter_{name}_total") == getattr(stats, name), name
+    lag = families["parcel_sorter_loop_lag_max_seconds"]
+    assert _value(lag, "parcel_sorter_loop_lag_max_seconds") == stats.loop_lag_max_ms / 1000
+    events = families["parcel_sorter_event_lag_max_seconds"]
+    assert _value(events, "parcel_sorter_event_lag_max_seconds") \
+        == stats.event_lag_max_ms / 1000
+
+
 def test_states_bins_and_cameras(shift: tuple[Shift, dict[str, list[Sample]]]) -> None:
     result, families = shift
     links = families["parcel_sorter_link_state"]

@@ -145,7 +145,7 @@ def _check_metrics(data: Mapping[str, Any]) -> None:
     for key in ("parcels_per_minute", "read_rate", "uptime_s", "open_parcels"):
         if data.get(key) is not None and _number(data[key]) is None:
             raise BadMessage(f"{key!r} is not a number")
-    for key in ("dispositions", "bins", "decision_ms", "divert_ms", "diagnostics"):
+    for key in ("dispositions", "bins", "decision_ms", "divert_ms", "diagnostics", "overload"):
         _maybe(data, key, dict)
     for key in ("bins",):
         if any(not isinstance(v, dict) for v in (data.get(key) or {}).values()):
@@ -238,6 +238,7 @@ def _rates(view: LineView, metrics: Mapping[str, Any]) -> Text:
                ("decision p50/p99", _percentiles(metrics.get("decision_ms"))),
                ("divert p50/p99", _percentiles(metrics.get("divert_ms"))),
                ("open", _fmt(metrics.get("open_parcels"), ".0f")),
+               ("lag loop/events", _lags(metrics.get("overload"))),
                ("uptime", _fmt(metrics.get("uptime_s"), ".0f", " s"))]
     text = Text()
     for name, value in figures:
@@ -245,6 +246,14 @@ def _rates(view: LineView, metrics: Mapping[str, Any]) -> Text:
         text.append(f"{value}   ")
     text.append(f"(metrics {_fmt(age, '.0f', ' s')} ago)", style="dim")
     return text
+
+
+def _lags(overload: object) -> str:
+    """The worst loop and event lag, ms: how far the box fell behind the belt."""
+    if not isinstance(overload, dict):
+        return "-"
+    return (f"{_fmt(overload.get('loop_lag_max_ms'), '.0f')}/"
+            f"{_fmt(overload.get('event_lag_max_ms'), '.0f')} ms")
 
 
 def _time_of_day(value: object) -> object:

@@ -168,6 +168,22 @@ class SorterCollector(Collector):
             ("decision_errors", stats.decision_errors, "Decisions that raised"),
         ):
             yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+        for name, value, doc in (
+            ("events_late", stats.events_late,
+             "Line events taken in late: the loop or the link behind the belt"),
+            ("frames_ahead_of_events", stats.frames_ahead_of_events,
+             "Frames skipped: the line's events for them not yet in"),
+            ("missing_deferred", stats.missing_deferred,
+             "Parcels not called missing yet because events lagged"),
+            ("loop_lag_ticks", stats.loop_lag_ticks, "Times the position watcher woke late"),
+        ):
+            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+        yield GaugeMetricFamily(f"{PREFIX}_loop_lag_max_seconds",
+                                "The position watcher's worst lateness",
+                                value=stats.loop_lag_max_ms / 1000)
+        yield GaugeMetricFamily(f"{PREFIX}_event_lag_max_seconds",
+                                "The oldest a line event was when taken in",
+                                value=stats.event_lag_max_ms / 1000)
         yield GaugeMetricFamily(f"{PREFIX}_line_faulted",
                                 "1: the journal failed, no divert is sent any more",
                                 value=int(self._sorter.fault is not None))
