@@ -4,14 +4,15 @@ The line's events (photo-eyes, bins) and the position watcher never wait for sto
 thread round trip per event, on a box whose cores the decoders keep busy, made the events
 queue up seconds behind the belt. Each write is handed to the journal's one writer thread in
 the order it was made (a parcel's final record always after its induction) and awaited by a
-task of its own. The first write that fails is kept: :meth:`JournalWrites.failed` returns
-it, so the run ends with the error, as it did when the event path raised it.
+task of its own. The first write that fails is handed to ``on_failure`` at once (the line
+stops firing) and kept: :meth:`JournalWrites.failed` returns it, so the run ends with the
+error, as it did when the event path raised it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from controller.errors import JournalError
@@ -20,7 +21,8 @@ from controller.errors import JournalError
 class JournalWrites:
     """The journal writes in flight: started in order, awaited together, failures kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_failure: Callable[[JournalError], None]) -> None:
+        self._on_failure = on_failure
         self._tasks: set[asyncio.Task[None]] = set()
         self._inductions: dict[int, asyncio.Task[None]] = {}
         self._failure: JournalError | None = None
@@ -49,6 +51,7 @@ class JournalWrites:
             if self._failure is None:
                 self._failure = exc
                 self._failed.set()
+                self._on_failure(exc)
         elif exc is not None:  # a bug in the write's own accounting: surfaced, not lost
             asyncio.get_running_loop().call_exception_handler(
                 {"message": f"journal write {task.get_name()} failed", "exception": exc,

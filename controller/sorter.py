@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import NoReturn
 
 from controller.archive import NoReadArchive
 from controller.archiving import ArchiveKeeper
@@ -131,7 +130,7 @@ class Sorter(LineControls):
                                          history=self.encoder_history)
         self._archiving = ArchiveKeeper(archive, clock, self.stats)
         self._decisions: set[asyncio.Task[None]] = set()
-        self._writes = JournalWrites()
+        self._writes = JournalWrites(on_failure=self._journal_fault)
         self._next_parcel_id = 1
         self.fault: JournalError | None = None  # set once: the line is stopped safely
         self.faulted_at: float | None = None
@@ -239,17 +238,15 @@ class Sorter(LineControls):
                     self._belt.track_afresh()
                     self._reading.forget_progress()
 
-    def _journal_fault(self, exc: JournalError) -> NoReturn:
+    def _journal_fault(self, exc: JournalError) -> None:
         """Fault the line once: nothing fired from now on; the error ends :meth:`run`."""
-        if self.fault is None:
-            self.fault, self.faulted_at = exc, self.clock.now()
-            log.error("line %s stopped: %s; no divert is sent from now on, parcels on the belt "
-                      "ride to the end", self.config.line.name, exc)
-            self.faulted(exc)
-        raise exc
+        self.fault, self.faulted_at = exc, self.clock.now()
+        log.error("line %s stopped: %s; no divert is sent from now on, parcels on the belt "
+                  "ride to the end", self.config.line.name, exc)
+        self.faulted(exc)
 
     async def _stop_on_fault(self) -> None:
-        self._journal_fault(await self._writes.failed())
+        raise await self._writes.failed()
 
     async def _induction_edge(self, blocked: bool, enc: int) -> None:
         if self.fault is not None:
@@ -281,11 +278,11 @@ class Sorter(LineControls):
     async def _write_induction(self, parcel_id: int, enc: int, now: float) -> None:
         try:
             await self.journal.inducted(parcel_id, enc, now)
-        except JournalError as exc:
+        except JournalError:
             # Never journaled, so never sorted: it rides to the end of the line untracked.
             self.parcels.pop(parcel_id, None)
             self.tracker.forget(parcel_id)
-            self._journal_fault(exc)
+            raise
 
     def _admit(self, parcel: ParcelState) -> None:
         """A parcel at PE-IN (new, or back round a loop): its gap, and whether it is sorted."""
@@ -377,11 +374,7 @@ class Sorter(LineControls):
 
     async def _write_final(self, parcel: ParcelState, record: FinalRecord) -> None:
         try:
-            try:
-                written = await self.journal.finalise(record)
-            except JournalError as exc:
-                self._journal_fault(exc)
-            if written:
+            if await self.journal.finalise(record):
                 self.stats.dispositions[record.disposition.value] += 1
                 for listener in self.listeners:
                     listener(record)
