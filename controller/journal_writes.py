@@ -28,9 +28,6 @@ class JournalWrites:
         self._failure: JournalError | None = None
         self._failed = asyncio.Event()
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     def start(self, write: Coroutine[Any, Any, None], name: str, *,
               induction_of: int | None = None) -> None:
         """Start ``write`` now: its storage call is queued before any write started later."""

@@ -220,7 +220,7 @@ class Sorter(LineControls):
                     self.config.belt.encoder_counts_per_mm * self.config.belt.speed_mm_s))
             match event:
                 case PhotoEyeEdge(eye=eye, blocked=blocked, enc=enc) if eye == INDUCTION_EYE:
-                    await self._induction_edge(blocked, enc)
+                    self._induction_edge(blocked, enc)
                 case PhotoEyeEdge(eye=eye, blocked=True, enc=enc) if eye == END_EYE:
                     if not self._loop.at_end(enc):  # on a loop it may go round again
                         self._confirming.end_arrival(enc)
@@ -248,7 +248,7 @@ class Sorter(LineControls):
     async def _stop_on_fault(self) -> None:
         raise await self._writes.failed()
 
-    async def _induction_edge(self, blocked: bool, enc: int) -> None:
+    def _induction_edge(self, blocked: bool, enc: int) -> None:
         if self.fault is not None:
             return  # faulted: nothing new is tracked, so nothing is decided for it
         if blocked and self.tracker.inducting is None \
