@@ -37,12 +37,15 @@ Settled = Callable[[ParcelState], None]
 class ReadZone:
     """The cameras' frames of the parcels in view, decoded and settled into read verdicts.
 
-    ``on_settled`` is called once per parcel, when its verdict is no longer PENDING.
+    ``on_settled`` is called once per parcel, when its verdict is no longer PENDING;
+    ``on_code`` with a parcel's code after each frame whose reads name one code to sort on,
+    before its verdict settles (for the order to be looked up early).
     """
 
     def __init__(self, config: LineConfig, clock: Clock, line_io: LineIO, belt: Belt, *,
                  cameras: list[Camera], decoders: dict[str, BarcodeDecoder],
                  on_settled: Settled, keep_frames: bool,
+                 on_code: Callable[[str], None] | None = None,
                  decode_threads: int | None = None, decode_cost_s: float = 0.0) -> None:
         self._config = config
         self._clock = clock
@@ -50,6 +53,7 @@ class ReadZone:
         self._belt = belt
         self._decoders = decoders
         self._on_settled = on_settled
+        self._on_code = on_code
         self._keep_frames = keep_frames
         self._camera_configs = {c.id: c for c in config.cameras}
         self._cameras_by_id = {c.camera_id: c for c in cameras}
@@ -199,6 +203,10 @@ class ReadZone:
                                   limit=self._config.archive.frames_per_parcel)
             parcel.reads.add_frame(accepted, rejected, lead_in_view=lead_in,
                                    trail_in_view=trail_in)
+            if accepted and self._on_code is not None and parcel.verdict is ReadVerdict.PENDING:
+                code = parcel.reads.code
+                if code is not None:
+                    self._on_code(code)
             self.settle(parcel, final=False)
 
     # --- verdicts --------------------------------------------------------------------------

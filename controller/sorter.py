@@ -115,11 +115,12 @@ class Sorter(LineControls):
         self.stats: SorterStats = self._belt.stats
         self.parcels: dict[int, ParcelState] = self._belt.parcels
         self.bins: dict[str, BinState] = self._belt.bins
+        self._lookup = OrderLookup(order_store, config.order_store, self.stats, now=clock.now)
         self._reading = ReadZone(config, clock, line_io, self._belt, cameras=cameras,
                                  decoders=decoders, on_settled=self._start_decision,
+                                 on_code=self._lookup.read_early,
                                  keep_frames=archive is not None,
                                  decode_threads=decode_threads, decode_cost_s=decode_cost_s)
-        self._lookup = OrderLookup(order_store, config.order_store, self.stats)
         self._router = Router(SortPlan(config.sort_plan))
         self._spacing = Spacing(config.induction)
         self._loop = Recirculation(config, self._belt)
@@ -386,6 +387,7 @@ class Sorter(LineControls):
             self._belt.finalising.discard(parcel.parcel_id)
 
     async def aclose(self) -> None:
+        await self._lookup.aclose()
         await self._writes.drain()
         await self._archiving.aclose()
         with contextlib.suppress(Exception):
