@@ -14,6 +14,8 @@ background, labels at 0.15 contrast at least 6.2, the rest at least 10.6.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +38,9 @@ BUSY_BACKGROUND = 28.0
 REGION_MARGIN = 64
 #: ... and is the whole frame once it would cover more than this share of it: a crop
 #: saves little there, and a big-moduled code's quiet zone may reach past the margin.
-REGION_MAX_SHARE = 0.5
+REGION_MAX_SHARE = 0.9
+#: A label's outline is active too: blocks this close to a label count as on it.
+OUTLINE_BLOCKS = 2
 
 Box = tuple[int, int, int, int]
 
@@ -55,31 +59,68 @@ def block_activity(gray: GrayImage) -> npt.NDArray[np.float32]:
     return np.asarray(cv2.blur(blocks.astype(np.float32), (3, 3)), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Activity:
+    """A large frame's block map and the level at which a block holds something barcode-like."""
+
+    blocks: npt.NDArray[np.float32]
+    background: float
+    rise: float
+    shape: tuple[int, int]
+
+    def region(self) -> Box | None:
+        """The (x0, y0, x1, y1) box around the active blocks, grown by REGION_MARGIN (the
+        whole frame past REGION_MAX_SHARE); None when nothing is barcode-like."""
+        h, w = self.shape
+        if self.background >= BUSY_BACKGROUND:
+            return 0, 0, w, h
+        if float(self.blocks.max()) < self.background + self.rise:
+            return None
+        # the region takes in the fainter blocks around too: wide bars are sparse in edges
+        ys, xs = np.nonzero(self.blocks >= self.background + self.rise / 2)
+        x0 = max(0, int(xs.min()) * BLOCK - REGION_MARGIN)
+        y0 = max(0, int(ys.min()) * BLOCK - REGION_MARGIN)
+        x1 = min(w, (int(xs.max()) + 1) * BLOCK + REGION_MARGIN)
+        y1 = min(h, (int(ys.max()) + 1) * BLOCK + REGION_MARGIN)
+        if (x1 - x0) * (y1 - y0) > REGION_MAX_SHARE * w * h:
+            return 0, 0, w, h
+        return x0, y0, x1, y1
+
+    def beyond(self, quads: list[npt.NDArray[np.float32]]) -> bool:
+        """Whether a block off the ``quads`` (image pixels, each grown by
+        OUTLINE_BLOCKS for its outline) is active: something barcode-like off them."""
+        if self.background >= BUSY_BACKGROUND:
+            return True
+        active = np.asarray(self.blocks >= self.background + self.rise, dtype=np.uint8)
+        covered = np.zeros_like(active)
+        for quad in quads:
+            cv2.fillConvexPoly(covered, np.round(quad / BLOCK).astype(np.int32), 1)
+        side = 2 * OUTLINE_BLOCKS + 1
+        grown = cv2.dilate(covered, np.ones((side, side), np.uint8))
+        return bool((active > grown).any())
+
+
+def frame_activity(gray: GrayImage) -> Activity | None:
+    """The activity of a large frame; None for a frame no longer than GATE_MIN_SIDE (or too
+    thin for blocks), which is active as a whole."""
+    h, w = gray.shape
+    if max(h, w) <= GATE_MIN_SIDE or min(h, w) < 4 * BLOCK:
+        return None
+    blocks = block_activity(gray)
+    background = float(np.percentile(blocks, 10))
+    low, high = ACTIVE_RISE
+    return Activity(blocks, background, min(high, max(low, background / 2)), (h, w))
+
+
 def active_region(gray: GrayImage) -> Box | None:
     """The (x0, y0, x1, y1) box around ``gray``'s active blocks, grown by REGION_MARGIN (the
     whole frame past REGION_MAX_SHARE); None when nothing in it is barcode-like. A frame
     no longer than GATE_MIN_SIDE is active as a whole."""
-    h, w = gray.shape
-    whole: Box = (0, 0, w, h)
-    if max(h, w) <= GATE_MIN_SIDE or min(h, w) < 4 * BLOCK:
-        return whole
-    blocks = block_activity(gray)
-    background = float(np.percentile(blocks, 10))
-    if background >= BUSY_BACKGROUND:
-        return whole
-    low, high = ACTIVE_RISE
-    rise = min(high, max(low, background / 2))
-    if float(blocks.max()) < background + rise:
-        return None
-    # the region takes in the fainter blocks around too: wide bars are sparse in edges
-    ys, xs = np.nonzero(blocks >= background + rise / 2)
-    x0 = max(0, int(xs.min()) * BLOCK - REGION_MARGIN)
-    y0 = max(0, int(ys.min()) * BLOCK - REGION_MARGIN)
-    x1 = min(w, (int(xs.max()) + 1) * BLOCK + REGION_MARGIN)
-    y1 = min(h, (int(ys.max()) + 1) * BLOCK + REGION_MARGIN)
-    if (x1 - x0) * (y1 - y0) > REGION_MAX_SHARE * w * h:
-        return whole
-    return x0, y0, x1, y1
+    activity = frame_activity(gray)
+    if activity is None:
+        h, w = gray.shape
+        return 0, 0, w, h
+    return activity.region()
 
 
 #: Bars are found in a squared-up label on blocks this big (px).

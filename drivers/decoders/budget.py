@@ -19,30 +19,32 @@ import math
 from collections.abc import Iterable
 
 from ._common import LINEAR_SYMBOLOGIES, MATRIX_SYMBOLOGIES
+from .locator import locator_threshold
 
 #: zxing-cpp, per megapixel and per symbology family asked for, plus a fixed cost per call
 #: and family: Code 128 alone on a 1080p frame 4.6 ms, QR code alone 5.0 ms, both 10.8 ms;
 #: Code 128 on 0.06 Mpx 0.2 ms, on 0.24 Mpx 0.6 to 1.0 ms.
 ZXING_MS_PER_MPX = 2.5
 ZXING_CALL_MS = 0.15
-#: cv2.barcode's detector: a fixed cost per call (1.3 ms at 0.015 Mpx), then in full
-#: below its downsampling threshold (1.1 to 1.5 ms at 0.06 Mpx, 2.8 to 3.3 at 0.24), shrunk
-#: above it (6.0 to 7.4 ms at 0.7 Mpx, 10.7 at 2 Mpx: a frame-wide pass costs about what a
-#: plain zxing-cpp one does).
-LOCATOR_CALL_MS = 1.0
-LOCATOR_MS_PER_MPX = 8.5
-LOCATOR_SHRUNK_MS = 4.0
-LOCATOR_SHRUNK_MS_PER_MPX = 3.2
+#: cv2.barcode's detector works on the image shrunk to a shorter side of its downsampling
+#: threshold (:func:`~drivers.decoders.locator.locator_threshold`): a fixed cost per call,
+#: then per megapixel it works on, plus the shrinking per megapixel shrunk. So a wide strip
+#: costs more than a frame: 200x300 1.3 ms, 400x600 3.1, 700x1000 5.4 (shrunk to 0.37
+#: Mpx), 515x1157 7.9 (barely shrunk), 540x1920 11.9 (not shrunk), 1080x1920 8.2.
+LOCATOR_CALL_MS = 0.8
+LOCATOR_MS_PER_MPX = 11.5
+LOCATOR_SHRINK_MS_PER_MPX = 0.7
 #: cv2.warpAffine into a crop: bilinear (a label, a code at its own size) 0.75 ms per Mpx
 #: of crop, bicubic (a code stretched 2x along its bars) 3.9 ms; plus, per crop, its
 #: geometry and the handling of its reads (0.1 ms: 0.9 ms a frame with a destroyed label).
 WARP_CALL_MS = 0.12
 WARP_MS_PER_MPX = 0.75
 STRETCHED_WARP_MS_PER_MPX = 3.9
-#: The activity map (0.9 to 1.1 ms at 1080p) and the label search (1.4 to 2.7 ms, the
-#: most on busy cardboard): together a third of a plain pass.
+#: The activity map (0.9 to 1.1 ms at 1080p, the frame's first read from memory) and the
+#: label search (0.3 to 0.8 ms, the most on busy cardboard): together a sixth of a plain
+#: pass.
 ACTIVITY_MS_PER_MPX = 0.5
-LABEL_SEARCH_MS_PER_MPX = 1.2
+LABEL_SEARCH_MS_PER_MPX = 0.4
 
 _MPX = 1e-6
 
@@ -58,11 +60,14 @@ def zxing_ms(pixels: int, formats: Iterable[str]) -> float:
     return (ZXING_CALL_MS + ZXING_MS_PER_MPX * _MPX * pixels) * max(1, families(formats))
 
 
-def locator_ms(pixels: int) -> float:
-    """Estimated cost of one locator pass over ``pixels``."""
-    mpx = _MPX * pixels
-    return min(LOCATOR_CALL_MS + LOCATOR_MS_PER_MPX * mpx,
-               LOCATOR_SHRUNK_MS + LOCATOR_SHRUNK_MS_PER_MPX * mpx)
+def locator_ms(shape: tuple[int, ...]) -> float:
+    """Estimated cost of one locator pass over an image of ``shape`` (rows, columns)."""
+    mpx = _MPX * shape[0] * shape[1]
+    shrink = locator_threshold(shape) / min(shape[0], shape[1])
+    if shrink >= 1:
+        return LOCATOR_CALL_MS + LOCATOR_MS_PER_MPX * mpx
+    return (LOCATOR_CALL_MS + LOCATOR_SHRINK_MS_PER_MPX * mpx
+            + LOCATOR_MS_PER_MPX * mpx * shrink * shrink)
 
 
 def warp_ms(pixels: int, stretched: bool = False) -> float:
@@ -95,8 +100,11 @@ class WorkBudget:
     so the fallback, the one step that reads what plain zxing-cpp reads, always runs.
     The work on and around the labels (their crops, the locator near them, the crops it
     finds) is charged but never refused: the robustness table's reads of 0.5 mm bars,
-    blurred and rotated labels depend on it, so a frame with labels that do not read
-    costs more than the plain pass.
+    blurred and rotated labels depend on it. Where the labels stand for the locator's
+    frame-wide search (clean rectangles, nothing barcode-like off them) a label that does
+    not read costs its crop, a locator pass over it and the crops of what it finds, and
+    the whole-region pass still runs; so a frame with several labels that do not read
+    costs more than the plain pass (about 1.9x with three).
     """
 
     def __init__(self, limit_ms: float = math.inf) -> None:
