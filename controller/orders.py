@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,16 @@ class Order:
     created_at: float
     parcels_in_order: int = 1
     promised_ship_at: float | None = None  # when the customer was told it ships (epoch s)
+
+    def __post_init__(self) -> None:
+        # A store's rows bring every text anew, and the line's cache holds up to 100,000
+        # orders: these texts repeat from order to order, so each is kept once.
+        share = object.__setattr__
+        share(self, "channel", sys.intern(self.channel))
+        share(self, "carrier", sys.intern(self.carrier))
+        share(self, "service", sys.intern(self.service))
+        share(self, "route", sys.intern(self.route))
+        share(self, "postcode", sys.intern(self.postcode))
 
 
 class OrderStore(Protocol):

@@ -166,6 +166,31 @@ def test_the_book_upserts_finds_counts_and_looks_up_alike(backend: Backend) -> N
     _run(main)
 
 
+def test_orders_read_from_the_book_share_the_texts_they_repeat(backend: Backend) -> None:
+    """A warmed cache holds up to 100,000 orders: their channel, carrier, service, route and
+    postcode, read row by row, are kept once each, not once an order."""
+    names = ("channel", "carrier", "service", "route", "postcode")
+    texts = dict(zip(names, ("web shop", "DHL Paket", "next day", "R-7 north", "10115 B"),
+                     strict=True))
+
+    async def main() -> None:
+        store = backend.store()
+        try:
+            await store.upsert([replace(_order(c, created=float(i)), **texts)
+                                for i, c in enumerate(("A1", "B2", "C3"))])
+            first, *others = await store.released(3)
+            looked_up = await store.lookup("A1")
+            assert looked_up is not None
+            for order in [*others, looked_up]:
+                for name in names:
+                    assert getattr(order, name) == texts[name]
+                    assert getattr(order, name) is getattr(first, name), name
+        finally:
+            await store.close()
+
+    _run(main)
+
+
 def test_a_change_made_by_another_connection_reaches_the_feed_and_not_the_past(
         backend: Backend) -> None:
     assert isinstance(backend.store(create=False), OrderChanges)  # what follow() asks

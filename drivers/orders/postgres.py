@@ -93,6 +93,8 @@ _UPSERT = (f"WITH up AS (INSERT INTO orders ({', '.join(_COLUMNS)}) "
 BOOK_TIMEOUT_S = 60.0
 #: Lookups in flight at once on one line.
 POOL_SIZE = 4
+#: Rows a warming read of released orders fetches a round trip.
+RELEASED_PAGE = 2_000
 #: A writer's transaction longer than this that commits while the feed is disconnected may
 #: be missed by the reload after it reconnects.
 RELOAD_MARGIN_S = 60.0
@@ -221,10 +223,16 @@ class PostgresOrderStore:
         return _order(rows[0]) if rows else None
 
     async def released(self, limit: int) -> list[Order]:
-        rows = await self._run(
-            "released orders", BOOK_TIMEOUT_S,
-            f"{_SELECT} WHERE status = 'released' ORDER BY created_at DESC LIMIT $1", limit)
-        return [_order(row) for row in rows]
+        # a page of rows at a time: a warming read of the whole cache never holds every
+        # row's texts beside the orders made of them
+        orders: list[Order] = []
+        async with self._connection("released orders", BOOK_TIMEOUT_S) as conn, \
+                conn.transaction(readonly=True):
+            cursor = await conn.cursor(
+                f"{_SELECT} WHERE status = 'released' ORDER BY created_at DESC LIMIT $1", limit)
+            while rows := await cursor.fetch(RELEASED_PAGE):
+                orders += map(_order, rows)
+        return orders
 
     async def close(self) -> None:
         """Close the connections and end the change feeds (a later call reconnects)."""

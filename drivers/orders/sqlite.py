@@ -184,9 +184,14 @@ class SqliteOrderStore:
 
     def _select(self, where: str, params: tuple[object, ...]) -> list[Order]:
         """Run in the worker thread."""
-        self._open()
-        rows = self._query(f"SELECT {self._columns} FROM orders {where}", params)
-        return [_order(row) for row in rows]
+        db = self._open()
+        try:
+            # row by row: a warming read of the whole cache never holds every row's texts
+            # beside the orders made of them
+            return [_order(row) for row in
+                    db.execute(f"SELECT {self._columns} FROM orders {where}", params)]
+        except (sqlite3.Error, OSError) as exc:
+            raise OrderStoreError(f"sqlite {self.path}: {exc}") from exc
 
     def _find(self, key: str) -> list[Order]:
         """Run in the worker thread."""
