@@ -10,7 +10,10 @@ Starts its own server (:class:`sim_hardware.postgres.Postgres`, fsync off) and m
 * the stores as the line uses them: :class:`drivers.orders.postgres.PostgresOrderStore`
   and :class:`drivers.orders.sqlite.SqliteOrderStore`, with the same ``--orders`` in the
   book: ``lookup`` p50/p99, and how long warming a cache of ``--warm`` released orders
-  (``released(n)``) takes from each.
+  (``released(n)``) takes from each;
+* what the line's cache of ``--warm`` orders costs in memory: each store warms a line's
+  :class:`controller.lookup.OrderLookup` in a process of its own, which reports the
+  resident memory the warming added and its peak over that.
 
 Lookups run in this one event loop with nothing else on it; the server shares the machine.
 """
@@ -19,8 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +37,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controller.config import OrderStoreConfig
+from controller.lookup import OrderLookup
 from controller.orders import Order, OrderStatus
+from controller.parcel import SorterStats
+from drivers.orders import open_order_store
 from drivers.orders.postgres import _COLUMNS, _STAGE, _UPSERT, PostgresOrderStore
 from drivers.orders.sqlite import SqliteOrderStore
 from sim_hardware.postgres import Postgres, unavailable_reason
@@ -143,6 +153,42 @@ async def store_figures(store: PostgresOrderStore | SqliteOrderStore, n: int, or
     return lookups, took
 
 
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def warm_in_this_process(config: OrderStoreConfig) -> dict[str, float]:
+    """Warm a line's cache from the store: the resident memory it added, and its peak over
+    the memory before (the store connected and one lookup made first)."""
+    store = open_order_store(config)
+    try:
+        await store.lookup("PS-none")
+        gc.collect()
+        before = rss_mb()
+        stats = SorterStats()
+        lookup = OrderLookup(store, config, stats)
+        started = time.perf_counter()
+        await lookup.warm()
+        took = time.perf_counter() - started
+        if stats.order_store_errors:
+            raise SystemExit("warming the cache failed (its warning above)")
+        gc.collect()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"s": took, "added_mb": rss_mb() - before, "peak_mb": peak - before}
+    finally:
+        await store.close()
+
+
+def warm_memory(config: OrderStoreConfig) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--warm-child", config.model_dump_json()],
+                         check=True, capture_output=True, text=True)
+    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
+
+
 async def main(args: argparse.Namespace) -> None:
     reason = unavailable_reason()
     if reason is not None:
@@ -175,6 +221,15 @@ async def main(args: argparse.Namespace) -> None:
                                                        args.warm)
                 print(f"  {name:10} lookup p50 {p50:7.0f} us  p99 {p99:7.0f} us   "
                       f"warm {args.warm:,} released: {took:.2f} s")
+
+            print(f"\nthe line's cache warmed with {args.warm:,} orders, each store in a "
+                  "process of its own (OrderLookup.warm):")
+            lite_config = OrderStoreConfig(path=str(sqlite.path), timeout_ms=1000)
+            for name, cfg in (("PostgreSQL", config), ("SQLite", lite_config)):
+                got = warm_memory(cfg.model_copy(update={"cache_size": args.warm}))
+                print(f"  {name:10} warmed in {got['s']:.2f} s: RSS "
+                      f"+{got['added_mb']:.0f} MB ({got['added_mb'] * 2**20 / args.warm:,.0f} "
+                      f"B an order), peak +{got['peak_mb']:.0f} MB")
         finally:
             await store.close()
             await sqlite.close()
@@ -186,4 +241,10 @@ if __name__ == "__main__":
     parser.add_argument("--lookups", type=int, default=10_000)
     parser.add_argument("--upsert", type=int, default=100_000)
     parser.add_argument("--warm", type=int, default=100_000)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--warm-child", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.warm_child:
+        child = OrderStoreConfig.model_validate_json(arguments.warm_child)
+        print(json.dumps(asyncio.run(warm_in_this_process(child))))
+    else:
+        asyncio.run(main(arguments))
