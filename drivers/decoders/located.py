@@ -103,7 +103,8 @@ class LocatingDecoder:
     the frame is label-like, or narrowed to the labels where something is. Where every
     label-like region is a clean rectangle and nothing barcode-like lies off them, the
     labels stand for that pass: each is read squared up, or searched by the locator in its
-    own crop when it does not read.
+    own crop when it does not read; when none reads, only the 2-D codes beside them are
+    looked for, with no linear pass over the region.
     """
 
     name = "located"
@@ -148,8 +149,6 @@ class LocatingDecoder:
         if self.inner.formats:
             linear, boxes, matrix_read = self._linear(gray, region, activity, budget)
             found += linear
-            if not linear:
-                boxes = []
         if self.matrix is not None and not matrix_read:
             found += self._matrix(gray, boxes, region, budget)
         return dedupe(found)
@@ -196,8 +195,9 @@ class LocatingDecoder:
 
     def _linear(self, gray: GrayImage, region: Box, activity: Activity | None,
                 budget: WorkBudget) -> tuple[list[Found], list[tuple[Quad, float]], bool]:
-        """Linear reads, the boxes searched with the reach (box lengths) for 2-D codes, and
-        whether the 2-D formats were read too (by :attr:`whole`, on the active region)."""
+        """Linear reads, the boxes searched with the reach (box lengths) for 2-D codes ([]:
+        the whole region), and whether the 2-D formats were read too (by :attr:`whole`, on
+        the active region)."""
         # Labels first: when every label-like region is a clean rectangle, the code locator
         # (about 8 ms on a whole 1080p frame) runs on the labels only. Each label is read
         # whole, squared up; one that does not read is searched by the locator in its crop,
@@ -227,11 +227,12 @@ class LocatingDecoder:
                     if reads:
                         return reads, _reach(located, MATRIX_REACH) + label_boxes, False
                     searched = located
-        if searched is not None:  # located on the labels and read from both: nothing
-            quads, reads = searched, []
-        else:
-            quads = self._search(gray, region, budget, labels or [], torn)
-            reads = self._located_reads(gray, quads, budget)
+        if searched is not None:
+            # Located on the labels and read from both, nothing; and nothing off the labels is
+            # barcode-like: what a whole pass could still read is a 2-D code beside them.
+            return [], _reach(searched, MATRIX_REACH) + label_boxes, False
+        quads = self._search(gray, region, budget, labels or [], torn)
+        reads = self._located_reads(gray, quads, budget)
         # a small image is searched whole for 2-D codes: that costs little
         boxes = _reach(quads, MATRIX_REACH) + label_boxes if big else []
         if reads:
@@ -243,7 +244,9 @@ class LocatingDecoder:
             return reads, boxes, False
         if self.whole is not None and big:
             return self._find_in(self.whole, gray, region, budget), boxes, True
-        return self._find_in(self.inner, gray, region, budget), boxes, False
+        # no linear read: the 2-D codes are looked for in the whole region
+        reads = self._find_in(self.inner, gray, region, budget)
+        return reads, boxes if reads else [], False
 
     def _search(self, gray: GrayImage, region: Box, budget: WorkBudget, labels: list[Quad],
                 torn: int) -> list[Quad]:
