@@ -25,7 +25,6 @@ import asyncio
 import gc
 import json
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.process_memory import peak_rss_mb, rss_mb
 from controller.config import OrderStoreConfig
 from controller.lookup import OrderLookup
 from controller.orders import Order, OrderStatus
@@ -153,13 +153,6 @@ async def store_figures(store: PostgresOrderStore | SqliteOrderStore, n: int, or
     return lookups, took
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def warm_in_this_process(config: OrderStoreConfig) -> dict[str, float]:
     """Warm a line's cache from the store: the resident memory it added, and its peak over
     the memory before (the store connected and one lookup made first)."""
@@ -176,8 +169,7 @@ async def warm_in_this_process(config: OrderStoreConfig) -> dict[str, float]:
         if stats.order_store_errors:
             raise SystemExit("warming the cache failed (its warning above)")
         gc.collect()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {"s": took, "added_mb": rss_mb() - before, "peak_mb": peak - before}
+        return {"s": took, "added_mb": rss_mb() - before, "peak_mb": peak_rss_mb() - before}
     finally:
         await store.close()
 

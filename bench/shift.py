@@ -31,7 +31,6 @@ import argparse
 import gc
 import json
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.process_memory import peak_rss_mb, rss_mb  # noqa: E402
 from bench.shift_truth import check_journal  # noqa: E402
 from controller.app.simulate import FrameMode, ShiftResult, run_shift  # noqa: E402
 from controller.clock import VirtualClock, run_virtual  # noqa: E402
@@ -84,7 +84,7 @@ def one_shift(parcels: int, frames: FrameMode, seed: int, *,
         wall, cpu = time.perf_counter(), time.process_time()
         result = run_virtual(shift)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_rss = peak_rss_mb()
         traced_peak_mb = 0.0
         if snapshot is not None:
             gc.collect()  # what is held, not the cycles the collector has yet to free
@@ -100,14 +100,6 @@ def one_shift(parcels: int, frames: FrameMode, seed: int, *,
             "off_bins": check.off_bins, "off_kinds": dict(check.off_kinds),
             "line_time_s": result.line_time_s, "traced_peak_mb": traced_peak_mb,
             "peak_rss_mb": peak_rss, "grown_mb": peak_rss - rss_before}
-
-
-def rss_mb() -> float:
-    """This process's resident memory now."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def shift_in_child(parcels: int, frames: FrameMode, seed: int, *,
