@@ -103,8 +103,8 @@ class WorkBudget:
     blurred and rotated labels depend on it. Where the labels stand for the locator's
     frame-wide search (clean rectangles, nothing barcode-like off them) a label that does
     not read costs its crop, a locator pass over it and the crops of what it finds, and
-    the whole-region pass still runs; so a frame with several labels that do not read
-    costs more than the plain pass (about 1.9x with three).
+    only the 2-D search beside the labels follows; so a frame with several labels that do
+    not read costs more than the plain pass (about 1.5x with three).
     """
 
     def __init__(self, limit_ms: float = math.inf) -> None:

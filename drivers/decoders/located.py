@@ -211,8 +211,6 @@ class LocatingDecoder:
         label_boxes: list[tuple[Quad, float]] = []
         #: each label's whole reads once made, for the second label pass below
         whole_reads: dict[int, list[Found]] = {}
-        #: the codes located on the labels, when they stand for the locator's search
-        searched: list[Quad] | None = None
         if big:
             # made even where the budget cannot afford it (busy all over): a label read
             # whole is what the shortcut below reads rotated codes by
@@ -223,14 +221,11 @@ class LocatingDecoder:
             if labels and not odd_blobs and LABEL_CROP_GROWTH * label_px < gray.size:
                 shortcut = self._on_labels(gray, labels, activity, budget, whole_reads)
                 if shortcut is not None:
+                    # read, or located and read from crop and frame without a read while
+                    # nothing off the labels is barcode-like: what a whole pass could still
+                    # read is a 2-D code beside them
                     reads, located = shortcut
-                    if reads:
-                        return reads, _reach(located, MATRIX_REACH) + label_boxes, False
-                    searched = located
-        if searched is not None:
-            # Located on the labels and read from both, nothing; and nothing off the labels is
-            # barcode-like: what a whole pass could still read is a 2-D code beside them.
-            return [], _reach(searched, MATRIX_REACH) + label_boxes, False
+                    return reads, _reach(located, MATRIX_REACH) + label_boxes, False
         quads = self._search(gray, region, budget, labels or [], torn)
         reads = self._located_reads(gray, quads, budget)
         # a small image is searched whole for 2-D codes: that costs little
