@@ -15,8 +15,10 @@ Run: ``.venv/bin/python bench/shift.py`` (about 25 minutes on the 2-core machine
    and how much of it the shift added to the process it started in (libraries loaded and
    the config read); "differ" counts the parcels whose outcome differs from the emulator's
    truth and "missort" those in a bin their plan does not allow, as :mod:`controller.kpis`
-   judges them (the journal is read row by row from its file once the figures are taken:
-   :mod:`shift_truth`; ``--shown`` prints the first that differ). A size run both ways shows
+   judges them. Neither side is held in memory: the emulator generates each parcel as the
+   line reaches it and spills its truth to a file once it settles, the controller writes
+   its journal, and the two files are joined row by row once the figures are taken
+   (:mod:`shift_truth`; ``--shown`` prints the first that differ). A size run both ways shows
    what truth frames skip: the difference of the CPU per parcel is rendering and decoding.
    ``--growth SMALL LARGE`` instead traces where memory is held at the end of two truth
    shifts (tracemalloc by line, ``--depth`` for the project's callers of each line).
@@ -44,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.process_memory import peak_rss_mb, rss_mb  # noqa: E402
-from bench.shift_truth import check_journal  # noqa: E402
+from bench.shift_truth import TruthSpill, check_journal  # noqa: E402
 from controller.app.simulate import FrameMode, ShiftResult, run_shift  # noqa: E402
 from controller.clock import VirtualClock, run_virtual  # noqa: E402
 from controller.config import LineConfig, load_config  # noqa: E402
@@ -68,17 +70,19 @@ def one_shift(parcels: int, frames: FrameMode, seed: int, *,
 
     With ``snapshot``, tracemalloc traces the shift and its snapshot, taken when the shift
     ended with its result still held, is dumped there (the figures are then slower). The
-    journal is held against the truth after the figures are taken (:mod:`shift_truth`).
+    emulator holds no truth: it is spilled to a file as each parcel settles, and the journal
+    is held against it after the figures are taken (:mod:`shift_truth`).
     """
     if snapshot is not None:
         tracemalloc.start(depth)
     config = load_config(CONFIG)
     spec = ScenarioSpec(parcels=parcels, seed=seed, mix=DEMO_MIX, order_book=book)
     with tempfile.TemporaryDirectory() as tmp:
+        spill = TruthSpill(Path(tmp) / "truth.sqlite")
 
         async def shift(clock: VirtualClock) -> ShiftResult:
             return await run_shift(config, spec, Path(tmp), clock, frames=frames,
-                                   journal_readback=False)
+                                   journal_readback=False, truth_sink=spill)
 
         rss_before = rss_mb()
         wall, cpu = time.perf_counter(), time.process_time()
@@ -91,7 +95,10 @@ def one_shift(parcels: int, frames: FrameMode, seed: int, *,
             traced_peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.take_snapshot().dump(str(snapshot))
             tracemalloc.stop()
-        check = check_journal(Path(tmp) / "journal.sqlite", result.truth)
+        spill.close()
+        if spill.parcels != parcels:
+            raise RuntimeError(f"{spill.parcels} parcels' truth spilled of {parcels}")
+        check = check_journal(Path(tmp) / "journal.sqlite", spill.path)
     return {"parcels": parcels, "frames": frames, "wall_s": wall, "cpu_s": cpu,
             "decoded": result.stats.frames_decoded, "differs": check.differs,
             "missorts": check.missorts, "untracked": check.untracked,
@@ -118,8 +125,9 @@ def bench_growth(small: int, large: int, top: int, depth: int = 1) -> None:
     """Where memory grows with the shift: tracemalloc by line, truth-frame shifts of two sizes.
 
     Each shift runs traced in a child of its own; its snapshot is taken at the shift's end
-    with the result (truth, journal readback, fires) still held. A line's growth divided by
-    the parcels between the sizes is what it keeps per parcel.
+    with its result still held (the emulator spills its truth as the parcels settle, the
+    journal is not read back). A line's growth divided by the parcels between the sizes is
+    what it keeps per parcel.
     """
     with tempfile.TemporaryDirectory() as tmp:
         snaps, rows = [], []

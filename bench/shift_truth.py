@@ -1,17 +1,19 @@
-"""A long shift's outcome against the emulator's truth, parcel by parcel, from its journal.
+"""A long shift's outcome against the emulator's truth, parcel by parcel, on disk.
 
-The journal is read row by row from its SQLite file once the shift is over, so a bench
-need hold no final record in memory while the shift runs: the emulator's truth is what it
-keeps. Each row is joined to its emulated parcel by the induction encoder count (as
-:mod:`controller.app.shift_report` does) and judged by :mod:`controller.kpis`.
+Neither side is held in memory while the shift runs: the controller writes its journal, and
+:class:`TruthSpill` writes each emulated parcel's truth to a SQLite file of its own as the
+parcel settles (``run_shift(truth_sink=...)``). Once the shift is over, the two files are
+joined row by row, each journal row to its emulated parcel by the induction encoder count
+(as :mod:`controller.app.shift_report` does), and judged by :mod:`controller.kpis`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import pickle
 import sqlite3
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,22 +78,70 @@ def truth_of(parcel: SimParcel, parcel_id: int | None) -> ParcelTruth:
         plan_places=parcel.plan_places, parcel_id=parcel_id)
 
 
-def check_journal(journal: Path, truth: Sequence[SimParcel], keep: int = 20) -> TruthCheck:
-    """Every parcel of ``truth`` and every journal row, judged as the KPIs judge them."""
+class TruthSpill:
+    """Each parcel's truth written to ``path`` as it settles, a few hundred rows a commit."""
+
+    BATCH = 500
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parcels = 0
+        self._db = sqlite3.connect(path)
+        self._db.execute("CREATE TABLE truth (sim_id INTEGER PRIMARY KEY, induct_enc INTEGER, "
+                         "truth BLOB NOT NULL)")
+        self._rows: list[tuple[int, int | None, bytes]] = []
+
+    def __call__(self, parcel: SimParcel) -> None:
+        self._rows.append((parcel.sim_id, parcel.induct_enc,
+                           pickle.dumps(truth_of(parcel, None), pickle.HIGHEST_PROTOCOL)))
+        self.parcels += 1
+        if len(self._rows) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._db:
+            self._db.executemany("INSERT INTO truth VALUES (?, ?, ?)", self._rows)
+        self._rows.clear()
+
+    def close(self) -> None:
+        self._flush()
+        with self._db:
+            self._db.execute("CREATE INDEX truth_enc ON truth (induct_enc)")
+        self._db.close()
+
+
+# Each journal row with the truth of the emulated parcel inducted at its count; of rows that
+# share a count, only the first (by parcel_id) is that parcel's.
+_JOINED = """
+WITH rows AS (SELECT *, ROW_NUMBER() OVER (PARTITION BY inducted_enc ORDER BY parcel_id)
+              AS nth_at_enc FROM parcels)
+SELECT rows.*, t.truth AS truth_pickle FROM rows
+LEFT JOIN spill.truth AS t ON t.induct_enc = rows.inducted_enc AND rows.nth_at_enc = 1
+ORDER BY rows.parcel_id"""
+_UNTRACKED = """
+SELECT truth FROM spill.truth WHERE induct_enc IS NULL
+   OR induct_enc NOT IN (SELECT inducted_enc FROM parcels WHERE inducted_enc IS NOT NULL)
+ORDER BY sim_id"""
+
+
+def check_journal(journal: Path, truth: Path, keep: int = 20) -> TruthCheck:
+    """Every parcel of the ``truth`` spill and every journal row, judged as the KPIs judge them."""
     check = TruthCheck()
-    by_enc = {p.induct_enc: p for p in truth if p.induct_enc is not None}
     with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
-        cursor = db.execute("SELECT * FROM parcels ORDER BY parcel_id")
+        db.execute("ATTACH DATABASE ? AS spill", (f"file:{truth}?mode=ro",))
+        cursor = db.execute(_JOINED)
         names = [d[0] for d in cursor.description]
         for values in cursor:
             row = dict(zip(names, values, strict=True))
+            found = row.pop("truth_pickle")
+            del row["nth_at_enc"]
             finals, still_open = kpis.journal_finals([row])
-            parcel = by_enc.pop(row["inducted_enc"], None)
-            known = [truth_of(parcel, row["parcel_id"])] if parcel is not None else []
+            known = [] if found is None else [
+                dataclasses.replace(pickle.loads(found), parcel_id=row["parcel_id"])]
             for outcome in kpis.parcel_outcomes(finals, known, still_open):
                 check.add(outcome, keep)
-    # never inducted, or inducted with no journal row: never tracked by the controller
-    for parcel in [p for p in truth if p.induct_enc is None] + list(by_enc.values()):
-        for outcome in kpis.parcel_outcomes([], [truth_of(parcel, None)]):
-            check.add(outcome, keep)
+        # never inducted, or inducted with no journal row: never tracked by the controller
+        for (found,) in db.execute(_UNTRACKED):
+            for outcome in kpis.parcel_outcomes([], [pickle.loads(found)]):
+                check.add(outcome, keep)
     return check

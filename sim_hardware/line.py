@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from controller.clock import Clock
 from controller.config import DiverterConfig, LineConfig
@@ -35,13 +36,14 @@ class PhysicalLine(LineCameras, LineDiverters, LoopLine):
     and new ones merge into free slots only (:mod:`sim_hardware.loop`).
     """
 
-    def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: list[SimParcel],
+    def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: Iterable[SimParcel],
                  clock: Clock, *, render: bool = True, free_running: bool = False,
                  truth_frames: bool = False) -> None:
         super().__init__(config, scenario, parcels, clock)
         self._init_cameras(render=render, free_running=free_running,
                            truth_frames=truth_frames)
         self._init_diverters()
+        self._init_loop()
 
     # --- running ---------------------------------------------------------------------------
 
@@ -71,7 +73,6 @@ class PhysicalLine(LineCameras, LineDiverters, LoopLine):
             else:
                 tg.create_task(self._induction(), name="sim.induction")
                 tg.create_task(self._end_of_line(), name="sim.end_of_line")
-            tg.create_task(self._faults(), name="sim.faults")
             await self.done.wait()
         for task in list(self._tasks):
             task.cancel()
@@ -88,10 +89,13 @@ class PhysicalLine(LineCameras, LineDiverters, LoopLine):
 
     async def _induction(self) -> None:
         pe = self.config.induction.photo_eye_mm
-        for parcel in self.parcels:
+        reader = self._induction_reader
+        while reader:
+            parcel = reader.current()
             blocked_at = parcel.offset_mm + pe
             await self.clock.sleep_until(self.belt.time_at(blocked_at))
-            self.on_belt[parcel.sim_id] = parcel
+            self._inducted(parcel)
+            reader.advance()
             parcel.induct_enc = self.belt.enc_at_travel(blocked_at)
             self._emit(PhotoEyeEdge(INDUCTION_EYE, True, parcel.induct_enc))
             cleared_at = blocked_at + parcel.length_mm
@@ -100,9 +104,13 @@ class PhysicalLine(LineCameras, LineDiverters, LoopLine):
 
     async def _end_of_line(self) -> None:
         x_end = self.config.end_of_line.position_mm
-        for parcel in self.parcels:
+        reader = self._end_reader
+        assert reader is not None
+        while reader:
+            parcel = reader.current()
             arrival = parcel.offset_mm + x_end
             await self.clock.sleep_until(self.belt.time_at(arrival))
+            reader.advance()
             if parcel.sim_id in self.on_belt:
                 del self.on_belt[parcel.sim_id]
                 self._emit(PhotoEyeEdge(END_EYE, True, self.belt.enc_at_travel(arrival)))
@@ -116,15 +124,14 @@ class PhysicalLine(LineCameras, LineDiverters, LoopLine):
 
     # --- faults ----------------------------------------------------------------------------
 
-    async def _faults(self) -> None:
-        """Stray pushes and parcels lifted off the belt, each at its own moment on the belt."""
-        diverters = {d.id: d for d in self.config.diverters}
-        async with asyncio.TaskGroup() as tg:
-            for parcel in self.parcels:
-                if parcel.stray_diverter is not None and parcel.case is Case.STRAY_PUSH:
-                    tg.create_task(self._stray_push(parcel, diverters[parcel.stray_diverter]))
-                elif parcel.case is Case.PICKED_OFF:
-                    tg.create_task(self._lift_off(parcel))
+    def _inducted(self, parcel: SimParcel) -> None:
+        """On the belt; a stray push or a lift off it waits for its own moment on the belt."""
+        super()._inducted(parcel)
+        if parcel.stray_diverter is not None and parcel.case is Case.STRAY_PUSH:
+            diverter = next(d for d in self.config.diverters if d.id == parcel.stray_diverter)
+            self._spawn(self._stray_push(parcel, diverter), f"sim.stray[{parcel.sim_id}]")
+        elif parcel.case is Case.PICKED_OFF:
+            self._spawn(self._lift_off(parcel), f"sim.lift[{parcel.sim_id}]")
 
     async def _stray_push(self, parcel: SimParcel, diverter: DiverterConfig) -> None:
         await self._sleep_until_centre(parcel, diverter.position_mm)

@@ -10,6 +10,7 @@ from functools import partial
 from controller.config import CameraConfig
 from controller.vision import Frame, GrayImage
 from sim_hardware.line_state import FrameSink, LineState
+from sim_hardware.parcel_window import Reader
 from sim_hardware.render import FrameRenderer, ParcelTop
 from sim_hardware.scenario import Case, SimParcel
 from sim_hardware.truth_frames import truth_frame
@@ -27,6 +28,7 @@ class LineCameras(LineState):
     _renderers: dict[str, FrameRenderer]
     _backlogs: dict[str, list[Frame]]
     _stalled: set[tuple[str, int]]  # (camera, parcel) stalls already had
+    _camera_readers: dict[str, Reader]
 
     def _init_cameras(self, *, render: bool, free_running: bool,
                       truth_frames: bool = False) -> None:
@@ -43,16 +45,19 @@ class LineCameras(LineState):
                            for i, c in enumerate(self.config.cameras)}
         self._backlogs = {}
         self._stalled = set()
+        # parcels before a reader's index have left that camera's view for good
+        self._camera_readers = {c.id: self.parcels.reader() for c in self.config.cameras}
+        self.settled_sinks.append(self._forget_stalls)
 
     async def _camera(self, camera: CameraConfig) -> None:
         period = 1.0 / camera.fps
         renderer = self._renderers[camera.id]
         t: float | None = self.clock.now()
-        first = 0  # parcels before this index have left this camera's view for good
+        passed = self._camera_readers[camera.id]
         while t is not None:
-            while first < len(self.parcels) and self._leaves_view(camera, self.parcels[first]) < t:
-                first += 1
-            t = self._next_trigger(camera, first, t, period)
+            while passed and self._leaves_view(camera, passed.current()) < t:
+                passed.advance()
+            t = self._next_trigger(camera, passed, t, period)
             if t is None:
                 return
             await self.clock.sleep_until(t)
@@ -65,7 +70,7 @@ class LineCameras(LineState):
     def _leaves_view(self, camera: CameraConfig, parcel: SimParcel) -> float:
         return self.belt.time_at(parcel.offset_mm + camera.view_end_mm + parcel.length_mm)
 
-    def _next_trigger(self, camera: CameraConfig, first: int, t: float,
+    def _next_trigger(self, camera: CameraConfig, passed: Reader, t: float,
                       period: float) -> float | None:
         """The next frame time: the next period, or for a triggered camera, a parcel in view.
 
@@ -74,15 +79,14 @@ class LineCameras(LineState):
         past the view is due back in it a loop later.
         """
         loop = self.config.end_of_line.loop_length_mm
-        if first >= len(self.parcels) and not (loop and self.on_belt):
+        if not passed and not (loop and self.on_belt):
             return None
         if self.free_running:
             return t
         if loop is None:
-            enter = self.belt.time_at(self.parcels[first].offset_mm + camera.view_start_mm)
+            enter = self.belt.time_at(passed.current().offset_mm + camera.view_start_mm)
         else:
-            coming = ([self.parcels[first]] if first < len(self.parcels) else []) + list(
-                self.on_belt.values())
+            coming = ([passed.current()] if passed else []) + list(self.on_belt.values())
             enter = min(self._next_entry(camera, p, t, loop) for p in coming)
         if enter <= t:
             return t
@@ -127,6 +131,10 @@ class LineCameras(LineState):
             backlog.append(frame)
         else:
             self._deliver(camera.id, frame)
+
+    def _forget_stalls(self, parcel: SimParcel) -> None:
+        if parcel.case is Case.CAMERA_STALL:
+            self._stalled -= {(camera.id, parcel.sim_id) for camera in self.config.cameras}
 
     def camera_down(self, camera_id: str) -> bool:
         """Whether the camera is in one of the scenario's outages now."""

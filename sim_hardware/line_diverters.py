@@ -22,7 +22,8 @@ class BinModel:
     fill: int = 0
     full: bool = False
     overfilled: int = 0
-    parcels: list[int] = field(default_factory=list)
+    received: int = 0
+    parcels: list[int] = field(default_factory=list)  # sim_ids, on a line that keeps its truth
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class LineDiverters(LineState):
 
     bins: dict[str, BinModel]
     jammed: set[str]  # diverters whose arm is stuck: they fire, nothing moves
-    fires: list[Fire]
+    fires: list[Fire]  # every fire, on a line that keeps its truth (the fire_sinks see all)
     fire_sinks: list[Callable[[Fire], None]]
     _diverters: dict[str, DiverterConfig]
     _scheduled: dict[int, tuple[str, asyncio.Task[None]]]
@@ -125,7 +126,8 @@ class LineDiverters(LineState):
                                       or diverter.id in self.jammed)
         fire = Fire(command.command_id, command.parcel_id, diverter.id,
                     hit.sim_id if hit is not None and not jammed else None, command.fire_enc)
-        self.fires.append(fire)
+        if self.parcels.keeps_all:
+            self.fires.append(fire)
         for sink in self.fire_sinks:
             sink(fire)
         if hit is None:
@@ -159,7 +161,9 @@ class LineDiverters(LineState):
         if bin_model.full:
             bin_model.overfilled += 1
         bin_model.fill += 1
-        bin_model.parcels.append(parcel.sim_id)
+        bin_model.received += 1
+        if self.parcels.keeps_all:
+            bin_model.parcels.append(parcel.sim_id)
         self._settle(parcel, bin_model.bin_id)
         self._emit(BinEntry(bin_model.bin_id, enc))
         if not bin_model.full and bin_model.fill >= bin_model.capacity:

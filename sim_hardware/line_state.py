@@ -1,14 +1,16 @@
 """What every part of the emulated line shares: config, clock, belt, the parcels on it.
 
 The parts (:mod:`sim_hardware.line_cameras`, :mod:`sim_hardware.line_diverters`) build on
-this state; :class:`sim_hardware.line.PhysicalLine` assembles them.
+this state; :class:`sim_hardware.line.PhysicalLine` assembles them. The parcels to come are a
+:class:`sim_hardware.parcel_window.ParcelWindow`: a list the line keeps, or a stream it lets
+go of behind it, each parcel handed to the ``settled_sinks`` as it settles.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ from controller.config import LineConfig
 from controller.lineio import LineEvent
 from controller.vision import Frame
 from sim_hardware.belt import Belt
+from sim_hardware.parcel_window import ParcelWindow
 from sim_hardware.scenario import ScenarioSpec, SimParcel
 
 log = logging.getLogger(__name__)
@@ -40,16 +43,22 @@ FrameSink = Callable[[Frame], None]
 class LineState:
     """The belt and the parcels on it, the line's event sinks and its background tasks."""
 
-    def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: list[SimParcel],
+    def __init__(self, config: LineConfig, scenario: ScenarioSpec, parcels: Iterable[SimParcel],
                  clock: Clock) -> None:
         self.config = config
         self.scenario = scenario
-        self.parcels = parcels
+        # A list is kept whole (a test reads it back); any other iterable holds
+        # scenario.parcels parcels, taken as the line reaches them and let go behind it.
+        self.parcels = ParcelWindow(parcels, scenario.parcels)
         self.clock = clock
         self.belt = Belt(clock, config.belt.speed_mm_s, config.belt.encoder_counts_per_mm,
                          scenario.speed_changes)
         self.counters = LineCounters()
         self.on_belt: dict[int, SimParcel] = {}
+        self.live: dict[int, SimParcel] = {}  # inducted and not settled: on the belt or falling
+        self.settled_sinks: list[Callable[[SimParcel], None]] = []
+        self._induction_reader = self.parcels.reader()
+        self._end_reader = None if config.end_of_line.recirculates else self.parcels.reader()
         self.event_sinks: list[EventSink] = []
         self.done = asyncio.Event()
         self._settled = 0
@@ -74,11 +83,23 @@ class LineState:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _inducted(self, parcel: SimParcel) -> None:
+        self.on_belt[parcel.sim_id] = parcel
+        self.live[parcel.sim_id] = parcel
+
     def _settle(self, parcel: SimParcel, where: str) -> None:
         parcel.actual = where
         # Off the belt for good: no camera sees its labels again (their code is its truth).
         parcel.labels = ()
         self._settled += 1
+        del self.live[parcel.sim_id]
+        for sink in self.settled_sinks:
+            sink(parcel)
+
+    def unsettled(self) -> Iterator[SimParcel]:
+        """The parcels that have not settled (at a shift's end: cut short, or never inducted)."""
+        yield from list(self.live.values())
+        yield from self.parcels.rest(self._induction_reader)
 
     def encoder(self) -> int:
         return self.belt.encoder()

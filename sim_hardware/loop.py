@@ -38,30 +38,38 @@ def merge_gap_mm(config: LineConfig) -> float:
 class LoopLine(LineState):
     """The induction and the end of line of a loop: merges, laps, the exit gate."""
 
+    _merge_held = 0.0  # how long the merge has held the queue, all told (mm of belt)
+
+    def _init_loop(self) -> None:
+        if self.config.end_of_line.recirculates:
+            self.parcels.on_reach = self._held_at_merge
+
     async def _loop_induction(self) -> None:
         pe = self.config.induction.photo_eye_mm
-        for i, parcel in enumerate(self.parcels):
+        reader = self._induction_reader
+        while reader:
+            i, parcel = reader.index, reader.current()
             held = self._merge_delay(parcel)
             if held > 0:
                 parcel.events.append(f"held at the merge for {held:.0f} mm of belt")
-                before = parcel.offset_mm
                 parcel.offset_mm += held
-                self._keep_queue(i, before)
+                self._keep_queue(i, held)
             await self.clock.sleep_until(self.belt.time_at(parcel.offset_mm + pe))
-            self.on_belt[parcel.sim_id] = parcel
+            self._inducted(parcel)
+            reader.advance()
             parcel.induct_enc = self.belt.enc_at_travel(parcel.offset_mm + pe)
             await self._pass_induction(parcel)
             self._spawn(self._laps(parcel), f"sim.loop[{parcel.sim_id}]")
 
-    def _keep_queue(self, i: int, before: float) -> None:
-        """The parcels queued behind a held one move up behind it, their gaps kept."""
-        previous_was, previous = before, self.parcels[i]
-        for follower in self.parcels[i + 1:]:
-            planned = follower.offset_mm
-            follower.offset_mm = max(planned, previous.offset_mm + planned - previous_was)
-            if follower.offset_mm == planned:
-                return
-            previous_was, previous = planned, follower
+    def _keep_queue(self, i: int, held: float) -> None:
+        """The parcels queued behind a held one move up behind it, their gaps kept: every
+        one still to come is held as long, those the line has yet to reach once it does."""
+        for j in range(i + 1, self.parcels.reached):
+            self.parcels[j].offset_mm += held
+        self._merge_held += held
+
+    def _held_at_merge(self, parcel: SimParcel) -> None:
+        parcel.offset_mm += self._merge_held
 
     def _merge_delay(self, parcel: SimParcel) -> float:
         """How much belt travel the parcel waits for a slot free of returning parcels."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,7 +23,7 @@ from sim_hardware.labels import LabelSpec, label_size_mm, label_symbology
 from sim_hardware.render import PlacedLabel
 from sim_hardware.scenario_truth import CLOSE_GAP_MM as CLOSE_GAP_MM  # noqa: PLC0414
 from sim_hardware.scenario_truth import SPACING_MARGIN_MM as SPACING_MARGIN_MM  # noqa: PLC0414
-from sim_hardware.scenario_truth import class_boundaries, size_class, stall_read, too_close
+from sim_hardware.scenario_truth import class_boundaries, size_class, stall_read
 from sim_hardware.scenario_truth import expected_bins as expected_bins  # noqa: PLC0414
 from sim_hardware.scenario_truth import expected_place as expected_place  # noqa: PLC0414
 
@@ -186,10 +186,19 @@ def make_code(serial: int, prefix: str = "00") -> str:
     return body + str((10 - total % 10) % 10)
 
 
-class _Generator:
-    def __init__(self, spec: ScenarioSpec, line: LineConfig) -> None:
+class ParcelGenerator:
+    """The scenario's parcels in turn, from its seed.
+
+    Without ``sized_labels`` the labels are not measured (the dearest part of a parcel), so
+    they sit anywhere on the face and a camera stall's truth is not worked out: the same
+    random draws are made, so the parcels' orders and codes are the same, for a pass over
+    the stream that wants only those (:func:`sim_hardware.parcel_stream.order_book`).
+    """
+
+    def __init__(self, spec: ScenarioSpec, line: LineConfig, *, sized_labels: bool = True) -> None:
         self.spec = spec
         self.line = line
+        self.sized_labels = sized_labels
         self.rng = random.Random(spec.seed)
         self.serial = self.rng.randrange(10_000, 900_000_000)
 
@@ -232,7 +241,7 @@ class _Generator:
                          seed=self.rng.randrange(1 << 30),
                          symbology=label_symbology(self.line, code))
         angle = self.rng.uniform(0, 360)
-        label_w, label_h = label_size_mm(spec)
+        label_w, label_h = label_size_mm(spec) if self.sized_labels else (0.0, 0.0)
         reach = (label_w ** 2 + label_h ** 2) ** 0.5 / 2
         du = max(0.0, length / 2 - reach)
         dv = max(0.0, width / 2 - reach)
@@ -244,8 +253,8 @@ class _Generator:
         if parcel.order is not None:
             parcel.plan_bins, parcel.plan_places = expected_place(self.line, parcel.order,
                                                                   parcel.length_mm)
-        if parcel.case is Case.CAMERA_STALL and stall_read(self.line, self.spec.stall_cameras,
-                                                           parcel.labels):
+        if parcel.case is Case.CAMERA_STALL and self.sized_labels and stall_read(
+                self.line, self.spec.stall_cameras, parcel.labels):
             parcel.expected_bins, parcel.places = expected, places
             parcel.expected_disposition = "SORTED" if expected else "DEST_FULL"
 
@@ -296,7 +305,7 @@ class _Generator:
         expected, places = expected_place(self.line, order, length) if order and case in \
             ROUTED_CASES | {Case.HELD_ORDER, Case.CANCELLED_ORDER} else ([], 1)
         # A parcel inducted too close is sorted like any other where the line's gap allows
-        # it: generate() says which pairs it does not (too_close).
+        # it: the stream says which pairs it does not (scenario_truth.too_close).
         disposition = "SORTED" if case is Case.TOO_CLOSE else EXPECTED_DISPOSITION[case]
         if case in (Case.NOMINAL, Case.TOO_CLOSE) and not expected:
             disposition = "DEST_FULL"
@@ -320,83 +329,13 @@ class _Generator:
 
 
 def generate(spec: ScenarioSpec, line: LineConfig) -> tuple[list[SimParcel], list[Order]]:
-    """The parcel stream and the order book (unknown-order parcels have no order in it)."""
-    gen = _Generator(spec, line)
-    parcels = [gen.parcel(i + 1) for i in range(spec.parcels)]
-    _group_into_orders(parcels, spec, line, random.Random(spec.seed + 1))
-    offset = 0.0
-    room_after = 0.0
-    for parcel in parcels:
-        offset += max(parcel.gap_before_mm, room_after)
-        parcel.offset_mm = offset
-        offset += parcel.length_mm
-        # The parcel after a camera stall enters the view only once the camera is back.
-        room_after = (line.belt.speed_mm_s * spec.camera_stall_s + 300.0 - parcel.length_mm
-                      if parcel.case is Case.CAMERA_STALL else 0.0)
-    too_close(parcels, line)
-    if line.end_of_line.recirculates:
-        loop_truth(parcels, line)
-    orders = [p.order for p in parcels if p.order is not None]
-    return parcels, orders + _earlier_orders(spec, line, spec.order_book - len(orders))
+    """The parcel stream and the order book (unknown-order parcels have no order in it).
 
-
-def _earlier_orders(spec: ScenarioSpec, line: LineConfig, count: int) -> list[Order]:
-    """Released orders of earlier days, older than the shift's: codes no parcel carries."""
-    gen = _Generator(spec.model_copy(update={"seed": spec.seed + 2}), line)
-    day = 24 * 3600.0
-    return [replace(gen.order_for(make_code(n, prefix="01"), OrderStatus.RELEASED, n),
-                    order_id=f"BK-{n:07d}", created_at=-gen.rng.uniform(0.5 * day, 7 * day))
-            for n in range(1, count + 1)]
-
-
-_READ_AGAIN = frozenset({Case.CAMERA_STALL, Case.HIDDEN_LABEL})
-_END_OF_LINE = frozenset({"NO_READ", "NO_ORDER", "ORDER_HELD", "MULTI_READ", "DEST_FULL",
-                          "TOO_CLOSE"})
-
-
-def loop_truth(parcels: list[SimParcel], line: LineConfig) -> None:
-    """The truth on a loop (controller.recirculation): what a second lap changes.
-
-    A camera stall or a label hidden on the first pass is read on the next lap and sorted;
-    what would ride to the end goes round to the cap, then to the exception bin (without
-    one, out at the end of line), a MULTI_READ to the exception bin at once, a pair too
-    close out at the end of line (a push at one would move both, on every lap).
+    All of it at once, for a test bench that holds the truth: :mod:`sim_hardware.parcel_stream`
+    yields the same parcels one at a time, for a shift too long to hold.
     """
-    exception = line.end_of_line.exception_bin
-    for parcel in parcels:
-        if parcel.case in _READ_AGAIN and parcel.order is not None:
-            bins, places = expected_place(line, parcel.order, parcel.length_mm)
-            parcel.expected_bins, parcel.places = bins, places
-            parcel.expected_disposition = "SORTED" if bins else "DEST_FULL"
-        designed = parcel.expected_disposition
-        if designed not in _END_OF_LINE or (designed == "ORDER_HELD" and parcel.expected_bins):
-            continue
-        to_exception = exception is not None and designed != "TOO_CLOSE"
-        parcel.expected_disposition = ("MULTI_READ" if designed == "MULTI_READ" and to_exception
-                                       else "RECIRC_LIMIT")
-        parcel.expected_bins = [exception] if to_exception and exception else []
+    from sim_hardware.parcel_stream import earlier_orders, stream
 
-
-def _group_into_orders(parcels: list[SimParcel], spec: ScenarioSpec, line: LineConfig,
-                       rng: random.Random) -> None:
-    """Make some runs of consecutive nominal parcels the parcels of one order."""
-    i = 0
-    while i < len(parcels):
-        first = parcels[i]
-        if first.case is not Case.NOMINAL or first.order is None \
-                or rng.random() >= spec.multi_parcel_share:
-            i += 1
-            continue
-        group = [first]
-        for parcel in parcels[i + 1:i + rng.choice((2, 3))]:
-            if parcel.case is not Case.NOMINAL or parcel.order is None:
-                break
-            group.append(parcel)
-        head = first.order
-        for parcel in group:
-            assert parcel.order is not None
-            parcel.order = replace(head, code=parcel.order.code, parcels_in_order=len(group))
-            parcel.expected_bins, parcel.places = expected_place(line, parcel.order,
-                                                                 parcel.length_mm)
-            parcel.plan_bins, parcel.plan_places = parcel.expected_bins, parcel.places
-        i += len(group)
+    parcels = list(stream(spec, line))
+    orders = [p.order for p in parcels if p.order is not None]
+    return parcels, orders + list(earlier_orders(spec, line, spec.order_book - len(orders)))

@@ -5,9 +5,8 @@ Independent of the controller's routing on purpose, so a test can hold one again
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from controller.config import LineConfig
@@ -92,15 +91,21 @@ CLOSE_GAP_MM = 40.0  # the least gap a Case.TOO_CLOSE parcel is inducted at: PE-
 SPACING_MARGIN_MM = 15.0  # no gap this near the line's minimum: PE-IN's measure could fall
 
 
-def too_close(parcels: list[SimParcel], line: LineConfig) -> None:
-    """The truth of gap control: both parcels of a pair closer than the line's minimum gap or
-    pitch ride to the end (TOO_CLOSE) where they would have been diverted. Gaps just around
-    the minimum are widened past it, so the truth does not hang on a millimetre."""
+def too_close(parcels: Iterable[SimParcel], line: LineConfig) -> Iterator[SimParcel]:
+    """The truth of gap control, one parcel behind the stream: both parcels of a pair closer
+    than the line's minimum gap or pitch ride to the end (TOO_CLOSE) where they would have
+    been diverted. Gaps just around the minimum are widened past it (moving every parcel
+    after), so the truth does not hang on a millimetre."""
     min_gap, min_pitch = line.induction.min_gap_mm, line.induction.min_pitch_mm
     if not (min_gap or min_pitch):
+        yield from parcels
         return
     shift = 0.0
-    for before, after in itertools.pairwise(parcels):
+    before: SimParcel | None = None
+    for after in parcels:
+        if before is None:
+            before = after
+            continue
         after.offset_mm += shift
         gap = after.offset_mm - before.offset_mm - before.length_mm
         pitch = after.offset_mm - before.offset_mm
@@ -116,6 +121,10 @@ def too_close(parcels: list[SimParcel], line: LineConfig) -> None:
             for parcel in (before, after):
                 if parcel.expected_bins and parcel.expected_disposition in _DIVERTED:
                     parcel.expected_disposition, parcel.expected_bins = "TOO_CLOSE", []
+        yield before
+        before = after
+    if before is not None:
+        yield before
 
 
 _DIVERTED = frozenset({"SORTED", "DEST_FULL", "ORDER_HELD", "DIVERT_FAULT"})

@@ -12,7 +12,7 @@ cost per parcel (tracking, decisions, the journal, memory), not the cost of the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -47,8 +47,9 @@ class TruthDecoder:
 
     name = "truth"
 
-    def __init__(self, parcels: Sequence[SimParcel]) -> None:
-        self._parcels = {p.sim_id: p for p in parcels}
+    def __init__(self, parcels: Sequence[SimParcel] | Mapping[int, SimParcel]) -> None:
+        # A line's live parcels (by sim_id) are all it needs: a settled one shows no labels.
+        self._parcels = parcels if isinstance(parcels, Mapping) else {p.sim_id: p for p in parcels}
 
     def decode(self, image: GrayImage) -> list[Symbol]:
         if image.shape[0] < MARK_ROWS:

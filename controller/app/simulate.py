@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,7 +24,7 @@ from controller.encoder import EncoderHistory
 from controller.errors import JournalError
 from controller.journal import FinalRecord, Journal
 from controller.lineio import LineIO
-from controller.orders import OrderStore
+from controller.orders import Order, OrderStore
 from controller.sorter import Sorter, SorterStats
 from controller.telemetry import NO_TELEMETRY, Telemetry
 from controller.vision import BarcodeDecoder, Camera
@@ -128,6 +128,7 @@ async def run_shift(
     config_path: Path | None = None,
     frames: FrameMode = "rendered",
     journal_readback: bool = True,
+    truth_sink: Callable[[SimParcel], None] | None = None,
 ) -> ShiftResult:
     """Run one shift to its end: every parcel physically settled and finally disposed.
 
@@ -139,6 +140,10 @@ async def run_shift(
     ``frames="truth"`` (in-process cameras only) skips rendering and decoding. Without
     ``journal_readback`` the result's ``journal`` is empty: a long shift's bench need not hold
     every final record in memory (about 1 KB a parcel as dicts) to count against the truth.
+    With ``truth_sink`` the emulator holds no truth either: the parcels are generated as the
+    line reaches them and each one is handed to the sink once it settles (those the shift
+    never settled, at its end), so the result's ``truth`` and ``fires`` are empty and a
+    shift of any length runs in the memory of a short one.
     """
     from controller.app.live import diagnostics
     from drivers.decoders import make_line_decoders
@@ -149,9 +154,15 @@ async def run_shift(
     free_running = camera_link != "inprocess"
     if frames == "truth" and free_running:
         raise ValueError("truth frames are handed over in-process only")
-    config, parcels, store = fresh_books(config, scenario, workdir)
+    parcels: Iterable[SimParcel]
+    if truth_sink is None:
+        config, parcels, store = fresh_books(config, scenario, workdir)
+    else:
+        config, parcels, store = streamed_books(config, scenario, workdir)
     line = PhysicalLine(config, scenario, parcels, clock, free_running=free_running,
                         truth_frames=frames == "truth")
+    if truth_sink is not None:
+        line.settled_sinks.append(truth_sink)
     rig = Rig(line)
     async with contextlib.AsyncExitStack() as stack:
         if line_link == "inprocess":
@@ -167,7 +178,7 @@ async def run_shift(
             cameras = [camera_wrapper(camera) for camera in cameras]
         decoders: dict[str, BarcodeDecoder] = make_line_decoders(config)
         if frames == "truth":
-            truth = TruthDecoder(parcels)
+            truth = TruthDecoder(line.live)
             decoders = dict.fromkeys(decoders, truth)
         journal = Journal(config.journal.path, clock, synchronous=config.journal.synchronous)
         rolling = RollingTelemetry(clock)
@@ -190,8 +201,12 @@ async def run_shift(
         # The links are up: the infeed waits until the controller is ready to sort.
         records = await _run_to_end(sorter, rig, clock, during, infeed=sorter.ready,
                                     readback=journal_readback)
+        if truth_sink is not None:
+            for parcel in line.unsettled():
+                truth_sink(parcel)
         return ShiftResult(
-            config=config, truth=parcels, journal=records, stats=sorter.stats,
+            config=config, truth=line.parcels.kept or [],
+            journal=records, stats=sorter.stats,
             fault=sorter.fault, faulted_at=sorter.faulted_at,
             line_time_s=clock.now() - line.belt.start,
             frames_dropped=sum(c.dropped for c in cameras),
@@ -203,19 +218,39 @@ async def run_shift(
 def fresh_books(config: LineConfig, scenario: ScenarioSpec,
                 workdir: Path) -> tuple[LineConfig, list[SimParcel], OrderStore]:
     """The config pointed at a fresh order book, journal and archive; the parcels; the store."""
-    from drivers.orders import open_order_store
-    from drivers.orders.sqlite import SqliteOrderStore
     from sim_hardware.scenario import generate
 
+    config = _fresh_paths(config, workdir)
+    parcels, orders = generate(scenario, config)
+    return config, parcels, _filled_store(config, orders)
+
+
+def streamed_books(config: LineConfig, scenario: ScenarioSpec,
+                   workdir: Path) -> tuple[LineConfig, Iterator[SimParcel], OrderStore]:
+    """As :func:`fresh_books`, with the book written and the parcels yielded one at a time."""
+    from sim_hardware.parcel_stream import order_book, stream
+
+    config = _fresh_paths(config, workdir)
+    store = _filled_store(config, order_book(scenario, config))
+    return config, stream(scenario, config), store
+
+
+def _fresh_paths(config: LineConfig, workdir: Path) -> LineConfig:
     orders_path, journal_path = _fresh_workdir(workdir)
-    config = config.model_copy(update={
+    return config.model_copy(update={
         "order_store": config.order_store.model_copy(update={"path": str(orders_path)}),
         "journal": config.journal.model_copy(update={"path": str(journal_path)}),
         "archive": config.archive.model_copy(update={"path": str(workdir / "noread")}),
     })
-    parcels, orders = generate(scenario, config)
-    SqliteOrderStore(orders_path).add(orders)  # the test bench fills the order book
-    return config, parcels, open_order_store(config.order_store)
+
+
+def _filled_store(config: LineConfig, orders: Iterable[Order]) -> OrderStore:
+    """The test bench fills the order book; the line reads it as its config says."""
+    from drivers.orders import open_order_store
+    from drivers.orders.sqlite import SqliteOrderStore
+
+    SqliteOrderStore(Path(config.order_store.path)).add(orders)
+    return open_order_store(config.order_store)
 
 
 async def _run_to_end(sorter: Sorter, rig: Rig, clock: Clock,
@@ -311,7 +346,7 @@ def line_outcome(line: PhysicalLine) -> dict[str, Any]:
     """What the emulated line did, as ShiftResult fields: counters, bins and every fire."""
     return {
         "line_counters": dataclasses.asdict(line.counters),
-        "bins": {b.bin_id: {"fill": b.fill, "received": len(b.parcels),
+        "bins": {b.bin_id: {"fill": b.fill, "received": b.received,
                             "overfilled": b.overfilled} for b in line.bins.values()},
         "fires": list(line.fires),
     }

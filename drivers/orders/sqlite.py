@@ -121,7 +121,7 @@ class SqliteOrderStore:
         """Insert or replace orders (the test bench's way in; blocking)."""
         try:
             with contextlib.closing(self._connect(IMPORT_BUSY_TIMEOUT_S)) as db, db:
-                db.executemany(_UPSERT, [_row(o) for o in orders])
+                db.executemany(_UPSERT, (_row(o) for o in orders))
                 _prune_changes(db)
         except (sqlite3.Error, OSError) as exc:
             raise OrderStoreError(f"sqlite {self.path}: {exc}") from exc
