@@ -128,8 +128,8 @@ class PhysicalLine(LineCameras, LineDiverters, LoopLine):
         """On the belt; a stray push or a lift off it waits for its own moment on the belt."""
         super()._inducted(parcel)
         if parcel.stray_diverter is not None and parcel.case is Case.STRAY_PUSH:
-            diverter = next(d for d in self.config.diverters if d.id == parcel.stray_diverter)
-            self._spawn(self._stray_push(parcel, diverter), f"sim.stray[{parcel.sim_id}]")
+            self._spawn(self._stray_push(parcel, self._diverters[parcel.stray_diverter]),
+                        f"sim.stray[{parcel.sim_id}]")
         elif parcel.case is Case.PICKED_OFF:
             self._spawn(self._lift_off(parcel), f"sim.lift[{parcel.sim_id}]")
 

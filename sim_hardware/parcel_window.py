@@ -40,13 +40,15 @@ class ParcelWindow:
     """``count`` parcels in induction order; from an iterator, only those some reader needs."""
 
     def __init__(self, parcels: Iterable[SimParcel], count: int | None = None) -> None:
-        self._kept: list[SimParcel] | None = parcels if isinstance(parcels, list) else None
+        self._kept: list[SimParcel] | None = None
+        self._source: Iterator[SimParcel] = iter(())
         if isinstance(parcels, list):
-            count = len(parcels)
+            self._kept, count = parcels, len(parcels)
         elif count is None:
             raise ValueError("a window over an iterator needs its count")
+        else:
+            self._source = iter(parcels)
         self._count = count
-        self._source = iter(() if isinstance(parcels, list) else parcels)
         self._items: deque[SimParcel] = deque()
         self._base = 0  # the stream index of _items[0]
         self._readers: list[Reader] = []
