@@ -134,15 +134,61 @@ BAR_EDGE = 8.0
 #: across, filling half its box, is a code, not a stray stroke of text or a printed rule.
 MIN_BAR_BLOCKS = 12
 MIN_CODE_BLOCKS = 6
+#: Two runs along the same axis sharing this much of the shorter one's bar height are
+#: pieces of one code.
+JOIN_SHARE = 0.5
+#: A run's quadrilateral is at least this many times longer than its bars are high
+#: (above :data:`~drivers.decoders.crops.ELONGATED`: its crop is read upright).
+RUN_ELONGATION = 1.6
 
 
-def unread_bars(crop: GrayImage, read_at: list[tuple[float, float]]) -> bool:
-    """Whether the squared-up label ``crop`` holds bars that none of the reads centred at
-    ``read_at`` (crop pixels) lies on: a code the whole-label read missed."""
+@dataclass(frozen=True)
+class BarRun:
+    """A code-shaped run of bar blocks in a squared-up label: its (x0, y0, x1, y1) box in
+    crop pixels, and the crop axis the code runs along (1: along the rows, bars upright)."""
+
+    box: Box
+    along: int
+
+    def quad(self) -> npt.NDArray[np.float32]:
+        """The box as a 4x2 float32 quadrilateral, corners clockwise from the top left,
+        grown by a block at each end of the code (the end blocks, part bars, part quiet
+        zone, may not count as bars), and lengthened along it to RUN_ELONGATION times its
+        bars' height where still shorter (a code's piece): a box is straightened along its
+        long side."""
+        x0, y0, x1, y1 = (float(v) for v in self.box)
+        if self.along:
+            grow = BAR_BLOCK + max(0.0, RUN_ELONGATION * (y1 - y0) - (x1 - x0)
+                                   - 2 * BAR_BLOCK) / 2
+            x0, x1 = x0 - grow, x1 + grow
+        else:
+            grow = BAR_BLOCK + max(0.0, RUN_ELONGATION * (x1 - x0) - (y1 - y0)
+                                   - 2 * BAR_BLOCK) / 2
+            y0, y1 = y0 - grow, y1 + grow
+        return np.array(((x0, y0), (x1, y0), (x1, y1), (x0, y1)), dtype=np.float32)
+
+    def transposed(self) -> BarRun:
+        """The run in the transposed crop."""
+        x0, y0, x1, y1 = self.box
+        return BarRun((y0, x0, y1, x1), 1 - self.along)
+
+    def holds(self, x: float, y: float) -> bool:
+        """Whether (x, y) lies on the run or within a block of it."""
+        x0, y0, x1, y1 = self.box
+        return x0 - BAR_BLOCK <= x < x1 + BAR_BLOCK and y0 - BAR_BLOCK <= y < y1 + BAR_BLOCK
+
+
+def bar_runs(crop: GrayImage) -> list[BarRun]:
+    """The code-shaped runs of bars in the squared-up label ``crop``, largest first.
+
+    A label's codes lie along its axes, so a block whose gradient along one axis far
+    outweighs the other's holds bars; label text, noise and a smear do not. A run is a
+    filled run of such blocks, long along the code, not a stray stroke or a printed rule.
+    """
     h, w = crop.shape
     rows, cols = (h - 1) // BAR_BLOCK, (w - 1) // BAR_BLOCK
     if rows < 1 or cols < 1:
-        return False
+        return []
     height, width = rows * BAR_BLOCK, cols * BAR_BLOCK
     dx = cv2.absdiff(crop[:height, 1 : width + 1], crop[:height, :width])
     dy = cv2.absdiff(crop[1 : height + 1, :width], crop[:height, :width])
@@ -150,27 +196,58 @@ def unread_bars(crop: GrayImage, read_at: list[tuple[float, float]]) -> bool:
     gy = cv2.resize(dy, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float32)
     strong, weak = np.maximum(gx, gy), np.minimum(gx, gy)
     bar_like = (strong >= BAR_EDGE) & (strong >= BAR_ANISOTROPY * weak)
-    return (_unread(bar_like & (gx > gy), read_at, along=1)
-            or _unread(bar_like & (gx <= gy), read_at, along=0))
+    runs = (_joined(_runs(bar_like & (gx > gy), along=1))
+            + _joined(_runs(bar_like & (gx <= gy), along=0)))
+    runs.sort(key=lambda r: -(r.box[2] - r.box[0]) * (r.box[3] - r.box[1]))
+    return runs
 
 
-def _unread(bars: npt.NDArray[np.bool_], read_at: list[tuple[float, float]],
-            along: int) -> bool:
-    """Whether a code-shaped run of ``bars`` blocks (the code running along axis
-    ``along``: 1 for columns) holds none of the reads."""
+def _runs(bars: npt.NDArray[np.bool_], along: int) -> list[BarRun]:
+    """The code-shaped runs of ``bars`` blocks, the code running along axis ``along``."""
     # a block inside one wide bar or space is flat: close such gaps along the code only
     kernel = np.ones((1, 3) if along else (3, 1), np.uint8)
     closed = cv2.morphologyEx(bars.astype(np.uint8), cv2.MORPH_CLOSE, kernel)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=4)
-    width, height, area = (stats[:, k] for k in (cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT,
-                                                 cv2.CC_STAT_AREA))
-    length, bar_height = (width, height) if along else (height, width)
-    # the label's outline and rules are bar-like too, but thin or short, not a filled run
-    unread = {i for i in range(1, count) if area[i] >= MIN_BAR_BLOCKS
-              and length[i] >= MIN_CODE_BLOCKS and bar_height[i] >= 3
-              and 2 * area[i] >= width[i] * height[i]}
-    for x, y in read_at:
-        c, r = int(x) // BAR_BLOCK, int(y) // BAR_BLOCK
-        near = labels[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2]
-        unread -= {int(v) for v in np.unique(near)}
-    return bool(unread)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(closed, connectivity=4)
+    runs = []
+    for x, y, width, height, area in stats[1:count].tolist():
+        length, bar_height = (width, height) if along else (height, width)
+        # the label's outline and rules are bar-like too, but thin or short, not filled
+        if (area >= MIN_BAR_BLOCKS and length >= MIN_CODE_BLOCKS and bar_height >= 3
+                and 2 * area >= width * height):
+            box = (x * BAR_BLOCK, y * BAR_BLOCK, (x + width) * BAR_BLOCK + 1,
+                   (y + height) * BAR_BLOCK + 1)
+            runs.append(BarRun(box, along))
+    return runs
+
+
+def _joined(runs: list[BarRun]) -> list[BarRun]:
+    """Runs in line with each other (the same bars' height) joined into one: the pieces of
+    one code a smear or a tear cut apart, which read only together."""
+    joined = list(runs)
+    merged = True
+    while merged:
+        merged = False
+        for i, a in enumerate(joined):
+            for j in range(i + 1, len(joined)):
+                b = joined[j]
+                if _in_line(a, b):
+                    joined[i] = BarRun(_union(a.box, b.box), a.along)
+                    del joined[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return joined
+
+
+def _in_line(a: BarRun, b: BarRun) -> bool:
+    """Whether two runs along the same axis share most of their bars' height."""
+    across = 0 if a.along else 1  # the box's start index across the code: x for along=0
+    a0, a1 = a.box[1 - across], a.box[3 - across]
+    b0, b1 = b.box[1 - across], b.box[3 - across]
+    shared = min(a1, b1) - max(a0, b0)
+    return shared >= JOIN_SHARE * min(a1 - a0, b1 - b0)
+
+
+def _union(a: Box, b: Box) -> Box:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])

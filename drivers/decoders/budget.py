@@ -45,6 +45,8 @@ STRETCHED_WARP_MS_PER_MPX = 3.9
 #: pass.
 ACTIVITY_MS_PER_MPX = 0.5
 LABEL_SEARCH_MS_PER_MPX = 0.4
+#: The bar map of a squared-up label (:func:`~drivers.decoders.activity.bar_runs`).
+BAR_RUNS_MS_PER_MPX = 1.0
 
 _MPX = 1e-6
 
@@ -86,6 +88,11 @@ def label_search_ms(pixels: int) -> float:
     return LABEL_SEARCH_MS_PER_MPX * _MPX * pixels
 
 
+def bar_runs_ms(pixels: int) -> float:
+    """Estimated cost of the bar map over a label crop of ``pixels``."""
+    return BAR_RUNS_MS_PER_MPX * _MPX * pixels
+
+
 def survey_ms(pixels: int) -> float:
     """Estimated cost of the activity map and the label search over ``pixels``."""
     return activity_ms(pixels) + label_search_ms(pixels)
@@ -102,9 +109,9 @@ class WorkBudget:
     finds) is charged but never refused: the robustness table's reads of 0.5 mm bars,
     blurred and rotated labels depend on it. Where the labels stand for the locator's
     frame-wide search (clean rectangles, nothing barcode-like off them) a label that does
-    not read costs its crop, a locator pass over it and the crops of what it finds, and
-    only the 2-D search beside the labels follows; so a frame with several labels that do
-    not read costs more than the plain pass (about 1.5x with three).
+    not read costs its crop, its bar map and the crops of the runs of bars it finds, and
+    only the 2-D search beside the labels follows: three labels that do not read cost
+    about one plain pass.
     """
 
     def __init__(self, limit_ms: float = math.inf) -> None:

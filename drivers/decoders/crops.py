@@ -19,7 +19,7 @@ from controller.vision import GrayImage
 from ._common import Found
 from .budget import WorkBudget, warp_ms, zxing_ms
 from .finders import Finder
-from .locator import Quad, back_to_image, crop_pixels, straighten
+from .locator import Quad, back_to_image, crop_pixels, straighten, stretch_contrast
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 SHARPEN_SIGMA = 1.0
 #: Codes longer than this (px) have modules wide enough not to need the 2x stretch.
 MAX_STRETCHED_LENGTH = 1200.0
+#: A box this many times longer than high runs along its long side: its crop holds the
+#: bars upright, and is read without zxing-cpp's rotated and downscaled passes.
+ELONGATED = 1.5
 
 Crop = tuple[GrayImage, npt.NDArray[np.float64]]
 
@@ -38,17 +41,26 @@ def charged_find(finder: Finder, crop: GrayImage, budget: WorkBudget) -> list[Fo
 
 
 def located_reads(finder: Finder, gray: GrayImage, quads: list[Quad], budget: WorkBudget, *,
-                  stretches: tuple[float, ...], sharpen: bool) -> list[Found]:
+                  stretches: tuple[float, ...], sharpen: bool,
+                  upright: Finder | None = None) -> list[Found]:
     """Reads of the located boxes; a code also caught in another box's margin is kept
-    only from its own box, where its centre is true (a margin read's position is poor)."""
+    only from its own box, where its centre is true (a margin read's position is poor).
+    ``upright`` (if given) reads the crops of elongated boxes, whose bars stand upright."""
     on_line: list[Found] = []
     off_line: list[Found] = []
     for quad in quads:
-        for found, centred in read_located(finder, gray, quad, budget, stretches=stretches,
+        reader = upright if upright is not None and elongated(quad) else finder
+        for found, centred in read_located(reader, gray, quad, budget, stretches=stretches,
                                             sharpen=sharpen):
             (on_line if centred else off_line).append(found)
     seen = {(f.symbol.text, f.symbol.symbology) for f in on_line}
     return on_line + [f for f in off_line if (f.symbol.text, f.symbol.symbology) not in seen]
+
+
+def elongated(quad: Quad) -> bool:
+    """Whether ``quad`` is ELONGATED times longer than high: a code along its long side."""
+    _, (w, h), _ = cv2.minAreaRect(quad.reshape(-1, 1, 2))
+    return max(w, h) >= ELONGATED * max(min(w, h), 1.0)
 
 
 def read_located(finder: Finder, gray: GrayImage, quad: Quad, budget: WorkBudget, *,
@@ -67,6 +79,7 @@ def read_located(finder: Finder, gray: GrayImage, quad: Quad, budget: WorkBudget
         except cv2.error:
             log.warning("straightening a located code failed", exc_info=True)
             break
+        crop = stretch_contrast(crop)
         first = first or (crop, back)
         reads = [back_to_image(f, crop.shape[0], back)
                  for f in charged_find(finder, crop, budget)]

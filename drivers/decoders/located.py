@@ -18,8 +18,16 @@ import numpy.typing as npt
 from controller.vision import GrayImage, Symbol
 
 from ._common import LINEAR_SYMBOLOGIES, Found, as_gray, dedupe
-from .activity import Activity, Box, frame_activity, unread_bars
-from .budget import WorkBudget, activity_ms, label_search_ms, locator_ms, warp_ms, zxing_ms
+from .activity import Activity, BarRun, Box, bar_runs, frame_activity
+from .budget import (
+    WorkBudget,
+    activity_ms,
+    bar_runs_ms,
+    label_search_ms,
+    locator_ms,
+    warp_ms,
+    zxing_ms,
+)
 from .crops import MAX_STRETCHED_LENGTH, SHARPEN_SIGMA, charged_find, located_reads
 from .finders import EmptyFinder, Finder, find_in, split_formats
 from .locator import (
@@ -102,9 +110,10 @@ class LocatingDecoder:
     frame-wide locator pass is left out where the budget cannot afford it and nothing in
     the frame is label-like, or narrowed to the labels where something is. Where every
     label-like region is a clean rectangle and nothing barcode-like lies off them, the
-    labels stand for that pass: each is read squared up, or searched by the locator in its
-    own crop when it does not read; when none reads, only the 2-D codes beside them are
-    looked for, with no linear pass over the region.
+    labels stand for that pass: each is read squared up, and where it does not read, its
+    runs of bars (:func:`~drivers.decoders.activity.bar_runs`; the locator in its crop
+    where it has none) are read from the frame's own pixels; when none reads, only the 2-D
+    codes on them are looked for, with no linear pass over the region.
     """
 
     name = "located"
@@ -115,8 +124,12 @@ class LocatingDecoder:
     sharpen: bool = True
 
     def __init__(self, inner: Finder, matrix: Finder | None = None, *, name: str = "",
-                 whole: Finder | None = None, small_matrix: Finder | None = None) -> None:
+                 whole: Finder | None = None, small_matrix: Finder | None = None,
+                 upright: Finder | None = None) -> None:
         self.inner = inner
+        #: reads ``inner``'s formats in a crop whose bars stand upright, for less than
+        #: ``inner`` (no rotated pass)
+        self.upright = upright
         self.matrix = matrix
         self.formats = tuple(dict.fromkeys(inner.formats + (matrix.formats if matrix else ())))
         #: reads inner's and matrix's formats in one pass, when a large frame needs both
@@ -200,8 +213,9 @@ class LocatingDecoder:
         the active region)."""
         # Labels first: when every label-like region is a clean rectangle, the code locator
         # (about 8 ms on a whole 1080p frame) runs on the labels only. Each label is read
-        # whole, squared up; one that does not read is searched by the locator in its crop,
-        # and the codes found are read from the crop and then from the frame's own pixels.
+        # whole, squared up; where one does not read, the runs of bars in its crop (or the
+        # codes the locator finds there, where it has none) are read from the frame's own
+        # pixels.
         # Anything else (a torn label, labels touching, a code the crops did not find, a
         # label that did not read beside something barcode-like off the labels) takes the
         # whole-image path, so the shortcut loses no code.
@@ -221,11 +235,10 @@ class LocatingDecoder:
             if labels and not odd_blobs and LABEL_CROP_GROWTH * label_px < gray.size:
                 shortcut = self._on_labels(gray, labels, activity, budget, whole_reads)
                 if shortcut is not None:
-                    # read, or located and read from crop and frame without a read while
+                    # read, or located and read from the frame without a read while
                     # nothing off the labels is barcode-like: what a whole pass could still
-                    # read is a 2-D code beside them
-                    reads, located = shortcut
-                    return reads, _reach(located, MATRIX_REACH) + label_boxes, False
+                    # read is a 2-D code on them (the located codes lie on them too)
+                    return shortcut, label_boxes, False
         quads = self._search(gray, region, budget, labels or [], torn)
         reads = self._located_reads(gray, quads, budget)
         # a small image is searched whole for 2-D codes: that costs little
@@ -269,71 +282,86 @@ class LocatingDecoder:
     def _located_reads(self, gray: GrayImage, quads: list[Quad],
                        budget: WorkBudget) -> list[Found]:
         return located_reads(self.inner, gray, quads, budget, stretches=self.stretches,
-                             sharpen=self.sharpen)
+                             sharpen=self.sharpen, upright=self.upright)
 
     @staticmethod
-    def _squared_label(gray: GrayImage, quad: Quad,
-                       budget: WorkBudget) -> tuple[GrayImage, npt.NDArray[np.float64]] | None:
-        """A label straightened square to the image, its contrast stretched; and the inverse."""
+    def _squared_label(gray: GrayImage, quad: Quad, budget: WorkBudget
+                       ) -> tuple[GrayImage, npt.NDArray[np.float64], list[BarRun]] | None:
+        """A label straightened square to the image, its contrast stretched, turned so its
+        codes run along the rows where every run of bars in it runs one way; the inverse;
+        and its runs of bars."""
         budget.spend(warp_ms(crop_pixels(quad)))
         try:
             crop, back = straighten(gray, quad)
         except cv2.error:
             log.warning("straightening a located label failed", exc_info=True)
             return None
-        return stretch_contrast(crop), back
+        crop = stretch_contrast(crop)
+        budget.spend(bar_runs_ms(crop.size))
+        runs = bar_runs(crop)
+        if runs and not any(r.along for r in runs):
+            # transposed: crop pixel (x, y) is the old (y, x)
+            crop = np.ascontiguousarray(crop.T)
+            back = np.ascontiguousarray(back[:, [1, 0, 2]])
+            runs = [r.transposed() for r in runs]
+        return crop, back, runs
 
-    def _whole_reads(self, crop: GrayImage, budget: WorkBudget) -> list[Found]:
-        """The inner decoder on a whole label crop, linear reads centred across their bars."""
+    def _whole_reads(self, crop: GrayImage, runs: list[BarRun],
+                     budget: WorkBudget) -> list[Found]:
+        """The inner decoder on a whole label crop, linear reads centred across their bars;
+        without the rotated pass where all the label's bars stand upright."""
+        upright = self.upright is not None and bool(runs) and all(r.along for r in runs)
+        finder = self.upright if upright and self.upright is not None else self.inner
         return [Found(centre_across(crop, f) if f.symbol.symbology in LINEAR_SYMBOLOGIES
-                      else f.symbol, f.size) for f in charged_find(self.inner, crop, budget)]
+                      else f.symbol, f.size) for f in charged_find(finder, crop, budget)]
 
     def _on_labels(self, gray: GrayImage, labels: list[Quad], activity: Activity | None,
                    budget: WorkBudget, whole_reads: dict[int, list[Found]]
-                   ) -> tuple[list[Found], list[Quad]] | None:
-        """The labels' reads and the codes located on those that did not read whole (frame
-        pixels); None when the whole-image path must search: a label that did not read
-        where the locator found no code, or beside something barcode-like off the labels."""
+                   ) -> list[Found] | None:
+        """The labels' reads, those that did not read whole read where their codes lie;
+        None when the whole-image path must search: a label that did not read where no
+        code was found on it, or beside something barcode-like off the labels."""
         found: list[Found] = []
         located: list[Quad] = []
-        unread = False
         for i, quad in enumerate(labels):
             reads, codes = self._read_label(gray, quad, budget, whole_reads, i)
             found += reads
             if not reads:
                 if not codes:
                     return None
-                unread = True
                 located += codes
-        if not unread:
-            return found, []
+        if not located:
+            return found
         if activity is not None and activity.beyond(labels):
             return None
-        # the located codes' crops once more, from the frame's own pixels: bars resampled
-        # once only read where the label crop's failed (0.5 mm bars)
-        return found + self._located_reads(gray, located, budget), located
+        return found + self._located_reads(gray, located, budget)
 
     def _read_label(self, gray: GrayImage, quad: Quad, budget: WorkBudget,
                     whole_reads: dict[int, list[Found]],
                     index: int) -> tuple[list[Found], list[Quad]]:
-        """Codes on one label, read whole in its straightened crop or else located in it;
-        and, when it did not read, the codes located in it (frame pixels)."""
+        """Codes on one label, read whole in its straightened crop, the bars left unread
+        read where they lie; and, when nothing read, where its codes lie (frame pixels)."""
         squared = self._squared_label(gray, quad, budget)
         if squared is None:
             return [], []
-        crop, back = squared
+        crop, back, runs = squared
         # Squared up, the label's codes lie along a crop axis, where a whole read finds
-        # them for a third of the locator's cost; bars it left unread send it the locator's way.
-        reads = self._whole_reads(crop, budget)
+        # them for a third of the locator's cost, and a bar map finds what it left unread.
+        reads = self._whole_reads(crop, runs, budget)
         whole_reads[index] = [mapped(f, back) for f in reads]
-        if reads and not unread_bars(crop, [(f.symbol.x, f.symbol.y) for f in reads]):
+        unread = [r for r in runs
+                  if not any(r.holds(f.symbol.x, f.symbol.y) for f in reads)]
+        if reads and not unread:
             return [mapped(f, back) for f in reads], []
-        codes = self._locate(crop, budget)
-        located = self._located_reads(crop, codes, budget) or reads
-        if located:
-            return [mapped(f, back) for f in located], []
-        return [], [np.asarray(cv2.transform(q.reshape(-1, 1, 2), back),
-                               dtype=np.float32).reshape(4, 2) for q in codes]
+        # the bars not read, where the bar map sees any, else where the locator finds codes;
+        # read from the frame's own pixels: bars resampled twice (label crop, code crop)
+        # read less often than once (0.5 mm bars)
+        codes = [np.asarray(cv2.transform(q.reshape(-1, 1, 2), back),
+                            dtype=np.float32).reshape(4, 2)
+                 for q in [r.quad() for r in unread] or self._locate(crop, budget)]
+        if reads:
+            return [mapped(f, back) for f in reads] + self._located_reads(gray, codes, budget), []
+        return [], codes
 
     def _labels(self, gray: GrayImage, labels: list[Quad], budget: WorkBudget,
                 whole_reads: dict[int, list[Found]]) -> list[Found]:
@@ -354,8 +382,8 @@ class LocatingDecoder:
                 continue
             squared = self._squared_label(gray, quad, budget)
             if squared is not None:
-                crop, back = squared
-                found += [mapped(f, back) for f in self._whole_reads(crop, budget)]
+                crop, back, runs = squared
+                found += [mapped(f, back) for f in self._whole_reads(crop, runs, budget)]
         return found
 
 
@@ -374,6 +402,8 @@ class LocatedZxingDecoder(LocatingDecoder):
             name="located-zxing",
             whole=ZxingDecoder(linear + matrix) if linear and matrix else None,
             small_matrix=ZxingDecoder(matrix, try_invert=True) if matrix else None,
+            upright=ZxingDecoder(linear, try_rotate=False, try_downscale=False)
+            if linear else None,
         )
 
 

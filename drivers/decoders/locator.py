@@ -161,6 +161,21 @@ def shrunk(gray: GrayImage, scale: float) -> GrayImage:
     return small
 
 
+def otsu(hist: npt.NDArray[np.float64]) -> int:
+    """Otsu's threshold of a 256-bin grey-level histogram, as ``cv2.THRESH_OTSU`` picks it:
+    the level that best splits the classes at or below it from those above."""
+    total = float(hist.sum())
+    if total <= 0:
+        return 0
+    p = hist / total
+    omega = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    spread = omega * (1.0 - omega)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.where(spread > 1e-12, (mu[-1] * omega - mu) ** 2 / spread, 0.0)
+    return int(np.argmax(between))
+
+
 def label_candidates(gray: GrayImage) -> tuple[list[Quad], int, int]:
     """Label boxes, how many label-sized bright regions were not rectangles, and how
     many of those still fill TORN_FILL of their box (labels torn or touching)."""
@@ -168,12 +183,13 @@ def label_candidates(gray: GrayImage) -> tuple[list[Quad], int, int]:
     small = shrunk(gray, scale) if scale < 1 else gray
     # Two-level Otsu: the first split may separate belt from cardboard; labels are the
     # bright class of what is left.
-    t1, _ = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    upper = small[small > t1]
-    if upper.size < 16:
+    hist = np.bincount(small.ravel(), minlength=256).astype(np.float64)
+    t1 = otsu(hist)
+    upper = hist.copy()
+    upper[: t1 + 1] = 0.0
+    if upper.sum() < 16:
         return [], 0, 0
-    t2, _ = cv2.threshold(upper.reshape(1, -1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    mask = np.asarray(small > t2, dtype=np.uint8) * 255
+    _, mask = cv2.threshold(small, otsu(upper), 255, cv2.THRESH_BINARY)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (7, 7))
     closed = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
     contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -182,6 +198,9 @@ def label_candidates(gray: GrayImage) -> tuple[list[Quad], int, int]:
     boxes = []
     odd = torn = 0
     for contour in contours:
+        _, _, box_w, box_h = cv2.boundingRect(contour)
+        if box_w * box_h < lo * area:  # its rotated box is smaller still: tape, a scribble
+            continue
         rect = cv2.minAreaRect(contour)
         (w, h) = rect[1]
         if not lo * area <= w * h <= hi * area:
@@ -233,6 +252,20 @@ def matrix_regions(
     return [(x0, y0, x1, y1) for x0, y0, x1, y1 in rects if x1 > x0 and y1 > y0]
 
 
+def grey_percentiles(image: GrayImage, percents: tuple[float, ...]) -> list[float]:
+    """``np.percentile(image, percents)`` of a uint8 image, by its histogram: a few times
+    faster than sorting, on a strided view too."""
+    counts = np.cumsum(cv2.calcHist([image], [0], None, [256], [0, 256]).ravel())
+    n = int(counts[-1])
+    found = []
+    for q in percents:
+        rank = (n - 1) * q / 100.0
+        below = int(rank)
+        lo, hi = np.searchsorted(counts, (below, min(below + 1, n - 1)), side="right")
+        found.append(float(lo) + (rank - below) * float(hi - lo))
+    return found
+
+
 #: A straightened label whose print spans fewer gray levels than this is stretched.
 LOW_CONTRAST = 100.0
 
@@ -244,7 +277,7 @@ def stretch_contrast(crop: GrayImage) -> GrayImage:
     middle = crop[h // 4: h - h // 4: 2, w // 4: w - w // 4: 2]
     if middle.size < 16:
         return crop
-    lo, hi = (float(v) for v in np.percentile(middle, (1.0, 99.0)))
+    lo, hi = grey_percentiles(middle, (1.0, 99.0))
     if hi - lo >= LOW_CONTRAST or hi - lo < 8:
         return crop
     return np.asarray(cv2.convertScaleAbs(crop, alpha=255.0 / (hi - lo), beta=-lo * 255.0
