@@ -28,6 +28,8 @@ GATE_MIN_SIDE = 1024
 BLOCK = 16
 #: |dx| + |dy| of one pixel counts at most this much (a parcel's outline is one strong edge).
 EDGE_CAP = 40
+#: edges are scaled by this (EDGE_CAP times it fits a byte) while averaged into blocks
+EDGE_SCALE = 4
 #: A smoothed block this far above the frame's background holds something barcode-like:
 #: half the background, within these bounds (a flat, noiseless background makes even a
 #: few wide bars stand out; camera noise makes a parcel's outline rise up to 3.6).
@@ -55,8 +57,19 @@ def block_activity(gray: GrayImage) -> npt.NDArray[np.float32]:
     dx = cv2.absdiff(even[:, 1 : width + 1], even[:, :width])
     dy = cv2.absdiff(odd, even[:, :width])
     _, edges = cv2.threshold(cv2.add(dx, dy), EDGE_CAP, 255, cv2.THRESH_TRUNC)
-    blocks = cv2.resize(edges, (cols, rows), interpolation=cv2.INTER_AREA)
-    return np.asarray(cv2.blur(blocks.astype(np.float32), (3, 3)), dtype=np.float32)
+    # Block means by halving (OpenCV halves uint8 by area several times faster than it
+    # shrinks by 16 x 8), on edges scaled up 4x so each halving's rounding costs little:
+    # within 0.35 of the exact means, where one area resize was within 0.5.
+    edges = cv2.add(edges, edges)
+    blocks = cv2.add(edges, edges)
+    while blocks.shape[1] >= 2 * cols and blocks.shape[0] >= 2 * rows:
+        half_w, half_h = blocks.shape[1] // 2, blocks.shape[0] // 2
+        blocks = cv2.resize(blocks[: 2 * half_h, : 2 * half_w], (half_w, half_h),
+                            interpolation=cv2.INTER_AREA)
+    if blocks.shape != (rows, cols):
+        blocks = cv2.resize(blocks, (cols, rows), interpolation=cv2.INTER_AREA)
+    means = blocks.astype(np.float32) * np.float32(1 / EDGE_SCALE)
+    return np.asarray(cv2.blur(means, (3, 3)), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,16 @@ class Activity:
         return bool((active > grown).any())
 
 
+def percentile(values: npt.NDArray[np.float32], percent: float) -> float:
+    """``np.percentile(values, percent)`` by a partial sort: a tenth of its cost here."""
+    flat = values.ravel()
+    rank = (flat.size - 1) * percent / 100.0
+    below = int(rank)
+    above = min(below + 1, flat.size - 1)
+    part = np.partition(flat, (below, above))
+    return float(part[below]) + (rank - below) * float(part[above] - part[below])
+
+
 def frame_activity(gray: GrayImage) -> Activity | None:
     """The activity of a large frame; None for a frame no longer than GATE_MIN_SIDE (or too
     thin for blocks), which is active as a whole."""
@@ -107,7 +130,7 @@ def frame_activity(gray: GrayImage) -> Activity | None:
     if max(h, w) <= GATE_MIN_SIDE or min(h, w) < 4 * BLOCK:
         return None
     blocks = block_activity(gray)
-    background = float(np.percentile(blocks, 10))
+    background = percentile(blocks, 10.0)
     low, high = ACTIVE_RISE
     return Activity(blocks, background, min(high, max(low, background / 2)), (h, w))
 

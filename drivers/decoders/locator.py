@@ -183,7 +183,7 @@ def label_candidates(gray: GrayImage) -> tuple[list[Quad], int, int]:
     small = shrunk(gray, scale) if scale < 1 else gray
     # Two-level Otsu: the first split may separate belt from cardboard; labels are the
     # bright class of what is left.
-    hist = np.bincount(small.ravel(), minlength=256).astype(np.float64)
+    hist = cv2.calcHist([small], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     t1 = otsu(hist)
     upper = hist.copy()
     upper[: t1 + 1] = 0.0
