@@ -265,9 +265,9 @@ def _joined(runs: list[BarRun]) -> list[BarRun]:
 
 def _in_line(a: BarRun, b: BarRun) -> bool:
     """Whether two runs along the same axis share most of their bars' height."""
-    across = 0 if a.along else 1  # the box's start index across the code: x for along=0
-    a0, a1 = a.box[1 - across], a.box[3 - across]
-    b0, b1 = b.box[1 - across], b.box[3 - across]
+    start = 1 if a.along else 0  # the bars' height: y for a code along the rows, else x
+    a0, a1 = a.box[start], a.box[start + 2]
+    b0, b1 = b.box[start], b.box[start + 2]
     shared = min(a1, b1) - max(a0, b0)
     return shared >= JOIN_SHARE * min(a1 - a0, b1 - b0)
 

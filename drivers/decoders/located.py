@@ -310,8 +310,8 @@ class LocatingDecoder:
                      budget: WorkBudget) -> list[Found]:
         """The inner decoder on a whole label crop, linear reads centred across their bars;
         without the rotated pass where all the label's bars stand upright."""
-        upright = self.upright is not None and bool(runs) and all(r.along for r in runs)
-        finder = self.upright if upright and self.upright is not None else self.inner
+        finder = (self.upright if self.upright is not None and runs
+                  and all(r.along for r in runs) else self.inner)
         return [Found(centre_across(crop, f) if f.symbol.symbology in LINEAR_SYMBOLOGIES
                       else f.symbol, f.size) for f in charged_find(finder, crop, budget)]
 
