@@ -59,23 +59,28 @@ class PhysicalLine(LineCameras, LineDiverters, LoopLine):
             return
         if infeed is not None:
             self.hold_belt()
-        async with asyncio.TaskGroup() as tg:
-            if self.free_running:
-                self._start_cameras(tg)
-            if infeed is not None:
-                await infeed.wait()
-                self.start_belt()
-            if not self.free_running:
-                self._start_cameras(tg)
-            if self.config.end_of_line.recirculates:
-                tg.create_task(self._loop_induction(), name="sim.induction")
-                tg.create_task(self._wait_settled(), name="sim.end_of_line")
-            else:
-                tg.create_task(self._induction(), name="sim.induction")
-                tg.create_task(self._end_of_line(), name="sim.end_of_line")
-            await self.done.wait()
-        for task in list(self._tasks):
-            task.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if self.free_running:
+                    self._start_cameras(tg)
+                if infeed is not None:
+                    await infeed.wait()
+                    self.start_belt()
+                if not self.free_running:
+                    self._start_cameras(tg)
+                if self.config.end_of_line.recirculates:
+                    tg.create_task(self._loop_induction(), name="sim.induction")
+                    tg.create_task(self._wait_settled(), name="sim.end_of_line")
+                else:
+                    tg.create_task(self._induction(), name="sim.induction")
+                    tg.create_task(self._end_of_line(), name="sim.end_of_line")
+                await self.done.wait()
+                if self.task_failures:  # the group's tasks are cancelled, the errors raised
+                    raise ExceptionGroup("the emulated line's own tasks failed",
+                                         self.task_failures)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
 
     def _start_cameras(self, tg: asyncio.TaskGroup) -> None:
         for camera in self.config.cameras:

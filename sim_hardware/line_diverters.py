@@ -74,13 +74,11 @@ class LineDiverters(LineState):
         if self.belt.encoder() > command.fire_enc - lead_counts:
             self.counters.late_commands += 1
             return DivertReply(command.command_id, False, "late")
-        task = asyncio.create_task(self._fire(diverter, command),
-                                   name=f"sim.{diverter.id}.fire[{command.command_id}]")
-        self._tasks.add(task)
+        task = self._spawn(self._fire(diverter, command),
+                           f"sim.{diverter.id}.fire[{command.command_id}]")
         self._scheduled[command.command_id] = (diverter.id, task)
 
-        def _done(t: asyncio.Task[None], command_id: int = command.command_id) -> None:
-            self._tasks.discard(t)
+        def _done(_: asyncio.Task[None], command_id: int = command.command_id) -> None:
             self._scheduled.pop(command_id, None)
 
         task.add_done_callback(_done)

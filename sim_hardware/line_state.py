@@ -63,6 +63,8 @@ class LineState:
         self.done = asyncio.Event()
         self._settled = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        #: what the line's own spawned tasks (fires, faults, laps) raised: it ends the run
+        self.task_failures: list[Exception] = []
 
     def start_belt(self) -> None:
         """Start the belt now: the shift's parcels and speed changes count from here."""
@@ -78,10 +80,21 @@ class LineState:
         for sink in self.event_sinks:
             sink(event)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        """A spawned task is done: one that raised ends the run, which then raises it."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, Exception):
+            self.task_failures.append(error)
+            self.done.set()
 
     def _inducted(self, parcel: SimParcel) -> None:
         self.on_belt[parcel.sim_id] = parcel

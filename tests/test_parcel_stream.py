@@ -179,3 +179,28 @@ def test_a_window_over_a_list_keeps_it_whole() -> None:
     assert list(window) == parcels
     assert window[-1] is parcels[-1]
     assert window.keeps_all
+
+
+def test_a_failing_task_of_the_line_ends_the_shift_and_is_raised(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fire (a task the line spawns, outside its task group) that raises is not lost in
+    a log at collection: the line stops and the shift raises it."""
+    fired: list[int] = []
+
+    async def jammed(self: PhysicalLine, diverter: Any, command: Any) -> None:
+        fired.append(command.command_id)
+        raise RuntimeError("diverter jammed")
+
+    monkeypatch.setattr(PhysicalLine, "_fire", jammed)
+    config = load_config(LINE)
+    spec = ScenarioSpec(parcels=200, seed=4, mix=DEMO_MIX)
+
+    async def shift(clock: VirtualClock) -> ShiftResult:
+        return await run_shift(config, spec, tmp_path, clock, frames="truth")
+
+    with pytest.raises(BaseExceptionGroup) as raised:
+        run_virtual(shift)
+    jams = raised.value.subgroup(lambda e: isinstance(e, RuntimeError)
+                                 and str(e) == "diverter jammed")
+    assert jams is not None
+    assert len(fired) == 1  # the first failure stopped the line
