@@ -21,8 +21,8 @@ from drivers.decoders import budget
 from drivers.decoders._common import Found
 from drivers.decoders.activity import active_region
 from drivers.decoders.finders import Finder
-from drivers.decoders.located import MATRIX_MAX_SHARE, LocatedZxingDecoder
-from drivers.decoders.locator import Quad, label_candidates
+from drivers.decoders.located import LocatedZxingDecoder
+from drivers.decoders.locator import MATRIX_MAX_SHARE, Quad, label_candidates
 from drivers.decoders.synth import render
 from sim_hardware.labels import LabelSpec
 from sim_hardware.render import FrameRenderer, ParcelTop, PlacedLabel

@@ -28,18 +28,9 @@ from .budget import (
     warp_ms,
     zxing_ms,
 )
-from .crops import MAX_STRETCHED_LENGTH, SHARPEN_SIGMA, charged_find, located_reads
+from .crops import charged_find, located_reads
 from .finders import EmptyFinder, Finder, find_in, split_formats
 from .locator import (
-    LABEL_AREA_SHARE,
-    LABEL_RECTANGULARITY,
-    LABEL_SEARCH_SIDE,
-    LOW_CONTRAST,
-    MATRIX_MAX_SHARE,
-    MAX_BOXES,
-    MAX_LABELS,
-    MAX_LOCATOR_SHRINK,
-    MIN_LOCATOR_THRESHOLD,
     CodeLocator,
     Quad,
     centre_across,
@@ -55,31 +46,12 @@ from .zxing import ZxingDecoder
 
 __all__ = [
     "LABELS_FIRST_SIDE",
-    "LABEL_AREA_SHARE",
     "LABEL_CROP_GROWTH",
     "LABEL_REACH",
-    "LABEL_RECTANGULARITY",
-    "LABEL_SEARCH_SIDE",
-    "LOW_CONTRAST",
-    "MATRIX_MAX_SHARE",
     "MATRIX_REACH",
-    "MAX_BOXES",
-    "MAX_LABELS",
-    "MAX_LOCATOR_SHRINK",
-    "MAX_STRETCHED_LENGTH",
-    "MIN_LOCATOR_THRESHOLD",
-    "SHARPEN_SIGMA",
-    "Finder",
     "LocatedPyzbarDecoder",
     "LocatedZxingDecoder",
     "LocatingDecoder",
-    "Quad",
-    "centre_across",
-    "label_candidates",
-    "locate_labels",
-    "matrix_regions",
-    "straighten",
-    "stretch_contrast",
 ]
 
 log = logging.getLogger(__name__)
