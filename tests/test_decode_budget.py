@@ -93,12 +93,15 @@ class Work:
     zxing_px: int = 0
     locator_px: int = 0
     locator_calls: list[tuple[int, ...]] = field(default_factory=list)
+    #: the image each located part belongs to (its scale), None for a whole image
+    locator_frames: list[tuple[int, ...] | None] = field(default_factory=list)
     #: the zxing-cpp passes' estimated cost, call by call
     zxing_ms: float = 0.0
 
     def estimated_ms(self) -> float:
         return (self.zxing_ms
-                + sum(budget.locator_ms(s) for s in self.locator_calls))
+                + sum(budget.locator_ms(s, f)
+                      for s, f in zip(self.locator_calls, self.locator_frames, strict=True)))
 
 
 class CountingFinder:
@@ -126,10 +129,11 @@ def counted_decoder(work: Work) -> LocatedZxingDecoder:
     decoder.small_matrix = CountingFinder(decoder.small_matrix or decoder.matrix, work)
     locate = decoder.locate
 
-    def counted_locate(gray: GrayImage) -> list[Quad]:
+    def counted_locate(gray: GrayImage, frame: tuple[int, ...] | None = None) -> list[Quad]:
         work.locator_px += gray.size
         work.locator_calls.append(gray.shape)
-        return locate(gray)
+        work.locator_frames.append(frame)
+        return locate(gray, frame)
 
     decoder.locate = counted_locate  # type: ignore[method-assign]
     return decoder

@@ -62,10 +62,11 @@ def zxing_ms(pixels: int, formats: Iterable[str]) -> float:
     return (ZXING_CALL_MS + ZXING_MS_PER_MPX * _MPX * pixels) * max(1, families(formats))
 
 
-def locator_ms(shape: tuple[int, ...]) -> float:
-    """Estimated cost of one locator pass over an image of ``shape`` (rows, columns)."""
+def locator_ms(shape: tuple[int, ...], frame: tuple[int, ...] | None = None) -> float:
+    """Estimated cost of one locator pass over an image of ``shape`` (rows, columns), a part
+    of an image of shape ``frame`` if given (:func:`~.locator.locator_threshold`)."""
     mpx = _MPX * shape[0] * shape[1]
-    shrink = locator_threshold(shape) / min(shape[0], shape[1])
+    shrink = locator_threshold(shape, frame) / min(shape[0], shape[1])
     if shrink >= 1:
         return LOCATOR_CALL_MS + LOCATOR_MS_PER_MPX * mpx
     return (LOCATOR_CALL_MS + LOCATOR_SHRINK_MS_PER_MPX * mpx

@@ -114,9 +114,10 @@ class LocatingDecoder:
             self.name = name
         self._locator = CodeLocator()
 
-    def locate(self, gray: GrayImage) -> list[Quad]:
-        """Quadrilaterals (4x2, float32) around linear codes in ``gray``; [] on failure."""
-        return self._locator.locate(gray)
+    def locate(self, gray: GrayImage, frame: tuple[int, ...] | None = None) -> list[Quad]:
+        """Quadrilaterals (4x2, float32) around linear codes in ``gray`` (a part of an image
+        of shape ``frame``, if given, searched at its scale); [] on failure."""
+        return self._locator.locate(gray, frame)
 
     def decode(self, image: GrayImage) -> list[Symbol]:
         gray = as_gray(image)
@@ -158,9 +159,10 @@ class LocatingDecoder:
         budget.spend(zxing_ms((x1 - x0) * (y1 - y0), finder.formats))
         return find_in(finder, gray, box)
 
-    def _locate(self, crop: GrayImage, budget: WorkBudget) -> list[Quad]:
-        budget.spend(locator_ms(crop.shape))
-        return self.locate(crop)
+    def _locate(self, crop: GrayImage, budget: WorkBudget,
+                frame: tuple[int, ...] | None = None) -> list[Quad]:
+        budget.spend(locator_ms(crop.shape, frame))
+        return self.locate(crop, frame)
 
     def _matrix(self, gray: GrayImage, boxes: list[tuple[Quad, float]],
                 region: Box, budget: WorkBudget) -> list[Found]:
@@ -238,7 +240,7 @@ class LocatingDecoder:
         # frames without this pass, 80 % needed).
         big = max(gray.shape) > LABELS_FIRST_SIDE
         x0, y0, x1, y1 = region
-        if not big or torn or budget.affords(locator_ms((y1 - y0, x1 - x0))):
+        if not big or torn or budget.affords(locator_ms((y1 - y0, x1 - x0), gray.shape)):
             return self._locate_in(gray, region, budget)
         near = matrix_regions(gray.shape, _reach(labels, LABEL_REACH)) if labels else []
         if near is None:  # labels nearly as large as the region: its pass reads them
@@ -249,7 +251,7 @@ class LocatingDecoder:
         """Located codes in the region of ``gray``, in ``gray``'s pixels."""
         x0, y0, x1, y1 = region
         offset = np.array((x0, y0), dtype=np.float32)
-        return [q + offset for q in self._locate(gray[y0:y1, x0:x1], budget)]
+        return [q + offset for q in self._locate(gray[y0:y1, x0:x1], budget, gray.shape)]
 
     def _located_reads(self, gray: GrayImage, quads: list[Quad],
                        budget: WorkBudget) -> list[Found]:
