@@ -127,6 +127,8 @@ def counted_decoder(work: Work) -> LocatedZxingDecoder:
     decoder.matrix = CountingFinder(decoder.matrix, work)
     decoder.whole = CountingFinder(decoder.whole, work)
     decoder.small_matrix = CountingFinder(decoder.small_matrix or decoder.matrix, work)
+    assert decoder.upright is not None
+    decoder.upright = CountingFinder(decoder.upright, work)
     locate = decoder.locate
 
     def counted_locate(gray: GrayImage, frame: tuple[int, ...] | None = None) -> list[Quad]:
